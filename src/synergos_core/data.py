@@ -1,0 +1,415 @@
+"""Datasets on a Worker: find a dataset by tag, load it, preprocess it locally.
+
+A directory under the data root holding `metadata.json` is a dataset; a tag (a list of plain
+tokens) selects the first one, in sorted path order, whose path components contain every token.
+Loading dispatches on metadata.json's `datatype`; only `tabular` exists for now.
+
+Only headers, schemas and summary metadata may leave the Worker: `PreparedData.metadata` holds
+counts and moments, never a row.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InvalidRequest, NotFound
+from .schemas import check_tag
+
+Action = Literal["classify", "regress"]
+ACTIONS: tuple[str, ...] = ("classify", "regress")
+TARGET = "target"
+NUMERIC_TYPES: tuple[str, ...] = ("int32", "int64", "float64")
+CATEGORICAL_TYPES: tuple[str, ...] = ("category", "object")
+# metadata.json and schema.json are small descriptors; a huge one is a mistake or an attack.
+_MAX_DESCRIPTOR_BYTES = 1 << 20
+
+
+@dataclass
+class PreparedData:
+    """One meta's data, preprocessed and ready for a model.
+
+    `X` is float32 (N, F) with columns `x_headers` (sorted); `y` is float32 (N, C) with columns
+    `y_headers` (one-hot `target_<class>` for classify, `["target"]` for regress). `schema` and
+    `metadata` are summaries that may be sent to the TTP.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    x_headers: list[str]
+    y_headers: list[str]
+    schema: dict[str, str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, list[str]]:
+        """The headers the TTP aligns: `{"X": [...], "y": [...]}`."""
+        return {"X": list(self.x_headers), "y": list(self.y_headers)}
+
+
+# ---- finding a dataset by tag ----
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def _checked_tokens(tag: list[str]) -> list[str]:
+    try:
+        check_tag(tag)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="tag.invalid") from exc
+    # check_tag already rejects separators; repeat the path-safety rules here so that this
+    # module stays safe even if the token pattern is ever loosened (e.g. "a..b" passes it).
+    for token in tag:
+        if (
+            "/" in token or "\\" in token or "\x00" in token or ".." in token
+            or PurePosixPath(token).is_absolute() or PureWindowsPath(token).is_absolute()
+            or PureWindowsPath(token).drive
+        ):
+            raise InvalidRequest(f"tag token {token!r} is not a plain name", code="tag.invalid")
+    return list(tag)
+
+
+def _walk_datasets(root: Path) -> list[tuple[tuple[str, ...], Path, bool]]:
+    """Every dataset under `root` as (path components, directory, escapes_root).
+
+    Symlinked directories are followed only when they resolve inside the root (each real
+    directory once, so link cycles end); one that escapes is recorded, never listed, so a tag
+    selecting it can be refused rather than silently reported as missing.
+    """
+    found: list[tuple[tuple[str, ...], Path, bool]] = []
+    visited = {root}
+    stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        directory, parts = stack.pop()
+        meta = directory / "metadata.json"
+        if meta.is_symlink() or meta.exists():
+            real = meta.resolve()
+            if not _inside(real, root):
+                found.append((parts, directory, True))
+            elif real.is_file():
+                found.append((parts, directory, False))
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            continue
+        children: list[tuple[Path, tuple[str, ...]]] = []
+        for entry in entries:
+            child = Path(entry.path)
+            try:
+                is_link = entry.is_symlink()
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if not is_link and not is_dir:
+                continue
+            try:
+                real = child.resolve(strict=True)
+            except (OSError, RuntimeError):  # dangling link or link loop
+                continue
+            if not real.is_dir():
+                continue
+            if not _inside(real, root):
+                found.append((parts + (entry.name,), child, True))
+                continue
+            if real in visited:
+                continue
+            visited.add(real)
+            children.append((child, parts + (entry.name,)))
+        stack.extend(reversed(children))
+    return found
+
+
+def find_dataset(data_root: Path, tag: list[str]) -> Path:
+    """The resolved directory of the first dataset (sorted path order) matching `tag`.
+
+    Raises InvalidRequest(`tag.invalid`) for a token that is not a plain name or when the
+    selected dataset resolves outside `data_root`; NotFound(`tag.not_found`) when nothing
+    matches. Nothing outside the data root is ever read.
+    """
+    tokens = set(_checked_tokens(tag))
+    root = Path(data_root).resolve()
+    if not root.is_dir():
+        raise NotFound(f"no dataset matches tag {tag!r}: the data directory does not exist", code="tag.not_found")
+    for parts, directory, escapes in sorted(_walk_datasets(root), key=lambda item: item[0]):
+        if not tokens <= set(parts):
+            continue
+        real = directory.resolve()
+        if escapes or not _inside(real, root) or not _inside((real / "metadata.json").resolve(), root):
+            raise InvalidRequest(f"tag {tag!r} selects a dataset outside the data directory", code="tag.invalid")
+        return real
+    raise NotFound(f"no dataset matches tag {tag!r}", code="tag.not_found")
+
+
+def _read_json(path: Path, root: Path, what: str) -> Any:
+    real = path.resolve()
+    if not _inside(real, root):
+        raise InvalidRequest(f"{what} of dataset {path.parent.name!r} points outside the data directory",
+                             code="dataset.invalid")
+    if not real.is_file():
+        raise InvalidRequest(f"dataset {path.parent.name!r} has no {what}", code="dataset.invalid")
+    if real.stat().st_size > _MAX_DESCRIPTOR_BYTES:
+        raise InvalidRequest(f"{what} of dataset {path.parent.name!r} is too large", code="dataset.invalid")
+    try:
+        return json.loads(real.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"{what} of dataset {path.parent.name!r} is not valid JSON",
+                             code="dataset.invalid") from exc
+
+
+def read_datatype(data_root: Path, directory: Path) -> str:
+    """The `datatype` declared by `directory/metadata.json` (InvalidRequest if malformed)."""
+    meta = _read_json(Path(directory) / "metadata.json", Path(data_root).resolve(), "metadata.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("datatype"), str):
+        raise InvalidRequest(f"metadata.json of dataset {Path(directory).name!r} needs a string 'datatype'",
+                             code="dataset.invalid")
+    return meta["datatype"]
+
+
+# ---- tabular ----
+
+def read_tabular(data_root: Path, directory: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """All `*.csv` directly in `directory`, typed by the `schema.json` beside them.
+
+    Numeric columns come back as float64 (NaN where missing), categorical ones as object
+    strings. Every column needs a type in the schema and `target` is required.
+    """
+    root = Path(data_root).resolve()
+    directory = Path(directory)
+    name = directory.name
+    if not _inside(directory.resolve(), root):
+        raise InvalidRequest(f"dataset {name!r} is outside the data directory", code="dataset.invalid")
+    raw_schema = _read_json(directory / "schema.json", root, "schema.json")
+    if not isinstance(raw_schema, dict) or not all(
+        isinstance(k, str) and v in NUMERIC_TYPES + CATEGORICAL_TYPES for k, v in raw_schema.items()
+    ):
+        raise InvalidRequest(f"schema.json of dataset {name!r} must map columns to one of "
+                             f"{', '.join(NUMERIC_TYPES + CATEGORICAL_TYPES)}", code="dataset.invalid")
+    schema: dict[str, str] = dict(raw_schema)
+    csvs = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".csv")
+    if not csvs:
+        raise InvalidRequest(f"dataset {name!r} holds no CSV file", code="dataset.invalid")
+    frames = []
+    for csv in csvs:
+        real = csv.resolve()
+        if not _inside(real, root) or not real.is_file():
+            raise InvalidRequest(f"{csv.name} of dataset {name!r} is not a file inside the data directory",
+                                 code="dataset.invalid")
+        try:
+            # Read as text first: typing happens below so that errors name the column, never a cell.
+            frame = pd.read_csv(real, dtype=str)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise InvalidRequest(f"{csv.name} of dataset {name!r} is not a readable CSV",
+                                 code="dataset.invalid") from exc
+        frames.append(_typed(frame, schema, f"{csv.name} of dataset {name!r}"))
+    combined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    used = {col: schema[col] for col in combined.columns}
+    return combined, used
+
+
+def _typed(frame: pd.DataFrame, schema: dict[str, str], where: str) -> pd.DataFrame:
+    if TARGET not in frame.columns:
+        raise InvalidRequest(f"{where} has no '{TARGET}' column", code="dataset.invalid")
+    untyped = [col for col in frame.columns if col not in schema]
+    if untyped:
+        raise InvalidRequest(f"{where}: columns {untyped} have no type in schema.json", code="dataset.invalid")
+    typed: dict[str, pd.Series] = {}
+    for col in frame.columns:
+        if schema[col] in NUMERIC_TYPES:
+            try:
+                typed[col] = pd.to_numeric(frame[col], errors="raise").astype("float64")
+            except (ValueError, TypeError):
+                # pandas' message quotes the offending cell; a row value must not leave the Worker.
+                raise InvalidRequest(f"{where}: column {col!r} is typed {schema[col]} but holds "
+                                     f"non-numeric values", code="dataset.invalid") from None
+        else:
+            typed[col] = frame[col].astype(object).where(frame[col].notna(), np.nan)
+    return pd.DataFrame(typed, index=frame.index)
+
+
+def _class_label(value: Any) -> str:
+    # 1, 1.0 and "1" must name the same class whichever party or file they came from.
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _summary(frame: pd.DataFrame, schema: dict[str, str]) -> dict[str, Any]:
+    """Counts, moments and labels per column: what the TTP may see. No row values."""
+
+    def num(value: Any) -> float | None:
+        return float(value) if value is not None and np.isfinite(value) else None
+
+    numeric: dict[str, Any] = {}
+    categorical: dict[str, Any] = {}
+    for col in sorted(frame.columns):
+        series = frame[col]
+        if schema[col] in NUMERIC_TYPES:
+            numeric[col] = {
+                "count": int(series.count()), "mean": num(series.mean()), "std": num(series.std()),
+                "min": num(series.min()), "max": num(series.max()), "datatype": schema[col],
+            }
+        else:
+            labels = sorted({_class_label(v) for v in series.dropna()})
+            categorical[col] = {"count": int(series.count()), "unique": len(labels),
+                                "labels": labels, "datatype": schema[col]}
+    return {"src_count": int(len(frame)), "datatype": "tabular",
+            "features": {"num_variables": numeric, "cat_variables": categorical}}
+
+
+def _inferred_type(series: pd.Series) -> str:
+    if pd.api.types.is_integer_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        return "int64"
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return "category"
+    return "float64" if pd.api.types.is_float_dtype(series) else "object"
+
+
+def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action,
+                    schema: dict[str, str] | None = None) -> PreparedData:
+    """Concatenate `frames` and preprocess them locally into model-ready matrices.
+
+    Missing values are imputed (numeric median, all-missing numeric 0; categorical most
+    frequent), categories are one-hot encoded as `<col>_<value>`, feature names sorted, numeric
+    features min-max scaled to [0, 1] (a constant column becomes 0). Rows without a target are
+    dropped: inventing a label would invent ground truth. `schema` defaults to one inferred
+    from the dtypes.
+    """
+    if action not in ACTIONS:
+        raise InvalidRequest(f"action must be one of {ACTIONS}", code="request.invalid")
+    if not frames:
+        raise InvalidRequest("no data to prepare", code="dataset.invalid")
+    frame = pd.concat(list(frames), ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    if TARGET not in frame.columns:
+        raise InvalidRequest(f"the data has no '{TARGET}' column", code="dataset.invalid")
+    if schema is None:
+        schema = {col: _inferred_type(frame[col]) for col in frame.columns}
+    schema = {col: schema.get(col, "object") for col in frame.columns}
+    if action == "regress" and schema[TARGET] not in NUMERIC_TYPES:
+        raise InvalidRequest("regression needs a numeric target", code="dataset.invalid")
+    frame = frame[frame[TARGET].notna()].reset_index(drop=True)
+    if frame.empty:
+        raise InvalidRequest("the data has no row with a target value", code="dataset.invalid")
+    metadata = _summary(frame, schema)
+
+    columns: dict[str, np.ndarray] = {}
+    for col in frame.columns:
+        if col == TARGET:
+            continue
+        series = frame[col]
+        if schema[col] in NUMERIC_TYPES:
+            values = pd.to_numeric(series, errors="coerce").astype("float64")
+            values = values.fillna(values.median() if values.notna().any() else 0.0).to_numpy()
+            low, high = values.min(), values.max()
+            if col in columns:
+                raise InvalidRequest(f"feature name {col!r} is produced twice; rename a column",
+                                     code="dataset.invalid")
+            columns[col] = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        else:
+            labels = series.dropna().map(_class_label)
+            # An all-missing category yields no indicator columns: after alignment the party
+            # simply has zeros there, which is what "unknown" should mean.
+            if labels.empty:
+                continue
+            fill = labels.mode().iloc[0]  # mode() is sorted, so ties resolve the same way everywhere
+            filled = series.map(_class_label, na_action="ignore").fillna(fill)
+            for value in sorted(set(filled)):
+                name = f"{col}_{value}"
+                if name in columns:
+                    raise InvalidRequest(f"feature name {name!r} is produced twice; rename a column",
+                                         code="dataset.invalid")
+                columns[name] = (filled == value).to_numpy(dtype="float64")
+    x_headers = sorted(columns)
+    n_rows = len(frame)
+    X = (np.column_stack([columns[h] for h in x_headers]) if x_headers
+         else np.zeros((n_rows, 0))).astype(np.float32)
+
+    if action == "classify":
+        labels = frame[TARGET].map(_class_label)
+        y_headers = sorted(f"{TARGET}_{label}" for label in set(labels))
+        index = {h: i for i, h in enumerate(y_headers)}
+        y = np.zeros((n_rows, len(y_headers)), dtype=np.float32)
+        y[np.arange(n_rows), [index[f"{TARGET}_{label}"] for label in labels]] = 1.0
+    else:
+        y_headers = [TARGET]
+        y = frame[TARGET].to_numpy(dtype="float64").reshape(-1, 1).astype(np.float32)
+    return PreparedData(X=X, y=y, x_headers=x_headers, y_headers=y_headers,
+                        schema=dict(sorted(schema.items())), metadata=metadata)
+
+
+def _load_tabular_meta(data_root: Path, directories: list[Path], action: Action) -> PreparedData:
+    frames: list[pd.DataFrame] = []
+    schema: dict[str, str] = {}
+    for directory in directories:
+        frame, types = read_tabular(data_root, directory)
+        for col, dtype in types.items():
+            known = schema.get(col)
+            if known is not None and (known in NUMERIC_TYPES) != (dtype in NUMERIC_TYPES):
+                raise InvalidRequest(f"column {col!r} is numeric in one dataset and categorical in another",
+                                     code="dataset.invalid")
+            schema.setdefault(col, dtype)
+        frames.append(frame)
+    return prepare_tabular(frames, action, schema)
+
+
+# One loader per datatype; image and text join here.
+_LOADERS: dict[str, Callable[[Path, list[Path], Action], PreparedData]] = {
+    "tabular": _load_tabular_meta,
+}
+
+
+def load_meta(data_root: Path, tags: list[list[str]], action: Action) -> PreparedData | None:
+    """Find every tag's dataset, load them, concatenate and prepare them; None when no tags.
+
+    All datasets of one meta must share a datatype. A dataset selected by two tags is loaded
+    once, so its rows are not counted twice.
+    """
+    if action not in ACTIONS:
+        raise InvalidRequest(f"action must be one of {ACTIONS}", code="request.invalid")
+    if not tags:
+        return None
+    directories: list[Path] = []
+    for tag in tags:
+        directory = find_dataset(data_root, tag)
+        if directory not in directories:
+            directories.append(directory)
+    datatypes = {read_datatype(data_root, d) for d in directories}
+    if len(datatypes) > 1:
+        raise InvalidRequest(f"the tags select datasets of different datatypes {sorted(datatypes)}",
+                             code="dataset.invalid")
+    datatype = datatypes.pop()
+    loader = _LOADERS.get(datatype)
+    if loader is None:
+        raise InvalidRequest(f"datatype {datatype!r} is not supported yet", code="dataset.unsupported")
+    return loader(data_root, directories, action)
+
+
+# ---- alignment on the Worker ----
+
+def apply_spacers(matrix: np.ndarray, spacers: list[int]) -> np.ndarray:
+    """Insert zero columns at `spacers`, indices of the final (superset) layout.
+
+    Columns are inserted one at a time in ascending order, so a party whose columns are its
+    sorted headers ends up with the superset's columns in superset order. Returns a new array
+    of the same dtype.
+    """
+    if matrix.ndim != 2:
+        raise InvalidRequest("spacers apply to a 2-D matrix", code="alignment.invalid")
+    result = matrix
+    for index in sorted(int(i) for i in spacers):
+        if not 0 <= index <= result.shape[1]:
+            raise InvalidRequest(f"spacer index {index} is outside the aligned width", code="alignment.invalid")
+        result = np.insert(result, index, 0, axis=1)
+    return result if result is not matrix else matrix.copy()
+
+
+def class_indices(y_onehot_aligned: np.ndarray) -> np.ndarray:
+    """Class index per row (argmax over aligned one-hot columns), int64, shape (N,)."""
+    if y_onehot_aligned.ndim != 2 or y_onehot_aligned.shape[1] == 0:
+        raise InvalidRequest("class indices need a one-hot matrix with at least one column",
+                             code="alignment.invalid")
+    return np.argmax(y_onehot_aligned, axis=1).astype(np.int64)

@@ -1,0 +1,154 @@
+"""Validation statistics, computed where the labels live (the Worker), and their aggregate.
+
+Every value returned is a plain Python int or float, finite, so it is JSON-safe: an undefined
+metric (e.g. ROC-AUC with one class present, a rate with a zero denominator) is 0.0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import auc, mean_absolute_error, mean_squared_error, precision_recall_curve, r2_score, roc_auc_score
+
+from .errors import InvalidRequest
+
+COUNT_KEYS: frozenset[str] = frozenset({"TPs", "TNs", "FPs", "FNs"})
+RATE_KEYS: tuple[str, ...] = ("TPRs", "TNRs", "PPVs", "NPVs", "FPRs", "FNRs", "FDRs")
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator) / float(denominator) if denominator else 0.0
+
+
+def _finite(value: float) -> float:
+    value = float(value)
+    return value if math.isfinite(value) else 0.0
+
+
+def _labels(y_true: np.ndarray) -> np.ndarray:
+    labels = np.asarray(y_true)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise InvalidRequest("labels must be a vector of class indices or values", code="metrics.invalid")
+    return labels
+
+
+def classification_statistics(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, Any]:
+    """Per-class (one-vs-rest) statistics of `y_score` against integer labels `y_true`.
+
+    `y_score` is (N, 1) or (N,) probability of class 1 for a binary task (expanded to the two
+    classes [1 - p, p], predicted class p > 0.5), or (N, k) scores (predicted class = argmax).
+    Per class lists: accuracy, roc_auc_score, pr_auc_score, f_score, TPs, TNs, FPs, FNs, TPRs,
+    TNRs, PPVs, NPVs, FPRs, FNRs, FDRs; scalars: overall_accuracy, n_samples.
+    """
+    labels = _labels(y_true)
+    scores = np.asarray(y_score, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores.reshape(-1, 1)
+    if scores.ndim != 2 or scores.shape[0] != labels.shape[0] or scores.shape[1] == 0:
+        raise InvalidRequest("scores must be (N, 1) or (N, k) with one row per label", code="metrics.invalid")
+    if not np.all(np.isfinite(scores)):
+        raise InvalidRequest("scores must be finite numbers", code="metrics.invalid")
+    if scores.shape[1] == 1:
+        predicted = (scores[:, 0] > 0.5).astype(np.int64)
+        scores = np.column_stack([1.0 - scores[:, 0], scores[:, 0]])
+    else:
+        predicted = np.argmax(scores, axis=1).astype(np.int64)
+    n_classes = scores.shape[1]
+    if labels.size and (not np.all(np.equal(np.mod(labels, 1), 0)) or labels.min() < 0 or labels.max() >= n_classes):
+        raise InvalidRequest(f"labels must be class indices in [0, {n_classes})", code="metrics.invalid")
+    labels = labels.astype(np.int64)
+    n = int(labels.shape[0])
+
+    stats: dict[str, Any] = {key: [] for key in
+                             ("accuracy", "roc_auc_score", "pr_auc_score", "f_score", "TPs", "TNs", "FPs", "FNs",
+                              *RATE_KEYS)}
+    for c in range(n_classes):
+        actual, guessed, score = labels == c, predicted == c, scores[:, c]
+        tp = int(np.sum(actual & guessed))
+        tn = int(np.sum(~actual & ~guessed))
+        fp = int(np.sum(~actual & guessed))
+        fn = int(np.sum(actual & ~guessed))
+        positives = tp + fn
+        # Both curves are undefined with a single class present; sklearn would warn and return NaN.
+        roc = _finite(roc_auc_score(actual, score)) if 0 < positives < n else 0.0
+        if positives:
+            precision, recall, _ = precision_recall_curve(actual, score)
+            pr = _finite(auc(recall, precision))
+        else:
+            pr = 0.0
+        stats["accuracy"].append(_ratio(tp + tn, n))
+        stats["roc_auc_score"].append(roc)
+        stats["pr_auc_score"].append(pr)
+        stats["f_score"].append(_ratio(2 * tp, 2 * tp + fp + fn))
+        for key, value in (("TPs", tp), ("TNs", tn), ("FPs", fp), ("FNs", fn)):
+            stats[key].append(value)
+        stats["TPRs"].append(_ratio(tp, tp + fn))
+        stats["TNRs"].append(_ratio(tn, tn + fp))
+        stats["PPVs"].append(_ratio(tp, tp + fp))
+        stats["NPVs"].append(_ratio(tn, tn + fn))
+        stats["FPRs"].append(_ratio(fp, fp + tn))
+        stats["FNRs"].append(_ratio(fn, fn + tp))
+        stats["FDRs"].append(_ratio(fp, fp + tp))
+    stats["overall_accuracy"] = _ratio(int(np.sum(predicted == labels)), n)
+    stats["n_samples"] = n
+    return stats
+
+
+def regression_statistics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """R2, MSE and MAE of `y_pred` against `y_true` ((N,) or (N, 1)), plus n_samples.
+
+    R2 is 0.0 when undefined (fewer than two samples).
+    """
+    truth = _labels(y_true).astype(np.float64)
+    pred = _labels(y_pred).astype(np.float64)
+    if truth.shape != pred.shape:
+        raise InvalidRequest("predictions and labels differ in length", code="metrics.invalid")
+    if not (np.all(np.isfinite(truth)) and np.all(np.isfinite(pred))):
+        raise InvalidRequest("predictions and labels must be finite numbers", code="metrics.invalid")
+    n = int(truth.shape[0])
+    if n == 0:
+        return {"R2": 0.0, "MSE": 0.0, "MAE": 0.0, "n_samples": 0}
+    return {
+        "R2": _finite(r2_score(truth, pred)) if n > 1 else 0.0,
+        "MSE": _finite(mean_squared_error(truth, pred)),
+        "MAE": _finite(mean_absolute_error(truth, pred)),
+        "n_samples": n,
+    }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def aggregate_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine per-party statistics into one, weighting each party by its `n_samples`.
+
+    Scalars are sample-weighted means; lists of equal length are averaged elementwise the same
+    way; confusion counts (TPs, TNs, FPs, FNs) and n_samples are summed. A key whose values
+    cannot be combined (lists of different lengths, non-numbers) is left out.
+    """
+    if not parts:
+        return {"n_samples": 0}
+    weights = [max(int(part.get("n_samples", 0) or 0), 0) for part in parts]
+    result: dict[str, Any] = {"n_samples": sum(weights)}
+    keys = sorted({key for part in parts for key in part} - {"n_samples"})
+    for key in keys:
+        having = [(part[key], w) for part, w in zip(parts, weights) if key in part]
+        values = [v for v, _ in having]
+        ws = [w for _, w in having]
+        if sum(ws) == 0:
+            ws = [1] * len(ws)  # every party is empty: fall back to a plain mean
+        if all(_is_number(v) for v in values):
+            result[key] = (sum(int(v) for v in values) if key in COUNT_KEYS
+                           else _finite(sum(v * w for v, w in zip(values, ws)) / sum(ws)))
+        elif (all(isinstance(v, list) and all(_is_number(x) for x in v) for v in values)
+              and len({len(v) for v in values}) == 1):
+            columns = list(zip(*values))
+            if key in COUNT_KEYS:
+                result[key] = [sum(int(x) for x in column) for column in columns]
+            else:
+                result[key] = [_finite(sum(x * w for x, w in zip(column, ws)) / sum(ws)) for column in columns]
+    return result

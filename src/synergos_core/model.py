@@ -1,0 +1,263 @@
+"""Experiment model specs -> torch modules, and run recipes -> optimizer, scheduler and criterion.
+
+Every name a user sends (layer, activation, loss, optimizer, scheduler) is looked up in an
+allow-list built from torch's own modules; nothing is ever resolved with a free `getattr`.
+Validation builds on torch's `meta` device, so checking a 100 M parameter model costs nothing.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InvalidRequest
+
+_CONTAINERS = {"Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Container"}
+REFUSED_LOSSES = {"MarginRankingLoss", "CosineEmbeddingLoss", "TripletMarginLoss", "CTCLoss",
+                  "TripletMarginWithDistanceLoss"}
+_RECURRENT = (nn.RNNBase, nn.RNNCellBase)
+MAX_PARAMETERS = 1_000_000_000
+
+
+def _classes(module: Any, base: type) -> dict[str, type]:
+    return {name: obj for name, obj in vars(module).items()
+            if not name.startswith("_") and inspect.isclass(obj) and issubclass(obj, base)}
+
+
+# losses that own trainable weights (they are output layers, not criteria)
+_WEIGHTED_LOSSES = {"AdaptiveLogSoftmaxWithLoss", "LinearCrossEntropyLoss"}
+LOSSES: dict[str, type] = {n: c for n, c in _classes(nn, nn.Module).items()
+                           if n.endswith("Loss") and n not in REFUSED_LOSSES | _WEIGHTED_LOSSES}
+LAYERS: dict[str, type] = {n: c for n, c in _classes(nn, nn.Module).items()
+                           if n not in _CONTAINERS and not n.endswith("Loss")}
+ACTIVATIONS: dict[str, Callable] = {
+    n: f for n, f in vars(F).items()
+    if not n.startswith("_") and callable(f) and not inspect.isclass(f) and not inspect.ismodule(f)
+    and (inspect.isfunction(f) or inspect.isbuiltin(f))
+}
+OPTIMIZERS: dict[str, type] = {n: c for n, c in _classes(torch.optim, torch.optim.Optimizer).items()
+                               if n != "Optimizer"}
+_SCHED_BASES = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+SCHEDULERS: dict[str, type] = {
+    n: c for n, c in vars(torch.optim.lr_scheduler).items()
+    if not n.startswith("_") and inspect.isclass(c) and issubclass(c, _SCHED_BASES) and n not in {"LRScheduler"}
+}
+_DIM_ACTIVATIONS = {"softmax", "log_softmax", "softmin", "gumbel_softmax", "normalize", "glu"}
+
+
+def _invalid(detail: str, code: str, path: str) -> InvalidRequest:
+    return InvalidRequest(detail, code, fields=[{"path": path, "message": detail, "type": code}])
+
+
+class SynergosModel(nn.Module):
+    """A model written as a layer list: each layer, then its activation, in order.
+
+    Recurrent layers return tuples; the first element (the output sequence) flows on.
+    """
+
+    def __init__(self, layers: list[nn.Module], activations: list[str | None]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.activations = list(activations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer, activation in zip(self.layers, self.activations):
+            x = layer(x)
+            if isinstance(x, tuple):
+                x = x[0]
+            if activation:
+                fn = ACTIVATIONS[activation]
+                x = fn(x, dim=1) if activation in _DIM_ACTIVATIONS else fn(x)
+        return x
+
+
+def _layer_fields(layer: Any) -> tuple[str, dict, str | None]:
+    if hasattr(layer, "model_dump"):
+        layer = layer.model_dump()
+    if not isinstance(layer, dict):
+        raise InvalidRequest("each layer is an object {l_type, structure, activation, is_input}", "model.invalid")
+    return layer.get("l_type"), dict(layer.get("structure") or {}), layer.get("activation")
+
+
+def build_layers(spec: Iterable[Any], device: str | torch.device | None = None) -> SynergosModel:
+    """Build a model from its layer list; an unknown or ill-formed layer is a 422 naming it."""
+    layers: list[nn.Module] = []
+    activations: list[str | None] = []
+    spec = list(spec)
+    if not spec:
+        raise _invalid("the model needs at least one layer", "model.empty", "model")
+    for i, layer in enumerate(spec):
+        l_type, structure, activation = _layer_fields(layer)
+        if l_type not in LAYERS:
+            raise _invalid(f"unknown layer type {l_type!r} (model[{i}]); use a torch.nn layer class name",
+                           "model.unknown_layer", f"model.{i}.l_type")
+        if activation is not None and activation not in ACTIVATIONS:
+            raise _invalid(f"unknown activation {activation!r} (model[{i}]); use a torch.nn.functional name",
+                           "model.unknown_activation", f"model.{i}.activation")
+        try:
+            with torch.device(device or "cpu"):
+                module = LAYERS[l_type](**structure)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise _invalid(f"layer {l_type} (model[{i}]) rejects its structure {structure}: {exc}",
+                           "model.invalid_structure", f"model.{i}.structure") from None
+        layers.append(module)
+        activations.append(activation)
+    return SynergosModel(layers, activations)
+
+
+def validate_model_spec(spec: Iterable[Any]) -> int:
+    """Check a layer list without allocating weights; returns its parameter count."""
+    model = build_layers(spec, device="meta")
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise _invalid(f"model has {count} parameters; the limit is {MAX_PARAMETERS}", "model.too_large", "model")
+    return count
+
+
+def build_model(spec: Iterable[Any], seed: int | None = None) -> SynergosModel:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return build_layers(spec)
+
+
+# ---- run recipe: constructor arguments are taken by name from the run ----
+
+def _kwargs_for(cls: type, hp: dict[str, Any], skip: set[str]) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters
+    out = {}
+    for name in params:
+        if name in skip or name == "self" or name not in hp or hp[name] is None:
+            continue
+        value = hp[name]
+        if name in {"weight", "pos_weight"} and isinstance(value, list):
+            value = torch.tensor(value, dtype=torch.float32)
+        out[name] = value
+    return out
+
+
+def build_optimizer(name: str, parameters: Iterable[torch.Tensor], hp: dict[str, Any]) -> torch.optim.Optimizer:
+    if name not in OPTIMIZERS:
+        raise _invalid(f"unknown optimizer {name!r}; use a torch.optim class name", "run.unknown_optimizer",
+                       "optimizer")
+    cls = OPTIMIZERS[name]
+    kwargs = _kwargs_for(cls, hp, {"params"})
+    if hp.get("l2_lambda") and "weight_decay" in kwargs:
+        kwargs["weight_decay"] = 0.0  # the L2 term is in the loss already
+    try:
+        return cls(parameters, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise _invalid(f"optimizer {name} cannot be built from this run: {exc}", "run.invalid_optimizer",
+                       "optimizer") from None
+
+
+def build_scheduler(name: str | None, optimizer: torch.optim.Optimizer, hp: dict[str, Any]) -> Any:
+    if not name:
+        return None
+    if name not in SCHEDULERS:
+        raise _invalid(f"unknown lr_scheduler {name!r}; use a torch.optim.lr_scheduler class name",
+                       "run.unknown_scheduler", "lr_scheduler")
+    cls = SCHEDULERS[name]
+    kwargs = _kwargs_for(cls, hp, {"optimizer", "lr_lambda", "schedulers"})
+    params = inspect.signature(cls.__init__).parameters
+    if "lr_lambda" in params:
+        decay = float(hp.get("lr_decay") or 0.0)
+        kwargs["lr_lambda"] = _FateDecay(decay)
+    missing = [p.name for p in params.values()
+               if p.default is inspect.Parameter.empty and p.name not in {"self", "optimizer"}
+               and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in kwargs]
+    if missing:
+        raise _invalid(f"lr_scheduler {name} needs {', '.join(missing)} in the run", "run.invalid_scheduler",
+                       "lr_scheduler")
+    try:
+        return cls(optimizer, **kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise _invalid(f"lr_scheduler {name} cannot be built from this run: {exc}", "run.invalid_scheduler",
+                       "lr_scheduler") from None
+
+
+class _FateDecay:
+    """lr multiplier 1 / (1 + lr_decay * epoch) for LambdaLR (a plain class: no closures to pickle)."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+
+    def __call__(self, epoch: int) -> float:
+        return 1.0 / (1.0 + self.decay * epoch)
+
+
+def build_criterion(name: str, hp: dict[str, Any]) -> nn.Module:
+    if name in REFUSED_LOSSES:
+        raise _invalid(f"criterion {name} is not supported: it compares pairs or sequences, not a prediction "
+                       "with a target", "run.unsupported_criterion", "criterion")
+    if name not in LOSSES:
+        raise _invalid(f"unknown criterion {name!r}; use a torch.nn loss class name", "run.unknown_criterion",
+                       "criterion")
+    cls = LOSSES[name]
+    try:
+        return cls(**_kwargs_for(cls, hp, set()))
+    except (TypeError, ValueError) as exc:
+        raise _invalid(f"criterion {name} cannot be built from this run: {exc}", "run.invalid_criterion",
+                       "criterion") from None
+
+
+def validate_run(hp: dict[str, Any]) -> None:
+    """Build the run's optimizer, scheduler and criterion on a dummy parameter; 422 if any fails."""
+    dummy = nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer(hp.get("optimizer", "SGD"), [dummy], hp)
+    build_scheduler(hp.get("lr_scheduler"), optimizer, hp)
+    build_criterion(hp.get("criterion", "BCELoss"), hp)
+    for key in ("lr", "mu", "l1_lambda", "l2_lambda"):
+        value = hp.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _invalid(f"{key} must be finite", "run.invalid", key)
+
+
+# ---- targets shaped as each loss needs ----
+
+_INDEX_LOSSES = {"CrossEntropyLoss", "NLLLoss", "MultiMarginLoss"}
+_LONG_ONEHOT_LOSSES = {"MultiLabelMarginLoss"}
+
+
+def format_target(y: torch.Tensor, outputs: torch.Tensor, criterion: str, action: str) -> torch.Tensor:
+    """Shape the aligned labels for `criterion`: class indices or one-hot floats for classification,
+    the values themselves for regression."""
+    if action != "classify":
+        return y.reshape(outputs.shape).to(outputs.dtype) if y.numel() == outputs.numel() else y.to(outputs.dtype)
+    indices = y.reshape(-1).long()
+    width = outputs.shape[1] if outputs.dim() > 1 else 1
+    if criterion in _INDEX_LOSSES:
+        return indices
+    if width == 1:
+        target = indices.to(outputs.dtype).reshape(outputs.shape)
+        if criterion == "HingeEmbeddingLoss" or criterion == "SoftMarginLoss":
+            target = target * 2 - 1  # these expect labels in {-1, 1}
+        return target
+    onehot = F.one_hot(indices, num_classes=width)
+    if criterion in _LONG_ONEHOT_LOSSES:
+        # MultiLabelMarginLoss wants target class indices padded with -1
+        return torch.where(onehot.bool(), indices.unsqueeze(1).expand(-1, width), torch.full_like(onehot, -1))
+    if criterion in {"HingeEmbeddingLoss", "SoftMarginLoss"}:
+        return (onehot * 2 - 1).to(outputs.dtype)
+    return onehot.to(outputs.dtype)
+
+
+def proximal_terms(model: nn.Module, global_params: list[torch.Tensor] | None, mu: float, l1: float,
+                   l2: float) -> torch.Tensor | None:
+    """FedProx mu/2·‖w−w_global‖² plus l1·|w|₁ plus l2/2·‖w‖², or None when all are zero."""
+    if not (mu and global_params is not None) and not l1 and not l2:
+        return None
+    total = None
+    for i, w in enumerate(model.parameters()):
+        term = w.new_zeros(())
+        if mu and global_params is not None:
+            term = term + (mu / 2) * (w - global_params[i]).pow(2).sum()
+        if l1:
+            term = term + l1 * w.abs().sum()
+        if l2:
+            term = term + (l2 / 2) * w.pow(2).sum()
+        total = term if total is None else total + term
+    return total

@@ -1,0 +1,127 @@
+"""Request bodies shared by the services (pydantic). Names carry their role: `…Create`, `…Update`.
+
+Validation here is the first line of defence: every body is checked before anything is stored
+or any Worker is touched, and a failure is a 422 with field paths.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$")
+METAS = ("train", "evaluate", "predict")
+
+Identifier = Field(pattern=ID_PATTERN, description="letters, digits, '_', '-', '.'; at most 128")
+
+
+def check_tag(tag: list[str]) -> list[str]:
+    """A tag is a non-empty list of plain names: no separators, no '..', no NUL."""
+    if not isinstance(tag, list) or not tag:
+        raise ValueError("a tag is a non-empty list of tokens")
+    for token in tag:
+        if not isinstance(token, str) or token in {".", ".."} or not _TOKEN.match(token):
+            raise ValueError(f"tag token {token!r} is not a plain name (letters, digits, '_', '-', '.'; no '..')")
+    return tag
+
+
+TagList = list[list[str]]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Tags(Strict):
+    train: TagList = Field(default_factory=list)
+    evaluate: TagList = Field(default_factory=list)
+    predict: TagList = Field(default_factory=list)
+
+    @field_validator("train", "evaluate", "predict")
+    @classmethod
+    def _tags(cls, value: TagList) -> TagList:
+        return [check_tag(tag) for tag in value]
+
+
+class TagsCreate(Tags):
+    model_config = ConfigDict(extra="allow")  # the original accepts `model`/`hyperparameters` extras
+
+    @model_validator(mode="after")
+    def _needs_train(self) -> "TagsCreate":
+        if not self.train:
+            raise ValueError("train tags are required")
+        return self
+
+
+class Layer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    l_type: str
+    structure: dict[str, Any] = Field(default_factory=dict)
+    activation: str | None = None
+    is_input: bool = False
+
+
+class RunHyperparameters(BaseModel):
+    """Run hyper-parameters with the defaults of the deployment guide; extra keys are kept by name."""
+
+    model_config = ConfigDict(extra="allow")
+
+    algorithm: Literal["FedAvg", "FedProx", "FedGKT"] = "FedProx"
+    batch_size: int | None = Field(default=None, ge=1)
+    rounds: int = Field(default=10, ge=1, le=100_000)
+    epochs: int = Field(default=100, ge=1, le=1_000_000)
+    lr: float = Field(default=0.001, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    lr_decay: float = Field(default=0.1, ge=0)
+    mu: float = Field(default=0.1, ge=0)
+    l1_lambda: float = Field(default=0.0, ge=0)
+    l2_lambda: float = Field(default=0.0, ge=0)
+    optimizer: str = "SGD"
+    criterion: str = "BCELoss"
+    lr_scheduler: str | None = "CyclicLR"
+    delta: float = Field(default=0.0, ge=0)
+    patience: int = Field(default=10, ge=0)
+    seed: int = 42
+    is_snn: bool = False
+    precision_fractional: int = Field(default=5, ge=0)
+
+
+class Connection(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    host: str
+    ports: dict[str, int] = Field(default_factory=dict)
+    secure: bool = False
+
+
+class NodeInfo(Strict):
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(ge=1, le=65535)
+    f_port: int = Field(ge=1, le=65535)
+    log_msgs: bool = False
+    verbose: bool = False
+
+
+# ---- Worker-facing bodies (TTP -> Worker REST) ----
+
+class PollRequest(Strict):
+    action: Literal["classify", "regress"]
+    tags: Tags
+
+
+class MetaAlignment(Strict):
+    X: list[int] = Field(default_factory=list)
+    y: list[int] = Field(default_factory=list)
+
+
+class InitialiseRequest(Strict):
+    """Everything a Worker needs to serve one run: its data, the aligned layout and the run's recipe."""
+
+    action: Literal["classify", "regress"]
+    tags: Tags
+    alignments: dict[str, MetaAlignment] = Field(default_factory=dict)
+    model: list[Layer]
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    token: str = Field(min_length=16, max_length=256)
+    participant_id: str = Field(pattern=ID_PATTERN)

@@ -1,0 +1,135 @@
+"""Local training on a Worker: the FedAvg / FedProx client step, evaluation and inference.
+
+The model is rebuilt from the experiment's layer list; global weights arrive over the wire
+and are written straight into it. FedProx keeps a frozen copy of the global parameters for
+its proximal term; FedAvg ignores `mu`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import build_criterion, build_model, build_optimizer, build_scheduler, format_target, proximal_terms
+from .wire import Layout
+
+_LOGIT_LOSSES = {"BCEWithLogitsLoss", "CrossEntropyLoss", "MultiLabelSoftMarginLoss", "SoftMarginLoss"}
+_LOG_PROB_LOSSES = {"NLLLoss", "KLDivLoss", "PoissonNLLLoss", "GaussianNLLLoss"}
+
+
+@dataclass
+class Split:
+    X: torch.Tensor
+    y: torch.Tensor  # class indices (classify) or values (regress)
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+class LocalTrainer:
+    def __init__(self, spec: list[dict], hp: dict[str, Any], action: str, data: dict[str, Split]) -> None:
+        self.hp = dict(hp)
+        self.action = action
+        self.data = data
+        self.seed = int(self.hp.get("seed", 42))
+        self.model = build_model(spec, seed=self.seed)
+        self.state = self.model.state_dict()
+        self.layout = Layout.of(self.state)
+        self.criterion_name = self.hp.get("criterion", "BCELoss")
+        self.criterion = build_criterion(self.criterion_name, self.hp)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    # -- training --
+    def train(self, epochs: int, round_index: int) -> dict[str, Any]:
+        """Train the current weights for `epochs` on the `train` split; returns losses and counts."""
+        split = self.data.get("train")
+        if split is None or len(split) == 0:
+            raise ValueError("this participant has no train data for the run")
+        started = time.perf_counter()
+        hp = self.hp
+        mu = float(hp.get("mu") or 0.0) if hp.get("algorithm", "FedProx") == "FedProx" else 0.0
+        l1, l2 = float(hp.get("l1_lambda") or 0.0), float(hp.get("l2_lambda") or 0.0)
+        global_params = [p.detach().clone() for p in self.model.parameters()] if mu else None
+        optimizer = build_optimizer(hp.get("optimizer", "SGD"), self.model.parameters(), hp)
+        scheduler = build_scheduler(hp.get("lr_scheduler"), optimizer, hp)
+        n = len(split)
+        batch = int(hp.get("batch_size") or n)
+        patience, delta = int(hp.get("patience") or 0), float(hp.get("delta") or 0.0)
+        best, stale = float("inf"), 0
+        losses: list[float] = []
+        self.model.train()
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=self.generator) if batch < n else None
+            total = 0.0
+            for start in range(0, n, batch):
+                if order is None:
+                    xb, yb = split.X[start:start + batch], split.y[start:start + batch]
+                else:
+                    idx = order[start:start + batch]
+                    xb, yb = split.X[idx], split.y[idx]
+                optimizer.zero_grad(set_to_none=True)
+                out = self.model(xb)
+                loss = self.criterion(out, format_target(yb, out, self.criterion_name, self.action))
+                extra = proximal_terms(self.model, global_params, mu, l1, l2)
+                if extra is not None:
+                    loss = loss + extra
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * xb.shape[0]
+            epoch_loss = total / n
+            losses.append(epoch_loss)
+            if scheduler is not None:
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(epoch_loss)
+                else:
+                    scheduler.step()
+            if patience:
+                if epoch_loss < best - delta:
+                    best, stale = epoch_loss, 0
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        break
+        return {"n_samples": n, "epoch_losses": losses, "train_loss": losses[-1],
+                "compute_s": time.perf_counter() - started}
+
+    # -- evaluation --
+    @torch.no_grad()
+    def evaluate(self, meta: str) -> tuple[float | None, int]:
+        """Mean criterion loss of the current weights on `meta` (None when there is no such data)."""
+        split = self.data.get(meta)
+        if split is None or len(split) == 0:
+            return None, 0
+        self.model.eval()
+        out = self.model(split.X)
+        loss = self.criterion(out, format_target(split.y, out, self.criterion_name, self.action))
+        return float(loss), len(split)
+
+    @torch.no_grad()
+    def infer(self, meta: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels, scores) on `meta`: class probabilities for classification, values for regression."""
+        split = self.data.get(meta)
+        if split is None or len(split) == 0:
+            return None
+        self.model.eval()
+        out = self.model(split.X)
+        if self.action == "classify":
+            out = to_probabilities(out, self.criterion_name)
+        return split.y.numpy(), out.numpy()
+
+
+def to_probabilities(out: torch.Tensor, criterion: str) -> torch.Tensor:
+    """Turn model outputs into class probabilities, whatever form the criterion trained them in."""
+    if out.dim() == 1:
+        out = out.unsqueeze(1)
+    if criterion in _LOG_PROB_LOSSES and out.shape[1] > 1:
+        return out.exp()
+    if criterion in _LOGIT_LOSSES:
+        return torch.sigmoid(out) if out.shape[1] == 1 else F.softmax(out, dim=1)
+    if out.shape[1] > 1 and (out.min() < 0 or not torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-3)):
+        return F.softmax(out, dim=1)
+    return out.clamp(0, 1) if out.shape[1] == 1 else out

@@ -1,0 +1,173 @@
+"""The federation wire codec: JSON control frames and safetensors tensor shards, nothing else.
+
+A frame is one WebSocket binary message whose first byte says what follows:
+
+    0x01  control   UTF-8 JSON object (the message header)
+    0x02  tensors   a safetensors buffer holding flat slices of state-dict tensors;
+                    its metadata maps each tensor name to the slice's element offset
+
+A state dict travels as one control frame followed by `shards` tensor frames. Shards are
+planned from the state's layout so that each stays under `shard_bytes`, a large tensor being
+split across several shards; the receiver writes every slice straight into a preallocated
+tensor, so no side holds more than one shard per peer in flight. Decoding never executes
+anything: the safetensors header is parsed as JSON and checked (names, dtypes, bounds)
+before a byte is copied.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from safetensors.torch import save as _st_save
+
+from .errors import FederationError
+
+CONTROL = 0x01
+TENSORS = 0x02
+MAX_HEADER_BYTES = 1024 * 1024
+
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def encode_control(header: dict) -> bytes:
+    return bytes([CONTROL]) + json.dumps(header, separators=(",", ":")).encode()
+
+
+def decode_control(frame: bytes | bytearray | memoryview) -> dict:
+    if not frame or frame[0] != CONTROL:
+        raise FederationError("expected a control frame", "federation.protocol")
+    if len(frame) > MAX_HEADER_BYTES:
+        raise FederationError("control frame too large", "federation.protocol")
+    try:
+        header = json.loads(bytes(frame[1:]))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FederationError("control frame is not JSON", "federation.protocol") from None
+    if not isinstance(header, dict) or not isinstance(header.get("op"), str):
+        raise FederationError("control frame lacks an op", "federation.protocol")
+    return header
+
+
+@dataclass(frozen=True)
+class Slice:
+    name: str
+    offset: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names, dtypes and shapes of a state dict, in a fixed order both sides agree on."""
+
+    entries: tuple[tuple[str, torch.dtype, tuple[int, ...]], ...]
+
+    @classmethod
+    def of(cls, state: dict[str, torch.Tensor]) -> "Layout":
+        return cls(tuple((name, t.dtype, tuple(t.shape)) for name, t in state.items()))
+
+    def numel(self, name: str) -> int:
+        for n, _, shape in self.entries:
+            if n == name:
+                return _prod(shape)
+        raise KeyError(name)
+
+    def plan(self, shard_bytes: int) -> list[list[Slice]]:
+        """Split the state into shards of at most `shard_bytes` of tensor data."""
+        shards: list[list[Slice]] = [[]]
+        room = shard_bytes
+        for name, dtype, shape in self.entries:
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            left, offset = _prod(shape), 0
+            while left > 0:
+                if room < itemsize:
+                    shards.append([])
+                    room = shard_bytes
+                take = min(left, room // itemsize)
+                shards[-1].append(Slice(name, offset, take))
+                offset += take
+                left -= take
+                room -= take * itemsize
+        return [s for s in shards if s]
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def encode_shard(state: dict[str, torch.Tensor], pieces: list[Slice]) -> bytes:
+    tensors = {}
+    offsets = {}
+    for piece in pieces:
+        flat = state[piece.name].detach().reshape(-1)
+        tensors[piece.name] = flat[piece.offset: piece.offset + piece.count].contiguous()
+        offsets[piece.name] = str(piece.offset)
+    return bytes([TENSORS]) + _st_save(tensors, metadata=offsets)
+
+
+def encode_state(state: dict[str, torch.Tensor], shard_bytes: int) -> Iterator[bytes]:
+    for pieces in Layout.of(state).plan(shard_bytes):
+        yield encode_shard(state, pieces)
+
+
+def count_shards(state: dict[str, torch.Tensor], shard_bytes: int) -> int:
+    return len(Layout.of(state).plan(shard_bytes))
+
+
+def decode_shard(frame: bytes | bytearray | memoryview, layout: Layout) -> list[tuple[str, int, torch.Tensor]]:
+    """Parse a tensor frame into (name, offset, flat tensor view) triples checked against `layout`."""
+    view = memoryview(frame)
+    if len(view) < 9 or view[0] != TENSORS:
+        raise FederationError("expected a tensor frame", "federation.protocol")
+    (hlen,) = struct.unpack("<Q", view[1:9])
+    if hlen > MAX_HEADER_BYTES or 9 + hlen > len(view):
+        raise FederationError("tensor frame header out of bounds", "federation.protocol")
+    try:
+        header = json.loads(bytes(view[9: 9 + hlen]))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FederationError("tensor frame header is not JSON", "federation.protocol") from None
+    meta = header.pop("__metadata__", None) or {}
+    data = view[9 + hlen:]
+    expected = {name: (dtype, _prod(shape)) for name, dtype, shape in layout.entries}
+    out = []
+    for name, info in header.items():
+        if name not in expected:
+            raise FederationError(f"unexpected tensor {name!r} in update", "federation.bad_update")
+        dtype = _DTYPES.get(info.get("dtype"))
+        want_dtype, numel = expected[name]
+        if dtype != want_dtype:
+            raise FederationError(f"tensor {name!r} has dtype {info.get('dtype')}, expected "
+                                  f"{_DTYPE_NAMES.get(want_dtype)}", "federation.bad_update")
+        start, end = info.get("data_offsets", (0, -1))
+        shape = info.get("shape") or []
+        count = _prod(tuple(shape))
+        offset = int(meta.get(name, "0"))
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if (len(shape) != 1 or not 0 <= start <= end <= len(data) or end - start != count * itemsize
+                or offset < 0 or offset + count > numel):
+            raise FederationError(f"tensor {name!r} slice out of bounds", "federation.bad_update")
+        if count == 0:
+            continue
+        with warnings.catch_warnings():
+            # frames arrive as immutable bytes; the views are only ever read (copied out)
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.frombuffer(data, dtype=dtype, count=count, offset=start)
+        out.append((name, offset, tensor))
+    return out
+
+
+def write_slices(state: dict[str, torch.Tensor], slices: list[tuple[str, int, torch.Tensor]]) -> None:
+    """Copy decoded slices into the matching tensors of `state` (in place)."""
+    with torch.no_grad():
+        for name, offset, tensor in slices:
+            state[name].view(-1)[offset: offset + tensor.numel()].copy_(tensor)

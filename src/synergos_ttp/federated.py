@@ -1,0 +1,168 @@
+"""The federated training loop (FedAvg / FedProx) on one grid, and inference for validation.
+
+Each round: the global weights go out once (every shard encoded once for all parties), each
+party trains locally and streams its weights back, and the TTP folds them shard by shard into
+the next global model. A party also reports the loss of the weights it received on its own
+`evaluate` data, which is the previous round's global evaluate loss; the final round's loss
+comes from one closing `evaluate` request. Early stopping on that loss ends training at the
+best-known round. Memory stays at about three model sizes whatever the number of parties.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from synergos_core.aggregation import EarlyStopping, fold_slices, sample_weights
+from synergos_core.checkpoints import StateFileWriter, save_state
+from synergos_core.errors import FederationError
+from synergos_core.federation import iter_shards
+from synergos_core.model import build_model
+from synergos_core.wire import Layout
+
+from .grid import GridRun
+
+log = logging.getLogger(__name__)
+Progress = Callable[..., None]
+
+
+@dataclass
+class RoundTiming:
+    round: int
+    wall_s: float
+    worker_compute_s: dict[str, float]
+    bytes_moved: int
+
+
+@dataclass
+class TrainingOutcome:
+    state: dict[str, torch.Tensor]
+    history: dict[str, dict[int, float]]
+    local_history: dict[str, dict[int, float]]
+    rounds_completed: int
+    stopped_early: bool
+    timings: list[RoundTiming] = field(default_factory=list)
+
+
+def _weighted(values: dict[str, tuple[float | None, int]]) -> float | None:
+    pairs = [(v, n) for v, n in values.values() if v is not None and n > 0]
+    total = sum(n for _, n in pairs)
+    return sum(v * n for v, n in pairs) / total if total else None
+
+
+async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) -> TrainingOutcome:
+    hp = grid.hyperparameters
+    rounds, epochs = int(hp.get("rounds", 10)), int(hp.get("epochs", 100))
+    global_model = build_model(grid.model, seed=int(hp.get("seed", 42)))
+    state = global_model.state_dict()
+    layout = Layout.of(state)
+    state_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    history: dict[str, dict[int, float]] = {"train": {}, "evaluate": {}}
+    local_history: dict[str, dict[int, float]] = {pid: {} for pid in grid.channels}
+    stopper = EarlyStopping(int(hp.get("patience") or 0), float(hp.get("delta") or 0.0))
+    timings: list[RoundTiming] = []
+    stopped, completed = False, 0
+    next_state = {k: torch.empty_like(v) for k, v in state.items()}
+    trainers = [pid for pid, c in sorted(grid.counts.items()) if c.get("train")]
+    if not trainers:
+        raise FederationError("no participant has train data for this run", "federation.no_samples")
+    for r in range(rounds):
+        started = time.perf_counter()
+        sent = await grid.broadcast("train", r, state, participants=trainers, epochs=epochs, evaluate=r > 0)
+        replies = await grid.replies(sent, "update")
+        if r > 0:
+            loss = _weighted({p: (h.get("eval_loss"), h.get("eval_samples", 0)) for p, h in replies.items()})
+            if loss is not None:
+                history["evaluate"][r - 1] = loss
+            if stopper.step(loss):
+                stopped = True
+                await _drain(grid, replies, layout)
+                log.info("run %s: early stop after round %d (evaluate loss %.5f)", grid.run, r, loss)
+                break
+        weights = sample_weights({p: int(h.get("n_samples", 0)) for p, h in replies.items()})
+        await _aggregate(grid, replies, weights, layout, next_state, out_dir)
+        state, next_state = next_state, state
+        for pid, h in replies.items():
+            local_history[pid][r] = float(h.get("train_loss"))
+        history["train"][r] = _weighted({p: (h.get("train_loss"), h.get("n_samples", 0)) for p, h in replies.items()})
+        completed = r + 1
+        _checkpoint(out_dir, r, state, history)
+        timings.append(RoundTiming(r, time.perf_counter() - started,
+                                   {p: float(h.get("compute_s", 0.0)) for p, h in replies.items()},
+                                   2 * state_bytes * len(trainers)))
+        if progress:
+            progress(round=completed, rounds=rounds, train_loss=history["train"][r],
+                     evaluate_loss=history["evaluate"].get(r - 1))
+    if not stopped:
+        started = time.perf_counter()
+        loss = await evaluate_loss(grid, state, completed)
+        if loss is not None:
+            history["evaluate"][completed - 1] = loss
+        if timings:
+            timings[-1].wall_s += time.perf_counter() - started
+            timings[-1].bytes_moved += state_bytes * len(grid.channels)
+        _write_json(out_dir / "global_loss_history.json", history)
+    if progress:
+        progress(round=completed, rounds=rounds, train_loss=history["train"].get(completed - 1),
+                 evaluate_loss=history["evaluate"].get(completed - 1))
+    return TrainingOutcome(state, history, local_history, completed, stopped, timings)
+
+
+async def evaluate_loss(grid: GridRun, state: dict[str, torch.Tensor], round_index: int) -> float | None:
+    sent = await grid.broadcast("evaluate", round_index, state, meta="evaluate")
+    replies = await grid.replies(sent, "loss")
+    return _weighted({p: (h.get("loss"), h.get("n_samples", 0)) for p, h in replies.items()})
+
+
+async def infer(grid: GridRun, state: dict[str, torch.Tensor], meta: str,
+                participants: list[str] | None = None) -> dict[str, dict]:
+    """Ask each node to predict on its own `meta` data and return only its statistics."""
+    sent = await grid.broadcast("infer", 0, state, participants=participants, meta=meta)
+    return await grid.replies(sent, "metrics")
+
+
+async def _aggregate(grid: GridRun, replies: dict[str, dict], weights: dict[str, float], layout: Layout,
+                     target: dict[str, torch.Tensor], out_dir: Path) -> None:
+    pids = sorted(replies)
+    counts = {replies[p].get("shards") for p in pids}
+    if len(counts) != 1:
+        raise FederationError("participants sent differently sharded updates", "federation.bad_update")
+    streams = {p: iter_shards(grid.channels[p], int(replies[p]["shards"]), layout, grid.limits.round_timeout_s)
+               for p in pids}
+    writers = {p: StateFileWriter(out_dir / f"local_model_{p}.safetensors", layout) for p in pids}
+    try:
+        for _ in range(counts.pop()):
+            shards = await asyncio.gather(*(anext(streams[p]) for p in pids))
+            fold_slices(target, [(p, weights[p], s) for p, s in zip(pids, shards)])
+            for p, slices in zip(pids, shards):
+                for name, offset, tensor in slices:
+                    writers[p].write(name, offset, tensor)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    for w in writers.values():
+        w.commit()
+
+
+async def _drain(grid: GridRun, replies: dict[str, dict], layout: Layout) -> None:
+    for p, h in replies.items():
+        async for _ in iter_shards(grid.channels[p], int(h.get("shards", 0)), layout, grid.limits.round_timeout_s):
+            pass
+
+
+def _checkpoint(out_dir: Path, r: int, state: dict[str, torch.Tensor], history: dict) -> None:
+    folder = out_dir / "checkpoints" / f"round_{r}"
+    save_state(state, folder / "global_model.safetensors")
+    _write_json(folder / "global_loss_history.json", history)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))

@@ -1,0 +1,96 @@
+"""What a TTP does on one grid, independent of where its inputs come from (metadata DB in basic
+mode, a queued job in cluster mode): poll and align, train, validate, predict."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from synergos_core.alignment import Alignment, align_headers
+from synergos_core.checkpoints import load_state, save_state
+from synergos_core.errors import InvalidRequest
+from synergos_core.metrics import aggregate_statistics
+from synergos_core.settings import FederationLimits
+
+from . import federated
+from .grid import GridNode, GridRun, worker_call
+
+log = logging.getLogger(__name__)
+RunKeys = tuple[str, str, str, str]
+
+
+async def poll_headers(http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, project_id: str,
+                       action: str) -> dict[str, dict]:
+    """Each node's feature headers per meta (and schemas and summaries), never its rows."""
+    async def one(node: GridNode) -> dict:
+        return await worker_call(http, node, f"/worker/poll/{collab_id}/{project_id}",
+                                 {"action": action, "tags": node.tags})
+    results = await asyncio.gather(*(one(node) for node in nodes))
+    return {node.participant_id: result for node, result in zip(nodes, results)}
+
+
+def alignment_records(alignment: Alignment) -> dict[str, dict]:
+    """Per participant: spacers per meta plus the superset they align to."""
+    return {pid: {**spacers, "superset": alignment.superset} for pid, spacers in alignment.spacers.items()}
+
+
+async def align(http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, project_id: str,
+                action: str) -> tuple[Alignment, dict[str, dict]]:
+    polled = await poll_headers(http, nodes, collab_id, project_id, action)
+    headers = {pid: result.get("headers", {}) for pid, result in polled.items()}
+    if not any(meta.get("train") for meta in headers.values()):
+        raise InvalidRequest("no participant declared train data for this project", "alignment.no_data")
+    return align_headers(headers), polled
+
+
+def run_dir(outputs: Path, keys: RunKeys) -> Path:
+    return outputs.joinpath(*keys)
+
+
+async def train_run(http: httpx.AsyncClient, limits: FederationLimits, keys: RunKeys, nodes: list[GridNode],
+                    action: str, model: list[dict], hyperparameters: dict[str, Any], outputs: Path,
+                    progress: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Train one run on one grid and export it; returns the Model record's details."""
+    out = run_dir(outputs, keys)
+    out.mkdir(parents=True, exist_ok=True)
+    async with GridRun(keys, nodes, action, model, hyperparameters, limits, http) as grid:
+        outcome = await federated.train(grid, out, progress)
+    save_state(outcome.state, out / "global_model.safetensors")
+    federated._write_json(out / "global_loss_history.json", outcome.history)
+    rel = Path(*keys)
+    locals_ = {}
+    for pid, hist in outcome.local_history.items():
+        federated._write_json(out / f"local_loss_history_{pid}.json", hist)
+        locals_[pid] = {"origin": pid, "path": str(rel / f"local_model_{pid}.safetensors"), "loss_history": hist}
+    return {
+        "global": {"origin": "ttp", "path": str(rel / "global_model.safetensors"), "loss_history": outcome.history,
+                   "checkpoints": str(rel / "checkpoints")},
+        "locals": locals_,
+        "rounds_completed": outcome.rounds_completed,
+        "stopped_early": outcome.stopped_early,
+    }
+
+
+async def infer_run(http: httpx.AsyncClient, limits: FederationLimits, keys: RunKeys, nodes: list[GridNode],
+                    action: str, model: list[dict], hyperparameters: dict[str, Any], outputs: Path,
+                    meta: str) -> dict[str, dict]:
+    """Run the trained global model on each node's own `meta` data; statistics per participant."""
+    state = load_state(run_dir(outputs, keys) / "global_model.safetensors")
+    async with GridRun(keys, nodes, action, model, hyperparameters, limits, http) as grid:
+        replies = await federated.infer(grid, state, meta)
+    results = {}
+    for pid, reply in replies.items():
+        if reply.get("statistics") is not None:
+            results[pid] = {meta: {"statistics": reply["statistics"], "res_path": reply.get("res_path")}}
+    return results
+
+
+def aggregate(results: dict[str, dict], meta: str) -> dict | None:
+    parts = [r[meta]["statistics"] for r in results.values() if r.get(meta)]
+    return {meta: {"statistics": aggregate_statistics(parts), "participants": sorted(results)}} if parts else None
+
+
+__all__ = ["align", "alignment_records", "train_run", "infer_run", "aggregate", "poll_headers", "save_state"]

@@ -1,0 +1,224 @@
+"""Basic-mode orchestration: gather a request's inputs from the metadata store, run the
+operations on grid 0, and archive what they produce. REST handlers call these methods."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from synergos_core.alignment import fix_model_io
+from synergos_core.errors import InvalidRequest, NotFound, SynergosError
+from synergos_core.schemas import METAS
+from synergos_core.settings import TTPSettings
+
+from . import operations
+from .grid import GridNode
+from .jobs import JobBoard
+from .storage import Store
+
+log = logging.getLogger(__name__)
+
+
+class Orchestrator:
+    def __init__(self, store: Store, settings: TTPSettings, jobs: JobBoard) -> None:
+        self.store = store
+        self.settings = settings
+        self.jobs = jobs
+        self.limits = settings.federation
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.http_timeout_s, connect=5.0))
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # -- inputs --
+    def grid_nodes(self, collab_id: str, project_id: str, grid: int = 0,
+                   participants: list[str] | None = None) -> list[GridNode]:
+        registered = self.store.project_grid(collab_id, project_id)
+        if not registered:
+            raise InvalidRequest(f"no participant is registered to project {project_id!r}", "project.no_participants")
+        alignments = {a["key"]["participant_id"]: a for a in self.store.list_alignments(collab_id, project_id)}
+        nodes = []
+        for entry in registered:
+            pid = entry["participant_id"]
+            if participants is not None and pid not in participants:
+                continue
+            if grid >= len(entry["nodes"]):
+                raise InvalidRequest(f"{pid} registered {len(entry['nodes'])} node(s); grid {grid} needs more",
+                                     "registration.too_few_nodes")
+            node = entry["nodes"][grid]
+            spacers = alignments.get(pid, {})
+            nodes.append(GridNode(pid, node["host"], int(node["port"]), int(node["f_port"]), entry["tags"],
+                                  {m: spacers[m] for m in METAS if isinstance(spacers.get(m), dict)}))
+        if participants is not None and not nodes:
+            raise NotFound(f"participant(s) {', '.join(participants)} not registered to {project_id!r}",
+                           "registration.not_found")
+        return nodes
+
+    def scope(self, collab_id: str, project_id: str, expt_id: str | None, run_id: str | None
+              ) -> list[tuple[dict, dict]]:
+        """(experiment, run) pairs a request covers: one run, an experiment's runs, or the project's."""
+        experiments = ([self.store.get_experiment(collab_id, project_id, expt_id)] if expt_id
+                       else self.store.list_experiments(collab_id, project_id))
+        pairs = []
+        for expt in experiments:
+            e = expt["key"]["expt_id"]
+            runs = ([self.store.get_run(collab_id, project_id, e, run_id)] if run_id
+                    else self.store.list_runs(collab_id, project_id, e))
+            pairs.extend((expt, run) for run in runs)
+        if not pairs:
+            raise NotFound("nothing to do: no runs in this scope", "run.not_found")
+        return pairs
+
+    # -- phase 2A --
+    async def align(self, collab_id: str, project_id: str, auto_align: bool = True, auto_fix: bool = True
+                    ) -> list[dict]:
+        project = self.store.get_project(collab_id, project_id)
+        job = self.jobs.start("alignment", {"collab_id": collab_id, "project_id": project_id})
+        try:
+            if auto_align:
+                nodes = self.grid_nodes(collab_id, project_id)
+                alignment, _ = await operations.align(self.http, nodes, collab_id, project_id, project["action"])
+                for pid, details in operations.alignment_records(alignment).items():
+                    self.store.put_alignment(collab_id, project_id, pid, details)
+                if auto_fix:
+                    width, classes = len(alignment.superset["X"]), len(alignment.superset["y"])
+                    for expt in self.store.list_experiments(collab_id, project_id):
+                        fixed = fix_model_io(_layers(expt), width, classes, project["action"])
+                        self.store.set_experiment_model(collab_id, project_id, expt["key"]["expt_id"], fixed)
+            self.jobs.finish(job, "completed")
+        except SynergosError as exc:
+            self.jobs.finish(job, "failed", exc.detail)
+            raise
+        return self.store.list_alignments(collab_id, project_id)
+
+    # -- phase 2B --
+    async def train(self, collab_id: str, project_id: str, expt_id: str | None = None, run_id: str | None = None,
+                    auto_align: bool = True) -> list[dict]:
+        project = self.store.get_project(collab_id, project_id)
+        pairs = self.scope(collab_id, project_id, expt_id, run_id)
+        if auto_align and not self.store.list_alignments(collab_id, project_id):
+            await self.align(collab_id, project_id)
+            pairs = self.scope(collab_id, project_id, expt_id, run_id)  # auto_fix may have resized models
+        nodes = self.grid_nodes(collab_id, project_id)
+        records = []
+        for expt, run in pairs:
+            keys = (collab_id, project_id, expt["key"]["expt_id"], run["key"]["run_id"])
+            hp = _hyperparameters(run)
+            job = self.jobs.start("training", _keys(keys), rounds=int(hp.get("rounds", 10)))
+
+            def progress(job=job, **info: Any) -> None:
+                self.jobs.update(job, round=info["round"], metrics={k: v for k, v in info.items() if k != "round"
+                                                                    and k != "rounds"})
+            try:
+                details = await operations.train_run(self.http, self.limits, keys, nodes, project["action"],
+                                                     _layers(expt), hp, self.settings.outputs_dir, progress)
+            except SynergosError as exc:
+                self.jobs.finish(job, "failed", exc.detail)
+                raise
+            records.append(self.store.put_model(*keys, details))
+            self.jobs.finish(job, "completed")
+            log.info("TRAINING COMPLETED - %s", "/".join(keys[1:]))
+        return records
+
+    # -- phase 3A --
+    async def validate(self, collab_id: str, project_id: str, expt_id: str | None = None,
+                       run_id: str | None = None, participant_id: str | None = None) -> list[dict]:
+        project = self.store.get_project(collab_id, project_id)
+        pairs = self.scope(collab_id, project_id, expt_id, run_id)
+        nodes = self.grid_nodes(collab_id, project_id, participants=[participant_id] if participant_id else None)
+        records = []
+        for expt, run in pairs:
+            keys = (collab_id, project_id, expt["key"]["expt_id"], run["key"]["run_id"])
+            if not self.store.list_models(*keys):
+                raise InvalidRequest(f"run {keys[3]!r} has no trained model yet; train it first", "model.not_trained")
+            job = self.jobs.start("validation", _keys(keys))
+            try:
+                results = await operations.infer_run(self.http, self.limits, keys, nodes, project["action"],
+                                                     _layers(expt), _hyperparameters(run),
+                                                     self.settings.outputs_dir, "evaluate")
+            except SynergosError as exc:
+                self.jobs.finish(job, "failed", exc.detail)
+                raise
+            for pid, details in results.items():
+                records.append(self.store.put_validation(*keys, pid, details))
+            summary = operations.aggregate(results, "evaluate")
+            if summary and not participant_id:
+                records.append(self.store.put_validation(*keys, "aggregate", summary))
+            self.jobs.finish(job, "completed")
+            self.jobs.update(job, metrics=summary["evaluate"]["statistics"] if summary else None)
+            log.info("VALIDATION COMPLETED - %s", "/".join(keys[1:]))
+        return records
+
+    # -- phase 3B --
+    async def predict(self, participant_id: str, collab_id: str, tags: dict[str, list[list[str]]],
+                      project_id: str | None = None, expt_id: str | None = None, run_id: str | None = None
+                      ) -> list[dict]:
+        projects = [project_id] if project_id else sorted(tags)
+        if not projects:
+            raise InvalidRequest("name a project, or give predict tags keyed by project", "prediction.no_project")
+        records = []
+        for p in projects:
+            project = self.store.get_project(collab_id, p)
+            if p in tags:
+                self.store.set_predict_tags(collab_id, p, participant_id, tags[p])
+            nodes = self.grid_nodes(collab_id, p, participants=[participant_id])
+            await self._check_drift(collab_id, p, nodes[0], project["action"])
+            for expt, run in self.scope(collab_id, p, expt_id, run_id):
+                keys = (collab_id, p, expt["key"]["expt_id"], run["key"]["run_id"])
+                if not self.store.list_models(*keys):
+                    continue
+                job = self.jobs.start("prediction", {**_keys(keys), "participant_id": participant_id})
+                try:
+                    results = await operations.infer_run(self.http, self.limits, keys, nodes, project["action"],
+                                                         _layers(expt), _hyperparameters(run),
+                                                         self.settings.outputs_dir, "predict")
+                except SynergosError as exc:
+                    self.jobs.finish(job, "failed", exc.detail)
+                    raise
+                self.jobs.finish(job, "completed")
+                if participant_id in results:
+                    records.append(self.store.put_prediction(participant_id, *keys, results[participant_id]))
+        return records
+
+    async def _check_drift(self, collab_id: str, project_id: str, node: GridNode, action: str) -> None:
+        """Predict data must fit the trained layout: align its headers to the stored superset."""
+        alignment = next((a for a in self.store.list_alignments(collab_id, project_id)
+                          if a["key"]["participant_id"] == node.participant_id), None)
+        if alignment is None or "superset" not in alignment:
+            return
+        polled = await operations.poll_headers(self.http, [node], collab_id, project_id, action)
+        headers = polled[node.participant_id].get("headers", {}).get("predict")
+        if not headers:
+            raise InvalidRequest(f"{node.participant_id} has no predict data for {project_id!r}", "prediction.no_data")
+        superset = alignment["superset"]
+        spacers = {}
+        for part in ("X", "y"):
+            unknown = sorted(set(headers[part]) - set(superset[part]))
+            if unknown:
+                raise InvalidRequest(f"feature drift: predict data has {len(unknown)} feature(s) the model was "
+                                     f"not trained on, e.g. {unknown[:5]}", "prediction.feature_drift")
+            have = set(headers[part])
+            spacers[part] = [i for i, name in enumerate(superset[part]) if name not in have]
+        node.alignment["predict"] = spacers
+        self.store.put_alignment(collab_id, project_id, node.participant_id, {**alignment_details(alignment),
+                                                                              "predict": spacers})
+
+
+def alignment_details(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in {"key", "created_at", "relations", "link"}}
+
+
+def _layers(expt: dict) -> list[dict]:
+    return list(expt["model"])
+
+
+_RUN_META = {"key", "created_at", "relations", "link", "run_id"}
+
+
+def _hyperparameters(run: dict) -> dict[str, Any]:
+    return {k: v for k, v in run.items() if k not in _RUN_META}
+
+
+def _keys(keys: tuple[str, str, str, str]) -> dict[str, str]:
+    return dict(zip(("collab_id", "project_id", "expt_id", "run_id"), keys))

@@ -1,0 +1,83 @@
+"""Phase 3: /ttp/evaluate/… validations and predictions."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from synergos_core.envelope import envelope
+from synergos_core.errors import NotFound
+from synergos_core.schemas import ID_PATTERN, check_tag
+
+from ..deps import StoreDep
+from ..orchestrator import Orchestrator
+from .train import orchestrator
+
+router = APIRouter(prefix="/ttp/evaluate")
+Id = Path(pattern=ID_PATTERN)
+
+
+class ValidationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    auto_align: bool = True
+
+
+class PredictionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tags: dict[str, list[list[str]]] = Field(default_factory=dict)
+    auto_align: bool = True
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, list[list[str]]]) -> dict[str, list[list[str]]]:
+        return {project: [check_tag(tag) for tag in tags] for project, tags in value.items()}
+
+
+VALIDATION = "/collaborations/{collab_id}/projects/{project_id}/validations"
+VALIDATION_PATHS = [VALIDATION, VALIDATION + "/", VALIDATION + "/{expt_id}", VALIDATION + "/{expt_id}/{run_id}",
+                    VALIDATION + "/{expt_id}/{run_id}/{participant_id}"]
+
+
+async def create_validations(request: Request, body: ValidationRequest, orch: Orchestrator = Depends(orchestrator),
+                             collab_id: str = Id, project_id: str = Id, expt_id: str | None = None,
+                             run_id: str | None = None, participant_id: str | None = None) -> object:
+    records = await orch.validate(collab_id, project_id, expt_id, run_id, participant_id)
+    return envelope(request, records, 201)
+
+
+async def read_validations(request: Request, store: StoreDep, collab_id: str = Id, project_id: str = Id,
+                           expt_id: str | None = None, run_id: str | None = None,
+                           participant_id: str | None = None) -> object:
+    store.get_project(collab_id, project_id)
+    records = store.list_validations(collab_id, project_id, expt_id, run_id, participant_id)
+    if not records:
+        raise NotFound("no validations in this scope yet", "validation.not_found")
+    return envelope(request, records)
+
+
+PREDICTION = "/participants/{participant_id}/collaborations/{collab_id}/predictions"
+PREDICTION_PATHS = [PREDICTION, PREDICTION + "/", PREDICTION + "/{project_id}", PREDICTION + "/{project_id}/{expt_id}",
+                    PREDICTION + "/{project_id}/{expt_id}/{run_id}"]
+
+
+async def create_predictions(request: Request, body: PredictionRequest, orch: Orchestrator = Depends(orchestrator),
+                             participant_id: str = Id, collab_id: str = Id, project_id: str | None = None,
+                             expt_id: str | None = None, run_id: str | None = None) -> object:
+    records = await orch.predict(participant_id, collab_id, body.tags, project_id, expt_id, run_id)
+    return envelope(request, records, 201)
+
+
+async def read_predictions(request: Request, store: StoreDep, participant_id: str = Id, collab_id: str = Id,
+                           project_id: str | None = None, expt_id: str | None = None,
+                           run_id: str | None = None) -> object:
+    records = store.list_predictions(participant_id, collab_id, project_id, expt_id, run_id)
+    if not records:
+        raise NotFound("no predictions in this scope yet", "prediction.not_found")
+    return envelope(request, records)
+
+
+for _path in VALIDATION_PATHS:
+    router.add_api_route(_path, create_validations, methods=["POST"], name="validations")
+    router.add_api_route(_path, read_validations, methods=["GET"], name="validations")
+for _path in PREDICTION_PATHS:
+    router.add_api_route(_path, create_predictions, methods=["POST"], name="predictions")
+    router.add_api_route(_path, read_predictions, methods=["GET"], name="predictions")

@@ -1,0 +1,72 @@
+"""Phase 2: /ttp/train/… alignments and models (training runs within the request in basic mode)."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, ConfigDict
+
+from synergos_core.envelope import envelope
+from synergos_core.errors import NotFound
+from synergos_core.schemas import ID_PATTERN
+
+from ..deps import StoreDep
+from ..orchestrator import Orchestrator
+
+router = APIRouter(prefix="/ttp/train/collaborations/{collab_id}/projects/{project_id}")
+Id = Path(pattern=ID_PATTERN)
+
+
+def orchestrator(request: Request) -> Orchestrator:
+    return request.app.state.orchestrator
+
+
+class AlignmentRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    auto_align: bool = True
+    auto_fix: bool = True
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # dockerised, verbose, log_msgs: accepted for compatibility
+    auto_align: bool = True
+
+
+def _found(records: list[dict], what: str) -> list[dict]:
+    if not records:
+        raise NotFound(f"no {what} in this scope yet", f"{what.rstrip('s')}.not_found")
+    return records
+
+
+@router.post("/alignments", name="alignments")
+@router.post("/alignments/", name="alignments", include_in_schema=False)
+async def create_alignments(request: Request, body: AlignmentRequest, orch: Orchestrator = Depends(orchestrator),
+                            collab_id: str = Id, project_id: str = Id) -> object:
+    records = await orch.align(collab_id, project_id, body.auto_align, body.auto_fix)
+    return envelope(request, records, 201)
+
+
+@router.get("/alignments", name="alignments")
+@router.get("/alignments/", name="alignments", include_in_schema=False)
+async def read_alignments(request: Request, store: StoreDep, collab_id: str = Id, project_id: str = Id) -> object:
+    store.get_project(collab_id, project_id)
+    return envelope(request, _found(store.list_alignments(collab_id, project_id), "alignments"))
+
+
+MODEL_PATHS = ["/models", "/models/", "/models/{expt_id}", "/models/{expt_id}/{run_id}"]
+
+
+async def create_models(request: Request, body: TrainRequest, orch: Orchestrator = Depends(orchestrator),
+                        collab_id: str = Id, project_id: str = Id, expt_id: str | None = None,
+                        run_id: str | None = None) -> object:
+    records = await orch.train(collab_id, project_id, expt_id, run_id, body.auto_align)
+    return envelope(request, records, 201)
+
+
+async def read_models(request: Request, store: StoreDep, collab_id: str = Id, project_id: str = Id,
+                      expt_id: str | None = None, run_id: str | None = None) -> object:
+    store.get_project(collab_id, project_id)
+    return envelope(request, _found(store.list_models(collab_id, project_id, expt_id, run_id), "models"))
+
+
+for _path in MODEL_PATHS:
+    router.add_api_route(_path, create_models, methods=["POST"], name="models", include_in_schema=_path != "/models/")
+    router.add_api_route(_path, read_models, methods=["GET"], name="models", include_in_schema=_path != "/models/")

@@ -1,0 +1,1 @@
+"""Synergos Worker: serves one party's data to the federation without ever sending a row."""

@@ -1,0 +1,43 @@
+"""Worker app factory: REST commands on the f_port, federation WebSocket on the port."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+
+from synergos_core.envelope import BodyLimitMiddleware, envelope, install_error_handlers
+from synergos_core.settings import WorkerSettings
+
+from .federation import FederationServer
+from .routes import ROUTERS
+from .sessions import SessionRegistry
+
+
+def create_app(settings: WorkerSettings, *, federation: bool = True) -> FastAPI:
+    registry = SessionRegistry(settings.data_dir)
+    server = FederationServer(registry, settings.federation, settings.outputs_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if federation:
+            await server.start(settings.host, settings.ws_port)
+        try:
+            yield
+        finally:
+            registry.close_all()
+            await server.stop()
+
+    app = FastAPI(title=f"Synergos Worker {settings.id}", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.state.settings = settings
+    app.state.registry = registry
+    for router in ROUTERS:
+        app.include_router(router)
+
+    @app.get("/health", name="health")
+    async def health(request: Request) -> object:
+        return envelope(request, {"id": settings.id, "status": "ok", "sessions": registry.count()})
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
