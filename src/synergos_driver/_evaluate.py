@@ -1,0 +1,83 @@
+"""Phase 3: validation on the participants' `evaluate` data, prediction on their `predict` data."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import _endpoints as routes
+from ._base import BaseTask, tag_lists
+from ._session import Envelope
+
+
+class ValidationTask(BaseTask):
+    """Validation of trained models; each Worker scores against its own labels."""
+
+    def create(
+        self,
+        collab_id: str,
+        project_id: str,
+        expt_id: str | None = None,
+        run_id: str | None = None,
+        participant_id: str | None = None,
+        auto_align: bool = True,
+        dockerised: bool = True,
+        verbose: bool = False,
+        log_msgs: bool = False,
+        **kwargs: Any,
+    ) -> Envelope:
+        """Validate every (experiment, run) in scope, for all participants or the one given."""
+        body = {"auto_align": auto_align, "dockerised": dockerised, "verbose": verbose, "log_msgs": log_msgs,
+                **kwargs}
+        path = routes.validations(collab_id, project_id, expt_id, run_id, participant_id)
+        return self._post_long(path, body, collab_id=collab_id, project_id=project_id)
+
+    def read(
+        self,
+        collab_id: str,
+        project_id: str,
+        expt_id: str | None = None,
+        run_id: str | None = None,
+        participant_id: str | None = None,
+    ) -> Envelope:
+        return self._get(routes.validations(collab_id, project_id, expt_id, run_id, participant_id))
+
+
+class PredictionTask(BaseTask):
+    """Inference a participant asks for on its own `predict` data."""
+
+    def create(
+        self,
+        tags: Mapping[str, Sequence[Sequence[str]]],
+        participant_id: str,
+        collab_id: str,
+        project_id: str | None = None,
+        expt_id: str | None = None,
+        run_id: str | None = None,
+        auto_align: bool = True,
+        dockerised: bool = True,
+        verbose: bool = False,
+        log_msgs: bool = False,
+        **kwargs: Any,
+    ) -> Envelope:
+        """Predict with every model in scope. `tags` maps a project id to its predict tags,
+        e.g. `{"project_1": [["predict"]]}`; they replace the participant's stored predict tags."""
+        body = {
+            "tags": {project: tag_lists(project_tags) for project, project_tags in tags.items()},
+            "auto_align": auto_align,
+            "dockerised": dockerised,
+            "verbose": verbose,
+            "log_msgs": log_msgs,
+            **kwargs,
+        }
+        path = routes.predictions(participant_id, collab_id, project_id, expt_id, run_id)
+        return self._post_long(path, body, collab_id=collab_id, project_id=project_id)
+
+    def read(
+        self,
+        participant_id: str,
+        collab_id: str,
+        project_id: str | None = None,
+        expt_id: str | None = None,
+        run_id: str | None = None,
+    ) -> Envelope:
+        return self._get(routes.predictions(participant_id, collab_id, project_id, expt_id, run_id))

@@ -1,0 +1,101 @@
+"""Phase 2: feature alignment, training, and hyper-parameter optimization."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from . import _endpoints as routes
+from ._base import BaseTask, compact
+from ._session import Envelope
+
+
+class AlignmentTask(BaseTask):
+    """Multiple feature alignment across the participants of a project."""
+
+    def create(
+        self, collab_id: str, project_id: str, auto_align: bool = True, auto_fix: bool = True, **kwargs: Any
+    ) -> Envelope:
+        """Align every participant's features (blocks until done in basic mode; shows progress).
+        With `auto_fix`, the experiments' input and output sizes are fitted to the aligned data."""
+        body = {"auto_align": auto_align, "auto_fix": auto_fix, **kwargs}
+        return self._post_long(
+            routes.alignments(collab_id, project_id), body, collab_id=collab_id, project_id=project_id
+        )
+
+    def read(self, collab_id: str, project_id: str) -> Envelope:
+        return self._get(routes.alignments(collab_id, project_id))
+
+
+class ModelTask(BaseTask):
+    """Training: every (experiment, run) in scope (project, experiment, or one run)."""
+
+    def create(
+        self,
+        collab_id: str,
+        project_id: str,
+        expt_id: str | None = None,
+        run_id: str | None = None,
+        auto_align: bool = True,
+        dockerised: bool = True,
+        verbose: bool = True,
+        log_msgs: bool = True,
+        **kwargs: Any,
+    ) -> Envelope:
+        """Train (blocks until done in basic mode; shows rounds as they complete)."""
+        body = {"auto_align": auto_align, "dockerised": dockerised, "verbose": verbose, "log_msgs": log_msgs,
+                **kwargs}
+        return self._post_long(
+            routes.models(collab_id, project_id, expt_id, run_id), body, collab_id=collab_id, project_id=project_id
+        )
+
+    def read(
+        self, collab_id: str, project_id: str, expt_id: str | None = None, run_id: str | None = None
+    ) -> Envelope:
+        return self._get(routes.models(collab_id, project_id, expt_id, run_id))
+
+
+class OptimizationTask(BaseTask):
+    """Hyper-parameter search (Director only): the search space becomes `n_samples` runs."""
+
+    def create(
+        self,
+        collab_id: str,
+        project_id: str,
+        expt_id: str,
+        search_space: Mapping[str, Any],
+        tuner: str | None = None,
+        metric: str | None = None,
+        optimize_mode: str | None = None,
+        n_samples: int = 3,
+        trial_concurrency: int = 1,
+        max_exec_duration: str = "1h",
+        max_trial_num: int | None = None,
+        searcher: str | None = None,
+        **kwargs: Any,
+    ) -> Envelope:
+        """Start a search. `search_space` maps each hyper-parameter to a fixed value or to
+        `{"_type": "choice"|"uniform"|"loguniform"|"randint", "_value": [...]}`. The older
+        spellings are accepted: `searcher` for `tuner`, `max_trial_num` for `n_samples`.
+        None values are left to the server's defaults; other keyword arguments pass through."""
+        if searcher is not None:
+            if tuner is not None and tuner != searcher:
+                raise ValueError(f"tuner={tuner!r} and searcher={searcher!r} disagree; give one of them")
+            tuner = searcher
+        if max_trial_num is not None:
+            n_samples = max_trial_num
+        body = compact({
+            "search_space": dict(search_space),
+            "tuner": tuner,
+            "metric": metric,
+            "optimize_mode": optimize_mode,
+            "n_samples": n_samples,
+            "trial_concurrency": trial_concurrency,
+            "max_exec_duration": max_exec_duration,
+            **kwargs,
+        })
+        return self._post_long(
+            routes.optimizations(collab_id, project_id, expt_id), body, collab_id=collab_id, project_id=project_id
+        )
+
+    def read(self, collab_id: str, project_id: str, expt_id: str) -> Envelope:
+        return self._get(routes.optimizations(collab_id, project_id, expt_id))
