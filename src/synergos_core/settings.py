@@ -85,3 +85,5 @@ class WorkerSettings(ServiceSettings):
 
 class TTPSettings(ServiceSettings):
     federation: FederationLimits = Field(default_factory=FederationLimits)
+    queue: list[str] | None = None
+    grid: int = 0

@@ -161,7 +161,7 @@ class Orchestrator:
         for p in projects:
             project = self.store.get_project(collab_id, p)
             if p in tags:
-                self.store.set_predict_tags(collab_id, p, participant_id, tags[p])
+                self.store.update_tags(collab_id, p, participant_id, {"predict": tags[p]})
             nodes = self.grid_nodes(collab_id, p, participants=[participant_id])
             await self._check_drift(collab_id, p, nodes[0], project["action"])
             for expt, run in self.scope(collab_id, p, expt_id, run_id):

@@ -1,7 +1,9 @@
 """Phase 3: /ttp/evaluate/… validations and predictions."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synergos_core.envelope import envelope
@@ -9,11 +11,10 @@ from synergos_core.errors import NotFound
 from synergos_core.schemas import ID_PATTERN, check_tag
 
 from ..deps import StoreDep
-from ..orchestrator import Orchestrator
-from .train import orchestrator
+from .train import OrchestratorDep
 
 router = APIRouter(prefix="/ttp/evaluate")
-Id = Path(pattern=ID_PATTERN)
+Id = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
 class ValidationRequest(BaseModel):
@@ -37,14 +38,14 @@ VALIDATION_PATHS = [VALIDATION, VALIDATION + "/", VALIDATION + "/{expt_id}", VAL
                     VALIDATION + "/{expt_id}/{run_id}/{participant_id}"]
 
 
-async def create_validations(request: Request, body: ValidationRequest, orch: Orchestrator = Depends(orchestrator),
-                             collab_id: str = Id, project_id: str = Id, expt_id: str | None = None,
+async def create_validations(request: Request, body: ValidationRequest, orch: OrchestratorDep,
+                             collab_id: Id, project_id: Id, expt_id: str | None = None,
                              run_id: str | None = None, participant_id: str | None = None) -> object:
     records = await orch.validate(collab_id, project_id, expt_id, run_id, participant_id)
     return envelope(request, records, 201)
 
 
-async def read_validations(request: Request, store: StoreDep, collab_id: str = Id, project_id: str = Id,
+async def read_validations(request: Request, store: StoreDep, collab_id: Id, project_id: Id,
                            expt_id: str | None = None, run_id: str | None = None,
                            participant_id: str | None = None) -> object:
     store.get_project(collab_id, project_id)
@@ -59,14 +60,14 @@ PREDICTION_PATHS = [PREDICTION, PREDICTION + "/", PREDICTION + "/{project_id}", 
                     PREDICTION + "/{project_id}/{expt_id}/{run_id}"]
 
 
-async def create_predictions(request: Request, body: PredictionRequest, orch: Orchestrator = Depends(orchestrator),
-                             participant_id: str = Id, collab_id: str = Id, project_id: str | None = None,
+async def create_predictions(request: Request, body: PredictionRequest, orch: OrchestratorDep,
+                             participant_id: Id, collab_id: Id, project_id: str | None = None,
                              expt_id: str | None = None, run_id: str | None = None) -> object:
     records = await orch.predict(participant_id, collab_id, body.tags, project_id, expt_id, run_id)
     return envelope(request, records, 201)
 
 
-async def read_predictions(request: Request, store: StoreDep, participant_id: str = Id, collab_id: str = Id,
+async def read_predictions(request: Request, store: StoreDep, participant_id: Id, collab_id: Id,
                            project_id: str | None = None, expt_id: str | None = None,
                            run_id: str | None = None) -> object:
     records = store.list_predictions(participant_id, collab_id, project_id, expt_id, run_id)

@@ -1,6 +1,8 @@
 """Phase 2: /ttp/train/… alignments and models (training runs within the request in basic mode)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict
 
@@ -12,11 +14,14 @@ from ..deps import StoreDep
 from ..orchestrator import Orchestrator
 
 router = APIRouter(prefix="/ttp/train/collaborations/{collab_id}/projects/{project_id}")
-Id = Path(pattern=ID_PATTERN)
+Id = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
 def orchestrator(request: Request) -> Orchestrator:
     return request.app.state.orchestrator
+
+
+OrchestratorDep = Annotated[Orchestrator, Depends(orchestrator)]
 
 
 class AlignmentRequest(BaseModel):
@@ -38,15 +43,15 @@ def _found(records: list[dict], what: str) -> list[dict]:
 
 @router.post("/alignments", name="alignments")
 @router.post("/alignments/", name="alignments", include_in_schema=False)
-async def create_alignments(request: Request, body: AlignmentRequest, orch: Orchestrator = Depends(orchestrator),
-                            collab_id: str = Id, project_id: str = Id) -> object:
+async def create_alignments(request: Request, body: AlignmentRequest, orch: OrchestratorDep,
+                            collab_id: Id, project_id: Id) -> object:
     records = await orch.align(collab_id, project_id, body.auto_align, body.auto_fix)
     return envelope(request, records, 201)
 
 
 @router.get("/alignments", name="alignments")
 @router.get("/alignments/", name="alignments", include_in_schema=False)
-async def read_alignments(request: Request, store: StoreDep, collab_id: str = Id, project_id: str = Id) -> object:
+async def read_alignments(request: Request, store: StoreDep, collab_id: Id, project_id: Id) -> object:
     store.get_project(collab_id, project_id)
     return envelope(request, _found(store.list_alignments(collab_id, project_id), "alignments"))
 
@@ -54,14 +59,14 @@ async def read_alignments(request: Request, store: StoreDep, collab_id: str = Id
 MODEL_PATHS = ["/models", "/models/", "/models/{expt_id}", "/models/{expt_id}/{run_id}"]
 
 
-async def create_models(request: Request, body: TrainRequest, orch: Orchestrator = Depends(orchestrator),
-                        collab_id: str = Id, project_id: str = Id, expt_id: str | None = None,
+async def create_models(request: Request, body: TrainRequest, orch: OrchestratorDep,
+                        collab_id: Id, project_id: Id, expt_id: str | None = None,
                         run_id: str | None = None) -> object:
     records = await orch.train(collab_id, project_id, expt_id, run_id, body.auto_align)
     return envelope(request, records, 201)
 
 
-async def read_models(request: Request, store: StoreDep, collab_id: str = Id, project_id: str = Id,
+async def read_models(request: Request, store: StoreDep, collab_id: Id, project_id: Id,
                       expt_id: str | None = None, run_id: str | None = None) -> object:
     store.get_project(collab_id, project_id)
     return envelope(request, _found(store.list_models(collab_id, project_id, expt_id, run_id), "models"))

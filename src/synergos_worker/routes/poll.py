@@ -1,6 +1,8 @@
 """POST /worker/poll/{c}/{p}: headers, schemas and summary metadata of the tagged data; never rows."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import asyncio
 
 from fastapi import APIRouter, Path, Request
@@ -12,7 +14,7 @@ from synergos_core.schemas import ID_PATTERN, METAS, PollRequest
 from ..deps import SettingsDep
 
 router = APIRouter(prefix="/worker")
-Id = Path(pattern=ID_PATTERN)
+Id = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
 def _describe(data_dir, body: PollRequest) -> dict:  # type: ignore[no-untyped-def]
@@ -29,6 +31,6 @@ def _describe(data_dir, body: PollRequest) -> dict:  # type: ignore[no-untyped-d
 
 @router.post("/poll/{collab_id}/{project_id}", name="poll")
 async def poll(request: Request, body: PollRequest, settings: SettingsDep,
-               collab_id: str = Id, project_id: str = Id) -> object:
+               collab_id: Id, project_id: Id) -> object:
     data = await asyncio.to_thread(_describe, settings.data_dir, body)
     return envelope(request, data)

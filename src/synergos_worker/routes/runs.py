@@ -1,6 +1,8 @@
 """Run sessions: initialise (load aligned data, open the federation channel), terminate, results."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import asyncio
 
 from fastapi import APIRouter, Path, Request
@@ -12,13 +14,13 @@ from synergos_core.schemas import ID_PATTERN, InitialiseRequest
 from ..deps import RegistryDep
 
 router = APIRouter(prefix="/worker")
-Id = Path(pattern=ID_PATTERN)
+Id = Annotated[str, Path(pattern=ID_PATTERN)]
 RUN = "/{collab_id}/{project_id}/{expt_id}/{run_id}"
 
 
 @router.post("/initialise" + RUN, name="initialise")
-async def initialise(request: Request, body: InitialiseRequest, registry: RegistryDep, collab_id: str = Id,
-                     project_id: str = Id, expt_id: str = Id, run_id: str = Id) -> object:
+async def initialise(request: Request, body: InitialiseRequest, registry: RegistryDep, collab_id: Id,
+                     project_id: Id, expt_id: Id, run_id: Id) -> object:
     key = (collab_id, project_id, expt_id, run_id)
     session, created = await asyncio.to_thread(registry.open, key, body)
     data = {"participant_id": session.participant_id, "ws_path": run_path(*key), "counts": session.counts,
@@ -27,14 +29,14 @@ async def initialise(request: Request, body: InitialiseRequest, registry: Regist
 
 
 @router.post("/terminate" + RUN, name="terminate")
-async def terminate(request: Request, registry: RegistryDep, collab_id: str = Id, project_id: str = Id,
-                    expt_id: str = Id, run_id: str = Id) -> object:
+async def terminate(request: Request, registry: RegistryDep, collab_id: Id, project_id: Id,
+                    expt_id: Id, run_id: Id) -> object:
     session = registry.close((collab_id, project_id, expt_id, run_id))
     return envelope(request, {"participant_id": session.participant_id, "results": session.results})
 
 
 @router.get("/predict" + RUN, name="predictions")
-async def results(request: Request, registry: RegistryDep, collab_id: str = Id, project_id: str = Id,
-                  expt_id: str = Id, run_id: str = Id) -> object:
+async def results(request: Request, registry: RegistryDep, collab_id: Id, project_id: Id,
+                  expt_id: Id, run_id: Id) -> object:
     session = registry.get((collab_id, project_id, expt_id, run_id))
     return envelope(request, {"participant_id": session.participant_id, "results": session.results})

@@ -1,0 +1,110 @@
+"""Start and stop Synergos service processes on loopback, each on its own address.
+
+Every process started here is stopped by its PID when the context ends, even on failure.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+GUIDE_ADDRESSES = {"director": "127.0.0.152", "ttp": "127.0.0.153", "worker_1": "127.0.0.154",
+                   "worker_2": "127.0.0.155", "mlops": "127.0.0.156"}
+
+
+@dataclass
+class Service:
+    name: str
+    args: list[str]
+    health_url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> "Service":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env={**os.environ, **self.env}, start_new_session=True)
+        log.close()
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}:\n"
+                                   + self.tail())
+            try:
+                if httpx.get(self.health_url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not answer {self.health_url} within {timeout:.0f} s:\n" + self.tail())
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 10.0) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _cli(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+def worker(name: str, host: str, port: int, ws_port: int, data_dir: Path, outputs_dir: Path, log_dir: Path,
+           extra: list[str] | None = None) -> Service:
+    args = _cli("synergos_worker") + ["--id", name, "--logging_variant", "basic", "--censored", "--host", host,
+                                      "--port", str(port), "--ws_port", str(ws_port), "--data_dir", str(data_dir),
+                                      "--outputs_dir", str(outputs_dir)] + (extra or [])
+    return Service(name, args, f"http://{host}:{port}/health", log_dir / f"{name}.log")
+
+
+def ttp(name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: list[str] | None = None) -> Service:
+    args = _cli("synergos_ttp") + ["--id", name, "--logging_variant", "basic", "--host", host, "--port", str(port),
+                                   "--data_dir", str(workdir / "data"), "--outputs_dir", str(workdir / "outputs"),
+                                   "--mlflow_dir", str(workdir / "mlflow")] + (extra or [])
+    return Service(name, args, f"http://{host}:{port}/health", log_dir / f"{name}.log")
+
+
+class Topology:
+    """`with Topology() as topo:` start services, wait until healthy; all stopped on exit."""
+
+    def __init__(self) -> None:
+        self.services: list[Service] = []
+        self._stack = ExitStack()
+
+    def add(self, service: Service) -> Service:
+        self.services.append(service.start())
+        self._stack.callback(service.stop)
+        return service
+
+    def wait(self, timeout: float = 90.0) -> None:
+        for service in self.services:
+            service.wait_healthy(timeout)
+
+    def __enter__(self) -> "Topology":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()

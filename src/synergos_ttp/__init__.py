@@ -1,0 +1,1 @@
+"""Synergos TTP: coordinates a federated grid and aggregates its model updates."""

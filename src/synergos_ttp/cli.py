@@ -1,0 +1,46 @@
+"""`synergos-ttp`: run a TTP (basic mode; `--queue rabbitmq HOST PORT` for a cluster TTP)."""
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from pydantic import ValidationError
+
+from synergos_core.cli import base_parser, given
+from synergos_core.logs import configure_logging
+from synergos_core.settings import TTPSettings
+
+from .app import create_app
+
+log = logging.getLogger("synergos_ttp")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser("Synergos TTP: coordinates one federated grid and aggregates its model updates")
+    parser.add_argument("--queue", "-q", nargs=3, metavar=("rabbitmq", "HOST", "PORT"),
+                        help="consume jobs from the Synergos MQ (cluster mode): rabbitmq HOST PORT")
+    parser.add_argument("--grid", "-g", type=int, help="which node of each participant this TTP drives (default 0)")
+    args = parser.parse_args(argv)
+    if args.queue is not None:
+        kind, _host, port = args.queue
+        if kind != "rabbitmq":
+            parser.error(f"--queue supports only rabbitmq (got {kind!r}): --queue rabbitmq HOST PORT")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            parser.error(f"--queue PORT must be a port number (got {port!r})")
+    if args.grid is not None and args.grid < 0:
+        parser.error("--grid must be 0 or more")
+    try:
+        settings = TTPSettings(**given(args))
+    except ValidationError as exc:
+        parser.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    settings.resolve_dirs("ttp")
+    configure_logging(settings.id, settings.logging_variant, settings.censored, settings.debug)
+    mode = "cluster" if settings.queue else "basic"
+    log.info("TTP %s (%s mode) listening on http://%s:%s", settings.id, mode, settings.host, settings.port)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, ws="none", log_config=None,
+                timeout_keep_alive=5, limit_concurrency=200)
+
+
+if __name__ == "__main__":
+    main()
