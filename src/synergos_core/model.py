@@ -155,7 +155,7 @@ def build_optimizer(name: str, parameters: Iterable[torch.Tensor], hp: dict[str,
 
 
 def build_scheduler(name: str | None, optimizer: torch.optim.Optimizer, hp: dict[str, Any]) -> Any:
-    if not name:
+    if not name or name.lower() == "none":  # "none" switches the scheduler off (null is the default's absence)
         return None
     if name not in SCHEDULERS:
         raise _invalid(f"unknown lr_scheduler {name!r}; use a torch.optim.lr_scheduler class name",

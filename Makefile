@@ -1,0 +1,31 @@
+# Synergos: `make demo` runs the guide's flow on this machine, `make test` runs the full suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.synergos-installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch first and pinned: 2.13.0 is a local CPU wheel; anything else pulls CUDA packages
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3-venv is missing; installing it with apt-get"; \
+	  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m synergos_local.demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/grid_round.py
+
+clean:
+	rm -rf demo_workspace .pytest_cache

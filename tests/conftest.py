@@ -1,0 +1,3 @@
+import os
+
+os.environ.setdefault("SYNERGOS_TORCH_THREADS", "1")
