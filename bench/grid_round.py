@@ -1,0 +1,411 @@
+"""Benchmark one federated round on a real grid on loopback.
+
+Real Worker processes (`python -m synergos_worker`, one per 127.0.1.x address) serve the data;
+the TTP side of each run (GridRun + federated.train) runs in a fresh subprocess of this script,
+so its memory can be read from its own `ru_maxrss`. The transfer floor is measured in the same
+run with a plain TCP socket pair on 127.0.0.1.
+
+    .venv/bin/python bench/grid_round.py            # all workloads, ~3-5 minutes on 2 cores
+    .venv/bin/python bench/grid_round.py --cases tabular:2 large:2
+
+Prints ONE JSON line on stdout; progress goes to stderr. See bench/README.md for the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+# ---- workloads ----
+
+TABULAR_SPEC = [
+    {"l_type": "Linear", "structure": {"in_features": 30, "out_features": 64}, "activation": "relu",
+     "is_input": True},
+    {"l_type": "Linear", "structure": {"in_features": 64, "out_features": 1}, "activation": "sigmoid"},
+]
+LARGE_FEATURES = 16
+# 16*4096+4096 + 4096*4096+4096 + 4096*2048+2048 + 2048+1 = 25,241,601 parameters (~101 MB float32)
+LARGE_SPEC = [
+    {"l_type": "Linear", "structure": {"in_features": LARGE_FEATURES, "out_features": 4096}, "activation": "relu",
+     "is_input": True},
+    {"l_type": "Linear", "structure": {"in_features": 4096, "out_features": 4096}, "activation": "relu"},
+    {"l_type": "Linear", "structure": {"in_features": 4096, "out_features": 2048}, "activation": "relu"},
+    {"l_type": "Linear", "structure": {"in_features": 2048, "out_features": 1}},
+]
+LARGE_ROWS = {"train": 64, "evaluate": 16, "predict": 16}
+
+WORKLOADS = {
+    "tabular": {"spec": TABULAR_SPEC, "action": "classify", "rounds": 5,
+                "hp": {"criterion": "BCELoss", "lr": 0.01}},
+    "large": {"spec": LARGE_SPEC, "action": "regress", "rounds": 3,
+              "hp": {"criterion": "MSELoss", "lr": 1e-4}},
+}
+DEFAULT_CASES = ["tabular:2", "tabular:8", "large:2", "large:4"]
+
+# the issue's targets: seconds per round by (workload, K); TTP peak above base in model sizes
+ROUND_TARGETS_S = {("tabular", 2): 0.015, ("tabular", 8): 0.035, ("large", 2): 1.5, ("large", 4): 3.0}
+TTP_PEAK_TARGET_MODELS = 4.0
+
+
+def say(*parts: object) -> None:
+    print("[grid_round]", *parts, file=sys.stderr, flush=True)
+
+
+def dataset_name(workload: str, k: int) -> str:
+    return f"{'bc' if workload == 'tabular' else 'synth'}_k{k}"
+
+
+# ---- data ----
+
+def prepare_data(workspace: Path, cases: list[tuple[str, int]]) -> None:
+    """Each worker_i's data root gets one dataset per case it takes part in (bc_k2, synth_k4, ...)."""
+    import numpy as np
+    import pandas as pd
+
+    from synergos_local.datasets import METAS, prepare_sklearn, write_tabular
+
+    for workload, k in cases:
+        name = dataset_name(workload, k)
+        if workload == "tabular":
+            staging = workspace / "staging" / name
+            prepare_sklearn(staging, "breast_cancer", parties=k)
+            for i in range(1, k + 1):
+                dest = workspace / f"worker_{i}" / "data" / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(staging / f"worker_{i}" / "data" / "breast_cancer"), str(dest))
+        else:
+            schema = {f"x{j:02d}": "float64" for j in range(LARGE_FEATURES)} | {"target": "float64"}
+            rng = np.random.default_rng(7)
+            w = rng.normal(size=LARGE_FEATURES)
+            for i in range(1, k + 1):
+                for meta in METAS:
+                    X = rng.normal(size=(LARGE_ROWS[meta], LARGE_FEATURES))
+                    frame = pd.DataFrame(X, columns=[f"x{j:02d}" for j in range(LARGE_FEATURES)])
+                    frame["target"] = X @ w * 0.1 + rng.normal(scale=0.01, size=len(X))
+                    write_tabular(workspace / f"worker_{i}" / "data" / name / meta, frame, schema)
+    shutil.rmtree(workspace / "staging", ignore_errors=True)
+
+
+# ---- loopback TCP throughput (the transfer floor) ----
+
+def _sink(port_w: int, total: int) -> None:
+    """Child process: accept one connection, read `total` bytes, acknowledge with one byte."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    os.write(port_w, srv.getsockname()[1].to_bytes(2, "big"))
+    conn, _ = srv.accept()
+    buf = bytearray(4 * MiB)
+    view = memoryview(buf)
+    got = 0
+    while got < total:
+        n = conn.recv_into(view)
+        if not n:
+            break
+        got += n
+    conn.sendall(b"k")
+    conn.close()
+    srv.close()
+    os._exit(0)
+
+
+def loopback_throughput(total_bytes: int, repeats: int = 2) -> dict:
+    """Bytes/s of a plain TCP stream 127.0.0.1 -> 127.0.0.1 between two processes (best of `repeats`)."""
+    chunk = memoryview(bytes(4 * MiB))
+    results = []
+    for _ in range(repeats):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                _sink(w, total_bytes)
+            finally:
+                os._exit(1)
+        os.close(w)
+        port = int.from_bytes(os.read(r, 2), "big")
+        os.close(r)
+        s = socket.create_connection(("127.0.0.1", port))
+        started = time.perf_counter()
+        sent = 0
+        while sent < total_bytes:
+            n = min(len(chunk), total_bytes - sent)
+            s.sendall(chunk[:n])
+            sent += n
+        assert s.recv(1) == b"k"
+        elapsed = time.perf_counter() - started
+        s.close()
+        os.waitpid(pid, 0)
+        results.append(total_bytes / elapsed)
+    return {"bytes_per_s": max(results), "runs_bytes_per_s": results, "bytes": total_bytes}
+
+
+# ---- workers ----
+
+def start_workers(topo, workspace: Path, count: int, args: argparse.Namespace) -> list[dict]:
+    from synergos_local.topology import worker
+
+    nodes = []
+    env = {"SYNERGOS_TORCH_THREADS": "1"}
+    if args.shard_bytes:
+        env["SYNERGOS_FED_SHARD_BYTES"] = str(args.shard_bytes)
+    for i in range(1, count + 1):
+        host = f"{args.address_prefix}.{i}"
+        for port in (args.rest_port, args.ws_port):
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+                try:
+                    probe.bind((host, port))
+                except OSError as exc:
+                    raise SystemExit(f"{host}:{port} is not free ({exc}); pick --address-prefix/--rest-port/--ws-port")
+        root = workspace / f"worker_{i}"
+        service = worker(f"w{i}", host, args.rest_port, args.ws_port, root / "data", root / "outputs",
+                         workspace / "logs")
+        service.env.update(env)
+        topo.add(service)
+        nodes.append({"participant_id": f"w{i}", "host": host, "port": args.ws_port, "f_port": args.rest_port})
+    return nodes
+
+
+# ---- the TTP side of one case (runs in its own subprocess) ----
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def ttp_case(case: dict) -> dict:
+    import httpx
+    import torch
+
+    if case.get("ttp_threads"):
+        torch.set_num_threads(int(case["ttp_threads"]))
+
+    from synergos_core.schemas import RunHyperparameters
+    from synergos_core.settings import FederationLimits
+    from synergos_ttp import federated
+    from synergos_ttp.grid import GridNode, GridRun
+
+    workload = WORKLOADS[case["workload"]]
+    name = dataset_name(case["workload"], case["k"])
+    tags = {"train": [[name, "train"]], "evaluate": [[name, "evaluate"]], "predict": []}
+    nodes = [GridNode(n["participant_id"], n["host"], n["port"], n["f_port"], tags=tags, alignment={})
+             for n in case["nodes"]]
+    hp = RunHyperparameters(algorithm="FedAvg", mu=0.0, rounds=case.get("rounds") or workload["rounds"], epochs=1, batch_size=None,
+                            optimizer="SGD", lr_scheduler=None, patience=0, seed=42,
+                            **workload["hp"]).model_dump()
+    limits = FederationLimits()
+    out_dir = Path(case["out_dir"])
+    marks: list[float] = []
+
+    def progress(**_: object) -> None:
+        marks.append(time.perf_counter())
+
+    async def go() -> dict:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0)) as http:
+            keys = ("bench", "grid_round", case["workload"], f"k{case['k']}")
+            async with GridRun(keys, nodes, workload["action"], workload["spec"], hp, limits, http) as grid:
+                base = rss_bytes()
+                maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                profiler = None
+                if case.get("profile"):
+                    import cProfile
+
+                    profiler = cProfile.Profile()
+                    profiler.enable()
+                started = time.perf_counter()
+                outcome = await federated.train(grid, out_dir, progress)
+                total = time.perf_counter() - started
+                if profiler is not None:
+                    profiler.disable()
+                    import io
+                    import pstats
+
+                    buf = io.StringIO()
+                    pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(45)
+                    print(buf.getvalue(), file=sys.stderr)
+                    buf = io.StringIO()
+                    pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(30)
+                    print(buf.getvalue(), file=sys.stderr)
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        state_bytes = sum(t.numel() * t.element_size() for t in outcome.state.values())
+        params = sum(t.numel() for t in outcome.state.values())
+        timings = outcome.timings
+        # federated.train adds the closing `evaluate` request to the last round's timing; progress is
+        # called after every round and once more after that request, so take it back out.
+        final_eval_s = marks[-1] - marks[-2] if len(marks) == len(timings) + 1 else 0.0
+        walls = [t.wall_s for t in timings]
+        moved = [t.bytes_moved for t in timings]
+        if final_eval_s:
+            walls[-1] -= final_eval_s
+            moved[-1] -= state_bytes * len(nodes)
+        return {
+            "rounds_completed": outcome.rounds_completed,
+            "walls": walls,
+            "worker_compute": [max(t.worker_compute_s.values()) for t in timings],
+            "bytes_moved": moved,
+            "final_evaluate_s": final_eval_s,
+            "train_total_s": total,
+            "state_bytes": state_bytes,
+            "params": params,
+            "rss_base": base,
+            "maxrss_before": maxrss_before,
+            "maxrss_peak": peak,
+            "torch_threads": torch.get_num_threads(),
+            "shard_bytes": limits.shard_bytes,
+            "train_loss": outcome.history["train"],
+        }
+
+    return asyncio.run(go())
+
+
+def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: argparse.Namespace,
+             floor_bps: float) -> dict:
+    out_dir = workspace / "ttp" / f"{workload}_k{k}"
+    case = {"workload": workload, "k": k, "nodes": nodes[:k], "out_dir": str(out_dir),
+            "ttp_threads": args.ttp_threads, "profile": args.profile, "rounds": args.rounds}
+    env = dict(os.environ)
+    if args.shard_bytes:
+        env["SYNERGOS_FED_SHARD_BYTES"] = str(args.shard_bytes)
+    proc = subprocess.run([sys.executable, __file__, "--_ttp", json.dumps(case)], stdout=subprocess.PIPE,
+                          env=env, check=False)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"TTP side of {workload} K={k} failed (exit {proc.returncode}); see stderr")
+    raw = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    walls, compute, moved = raw["walls"], raw["worker_compute"], raw["bytes_moved"]
+    steady = slice(1, None) if len(walls) > 1 else slice(0, None)
+    wall_med = statistics.median(walls[steady])
+    bytes_round = int(statistics.median(moved[steady]))
+    floor_s = bytes_round / floor_bps
+    model = raw["state_bytes"]
+    peak_delta = max(0, raw["maxrss_peak"] - raw["rss_base"])
+    target_s = ROUND_TARGETS_S.get((workload, k))
+    return {
+        "workload": workload,
+        "K": k,
+        "params": raw["params"],
+        "model_bytes": model,
+        "rounds": raw["rounds_completed"],
+        "round_wall_s": [round(w, 6) for w in walls],
+        "warmup_round_s": round(walls[0], 6),
+        "round_wall_median_s": round(wall_med, 6),
+        "worker_compute_median_s": round(statistics.median(compute[steady]), 6),
+        "bytes_per_round": bytes_round,
+        "transfer_floor_s": round(floor_s, 6),
+        "wall_over_floor": round(wall_med / floor_s, 2) if floor_s else None,
+        "worker_compute_s": [round(c, 6) for c in compute],
+        "final_evaluate_s": round(raw["final_evaluate_s"], 6),
+        "ttp_torch_threads": raw["torch_threads"],
+        "shard_bytes": raw["shard_bytes"],
+        "ttp_rss_base_mb": round(raw["rss_base"] / MiB, 1),
+        "ttp_peak_delta_mb": round(peak_delta / MiB, 1),
+        "ttp_peak_over_model": round(peak_delta / model, 2),
+        "targets": {
+            "round_wall_s": {"target": target_s, "met": target_s is not None and wall_med <= target_s},
+            "ttp_peak_delta_models": {"target": TTP_PEAK_TARGET_MODELS,
+                                      "met": peak_delta <= TTP_PEAK_TARGET_MODELS * model},
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="workload:K pairs (default: %(default)s)")
+    parser.add_argument("--workdir", type=Path, help="keep data, logs and outputs here (default: a temp dir)")
+    parser.add_argument("--address-prefix", default="127.0.1", help="worker i listens on PREFIX.i (default 127.0.1)")
+    parser.add_argument("--rest-port", type=int, default=5000)
+    parser.add_argument("--ws-port", type=int, default=8020)
+    parser.add_argument("--shard-bytes", type=int, help="SYNERGOS_FED_SHARD_BYTES for workers and TTP alike")
+    parser.add_argument("--ttp-threads", type=int, help="torch.set_num_threads in the TTP process (default: torch's)")
+    parser.add_argument("--loopback-mb", type=int, default=512, help="MiB sent to measure loopback TCP throughput")
+    parser.add_argument("--rounds", type=int, help="override every workload's round count (for profiling)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the TTP side; stats go to stderr")
+    parser.add_argument("--_ttp", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args._ttp:
+        print(json.dumps(ttp_case(json.loads(args._ttp))), flush=True)
+        return
+
+    cases = []
+    for item in args.cases:
+        workload, _, k = item.partition(":")
+        if workload not in WORKLOADS or not k.isdigit() or int(k) < 1:
+            parser.error(f"bad case {item!r}; use tabular:K or large:K")
+        cases.append((workload, int(k)))
+    if args.shard_bytes:
+        os.environ["SYNERGOS_FED_SHARD_BYTES"] = str(args.shard_bytes)
+
+    from synergos_local.topology import Topology
+
+    began = time.perf_counter()
+    temp = None
+    if args.workdir is None:
+        temp = tempfile.mkdtemp(prefix="synergos_bench_")
+        workspace = Path(temp)
+    else:
+        workspace = args.workdir
+        workspace.mkdir(parents=True, exist_ok=True)
+    try:
+        say(f"workspace {workspace}")
+        prepare_data(workspace, cases)
+        say(f"measuring loopback TCP throughput ({args.loopback_mb} MiB)")
+        loopback = loopback_throughput(args.loopback_mb * MiB)
+        say(f"loopback: {loopback['bytes_per_s'] / 1e9:.2f} GB/s")
+        results = []
+        with Topology() as topo:
+            count = max(k for _, k in cases)
+            say(f"starting {count} workers on {args.address_prefix}.1-{count}")
+            nodes = start_workers(topo, workspace, count, args)
+            topo.wait(120)
+            say("workers healthy")
+            for workload, k in cases:
+                say(f"running {workload} K={k}")
+                result = run_case(workload, k, nodes, workspace, args, loopback["bytes_per_s"])
+                say(f"  {workload} K={k}: round {result['round_wall_median_s'] * 1e3:.1f} ms "
+                    f"(warm-up {result['warmup_round_s'] * 1e3:.1f} ms), worker compute "
+                    f"{result['worker_compute_median_s'] * 1e3:.1f} ms, floor {result['transfer_floor_s'] * 1e3:.1f} ms,"
+                    f" TTP peak +{result['ttp_peak_delta_mb']} MB ({result['ttp_peak_over_model']}x model)")
+                results.append(result)
+        # re-measure after the run, to see whether the floor moved while the grid was busy
+        loopback_after = loopback_throughput(args.loopback_mb * MiB, repeats=1)
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+    from importlib.metadata import version
+
+    targets = {}
+    for r in results:
+        targets[f"{r['workload']}_k{r['K']}_round"] = r["targets"]["round_wall_s"]["met"]
+        targets[f"{r['workload']}_k{r['K']}_ttp_peak"] = r["targets"]["ttp_peak_delta_models"]["met"]
+    report = {
+        "benchmark": "grid_round",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": version("torch"),
+                    "platform": platform.platform()},
+        "loopback_bytes_per_s": round(loopback["bytes_per_s"]),
+        "loopback_runs_bytes_per_s": [round(x) for x in loopback["runs_bytes_per_s"] + loopback_after["runs_bytes_per_s"]],
+        "cases": results,
+        "targets_met": targets,
+        "all_targets_met": all(targets.values()),
+        "elapsed_s": round(time.perf_counter() - began, 1),
+    }
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main()
