@@ -37,7 +37,7 @@ TABULAR_SPEC = [
     {"l_type": "Linear", "structure": {"in_features": 64, "out_features": 1}, "activation": "sigmoid"},
 ]
 LARGE_FEATURES = 16
-# 16*4096+4096 + 4096*4096+4096 + 4096*2048+2048 + 2048+1 = 25,241,601 parameters (~101 MB float32)
+# 16*4096+4096 + 4096*4096+4096 + 4096*2048+2048 + 2048+1 = 25,243,649 parameters (~101 MB float32)
 LARGE_SPEC = [
     {"l_type": "Linear", "structure": {"in_features": LARGE_FEATURES, "out_features": 4096}, "activation": "relu",
      "is_input": True},
@@ -176,9 +176,58 @@ def start_workers(topo, workspace: Path, count: int, args: argparse.Namespace) -
         service = worker(f"w{i}", host, args.rest_port, args.ws_port, root / "data", root / "outputs",
                          workspace / "logs")
         service.env.update(env)
+        if args.profile_workers:
+            # the worker's main thread (event loop, wire codec) under cProfile; stats written on SIGTERM
+            args.profile_workers.mkdir(parents=True, exist_ok=True)
+            at = service.args.index("-m")
+            service.args[at:at] = ["-m", "cProfile", "-o", str(args.profile_workers / f"w{i}.prof")]
         topo.add(service)
-        nodes.append({"participant_id": f"w{i}", "host": host, "port": args.ws_port, "f_port": args.rest_port})
+        nodes.append({"participant_id": f"w{i}", "host": host, "port": args.ws_port, "f_port": args.rest_port,
+                      "pid": service.process.pid})
     return nodes
+
+
+# ---- CPU used by other processes on the machine while a case runs (benchmark noise) ----
+
+def _busy_ticks() -> int:
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
+
+
+def _proc_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except OSError:
+        return 0
+
+
+class CpuMeter:
+    """CPU seconds used by the whole machine, by this benchmark (workers + TTP child) and by others."""
+
+    def __init__(self, worker_pids: list[int]) -> None:
+        self.pids = worker_pids
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> "CpuMeter":
+        self.busy0 = _busy_ticks()
+        self.ours0 = sum(_proc_ticks(p) for p in self.pids)
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.child0 = ru.ru_utime + ru.ru_stime
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t0
+        busy = (_busy_ticks() - self.busy0) / self.hz
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ours = (sum(_proc_ticks(p) for p in self.pids) - self.ours0) / self.hz + (ru.ru_utime + ru.ru_stime - self.child0)
+        self.ours_s = ours
+        self.foreign_s = max(0.0, busy - ours)
+        self.foreign_share = self.foreign_s / (self.wall * (os.cpu_count() or 1))
 
 
 # ---- the TTP side of one case (runs in its own subprocess) ----
@@ -186,6 +235,55 @@ def start_workers(topo, workspace: Path, count: int, args: argparse.Namespace) -
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Spans:
+    """Opt-in (--spans) perf_counter totals of the TTP's round phases, by monkeypatching the TTP modules."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.rounds: list[dict[str, float]] = []
+
+    def add(self, name: str, dt: float) -> None:
+        self.totals[name] = self.totals.get(name, 0.0) + dt
+
+    def cut(self) -> None:
+        self.rounds.append(self.totals)
+        self.totals = {}
+
+    def wrap_async(self, owner: object, attr: str, name: str) -> None:
+        original = getattr(owner, attr)
+
+        async def timed(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return await original(*a, **kw)
+            finally:
+                self.add(name, time.perf_counter() - t)
+        setattr(owner, attr, timed)
+
+    def wrap(self, owner: object, attr: str, name: str) -> None:
+        original = getattr(owner, attr)
+
+        def timed(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return original(*a, **kw)
+            finally:
+                self.add(name, time.perf_counter() - t)
+        setattr(owner, attr, timed)
+
+    def install(self) -> None:
+        from synergos_ttp import federated, grid
+
+        self.wrap_async(grid.GridRun, "broadcast", "broadcast")
+        self.wrap_async(grid.GridRun, "replies", "await_reply_headers")
+        self.wrap_async(federated, "_aggregate", "aggregate(total)")
+        self.wrap(federated, "fold_slices", "aggregate.fold")
+        self.wrap(federated.StateFileWriter, "__init__", "aggregate.local_files_open")
+        self.wrap(federated.StateFileWriter, "write", "aggregate.local_files_write")
+        self.wrap(federated.StateFileWriter, "commit", "aggregate.local_files_commit")
+        self.wrap(federated, "_checkpoint", "checkpoint")
 
 
 def ttp_case(case: dict) -> dict:
@@ -212,8 +310,14 @@ def ttp_case(case: dict) -> dict:
     out_dir = Path(case["out_dir"])
     marks: list[float] = []
 
+    spans = Spans() if case.get("spans") else None
+    if spans is not None:
+        spans.install()
+
     def progress(**_: object) -> None:
         marks.append(time.perf_counter())
+        if spans is not None:
+            spans.cut()
 
     async def go() -> dict:
         async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0)) as http:
@@ -268,6 +372,7 @@ def ttp_case(case: dict) -> dict:
             "torch_threads": torch.get_num_threads(),
             "shard_bytes": limits.shard_bytes,
             "train_loss": outcome.history["train"],
+            "spans": spans.rounds if spans is not None else None,
         }
 
     return asyncio.run(go())
@@ -277,12 +382,13 @@ def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: ar
              floor_bps: float) -> dict:
     out_dir = workspace / "ttp" / f"{workload}_k{k}"
     case = {"workload": workload, "k": k, "nodes": nodes[:k], "out_dir": str(out_dir),
-            "ttp_threads": args.ttp_threads, "profile": args.profile, "rounds": args.rounds}
+            "ttp_threads": args.ttp_threads, "profile": args.profile, "spans": args.spans, "rounds": args.rounds}
     env = dict(os.environ)
     if args.shard_bytes:
         env["SYNERGOS_FED_SHARD_BYTES"] = str(args.shard_bytes)
-    proc = subprocess.run([sys.executable, __file__, "--_ttp", json.dumps(case)], stdout=subprocess.PIPE,
-                          env=env, check=False)
+    with CpuMeter([n["pid"] for n in nodes[:k]]) as cpu:
+        proc = subprocess.run([sys.executable, __file__, "--_ttp", json.dumps(case)], stdout=subprocess.PIPE,
+                              env=env, check=False)
     shutil.rmtree(out_dir, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"TTP side of {workload} K={k} failed (exit {proc.returncode}); see stderr")
@@ -310,7 +416,13 @@ def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: ar
         "wall_over_floor": round(wall_med / floor_s, 2) if floor_s else None,
         "worker_compute_s": [round(c, 6) for c in compute],
         "final_evaluate_s": round(raw["final_evaluate_s"], 6),
+        **({"ttp_spans_median_ms": {k: round(1e3 * statistics.median(r.get(k, 0.0) for r in raw["spans"][:len(walls)][steady]), 2)
+                                    for k in sorted({k for r in raw["spans"] for k in r})}}
+           if raw.get("spans") else {}),
         "ttp_torch_threads": raw["torch_threads"],
+        "cpu_s_bench": round(cpu.ours_s, 2),
+        "cpu_s_foreign": round(cpu.foreign_s, 2),
+        "foreign_cpu_share": round(cpu.foreign_share, 3),
         "shard_bytes": raw["shard_bytes"],
         "ttp_rss_base_mb": round(raw["rss_base"] / MiB, 1),
         "ttp_peak_delta_mb": round(peak_delta / MiB, 1),
@@ -334,6 +446,9 @@ def main() -> None:
     parser.add_argument("--ttp-threads", type=int, help="torch.set_num_threads in the TTP process (default: torch's)")
     parser.add_argument("--loopback-mb", type=int, default=512, help="MiB sent to measure loopback TCP throughput")
     parser.add_argument("--rounds", type=int, help="override every workload's round count (for profiling)")
+    parser.add_argument("--spans", action="store_true", help="time the TTP's round phases (median ms per round)")
+    parser.add_argument("--profile-workers", type=Path, metavar="DIR",
+                        help="run each worker under cProfile, writing DIR/wN.prof when it stops")
     parser.add_argument("--profile", action="store_true", help="cProfile the TTP side; stats go to stderr")
     parser.add_argument("--_ttp", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -365,7 +480,7 @@ def main() -> None:
         say(f"workspace {workspace}")
         prepare_data(workspace, cases)
         say(f"measuring loopback TCP throughput ({args.loopback_mb} MiB)")
-        loopback = loopback_throughput(args.loopback_mb * MiB)
+        loopback = loopback_throughput(args.loopback_mb * MiB, repeats=3)
         say(f"loopback: {loopback['bytes_per_s'] / 1e9:.2f} GB/s")
         results = []
         with Topology() as topo:
@@ -398,6 +513,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": version("torch"),
                     "platform": platform.platform()},
         "loopback_bytes_per_s": round(loopback["bytes_per_s"]),
+        "loadavg_end": os.getloadavg(),
         "loopback_runs_bytes_per_s": [round(x) for x in loopback["runs_bytes_per_s"] + loopback_after["runs_bytes_per_s"]],
         "cases": results,
         "targets_met": targets,

@@ -2,10 +2,11 @@
 
 A directory under the data root holding `metadata.json` is a dataset; a tag (a list of plain
 tokens) selects the first one, in sorted path order, whose path components contain every token.
-Loading dispatches on metadata.json's `datatype`; only `tabular` exists for now.
+Loading dispatches on metadata.json's `datatype`: `tabular` here, `image` and `text` in
+`data_media` (imported lazily, so a tabular-only Worker never imports Pillow or scikit-learn).
 
 Only headers, schemas and summary metadata may leave the Worker: `PreparedData.metadata` holds
-counts and moments, never a row.
+counts and moments, never a row, a pixel or a text.
 """
 from __future__ import annotations
 
@@ -34,9 +35,11 @@ _MAX_DESCRIPTOR_BYTES = 1 << 20
 class PreparedData:
     """One meta's data, preprocessed and ready for a model.
 
-    `X` is float32 (N, F) with columns `x_headers` (sorted); `y` is float32 (N, C) with columns
-    `y_headers` (one-hot `target_<class>` for classify, `["target"]` for regress). `schema` and
-    `metadata` are summaries that may be sent to the TTP.
+    `X` is float32 with one feature per name in `x_headers` (sorted): (N, F) for tabular and
+    text data, (N, C, H, W) for images (headers `c<c>_h<h>_w<w>`, whose sorted order is the
+    C-order flattening of one image). `y` is float32 (N, K) with columns `y_headers` (one-hot
+    `target_<class>` for classify, `["target"]` for regress). `schema` and `metadata` are
+    summaries that may be sent to the TTP.
     """
 
     X: np.ndarray
@@ -161,13 +164,24 @@ def _read_json(path: Path, root: Path, what: str) -> Any:
                              code="dataset.invalid") from exc
 
 
-def read_datatype(data_root: Path, directory: Path) -> str:
-    """The `datatype` declared by `directory/metadata.json` (InvalidRequest if malformed)."""
+def read_metadata(data_root: Path, directory: Path) -> dict[str, Any]:
+    """`directory/metadata.json` as `{"datatype": str, "operations": dict}` (InvalidRequest if malformed)."""
     meta = _read_json(Path(directory) / "metadata.json", Path(data_root).resolve(), "metadata.json")
     if not isinstance(meta, dict) or not isinstance(meta.get("datatype"), str):
         raise InvalidRequest(f"metadata.json of dataset {Path(directory).name!r} needs a string 'datatype'",
                              code="dataset.invalid")
-    return meta["datatype"]
+    operations = meta.get("operations")
+    if operations is None:
+        operations = {}
+    if not isinstance(operations, dict):
+        raise InvalidRequest(f"metadata.json of dataset {Path(directory).name!r}: 'operations' must be an object",
+                             code="dataset.invalid")
+    return {"datatype": meta["datatype"], "operations": operations}
+
+
+def read_datatype(data_root: Path, directory: Path) -> str:
+    """The `datatype` declared by `directory/metadata.json` (InvalidRequest if malformed)."""
+    return read_metadata(data_root, directory)["datatype"]
 
 
 # ---- tabular ----
@@ -328,17 +342,23 @@ def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action,
     X = (np.column_stack([columns[h] for h in x_headers]) if x_headers
          else np.zeros((n_rows, 0))).astype(np.float32)
 
+    y, y_headers = encode_targets(frame[TARGET], action)
+    return PreparedData(X=X, y=y, x_headers=x_headers, y_headers=y_headers,
+                        schema=dict(sorted(schema.items())), metadata=metadata)
+
+
+def encode_targets(target: pd.Series, action: Action) -> tuple[np.ndarray, list[str]]:
+    """y as float32 (N, K) and its headers: one-hot `target_<class>` columns in sorted order for
+    classify, a single `target` column for regress. `target` must hold no missing value."""
+    n_rows = len(target)
     if action == "classify":
-        labels = frame[TARGET].map(_class_label)
+        labels = target.map(_class_label)
         y_headers = sorted(f"{TARGET}_{label}" for label in set(labels))
         index = {h: i for i, h in enumerate(y_headers)}
         y = np.zeros((n_rows, len(y_headers)), dtype=np.float32)
         y[np.arange(n_rows), [index[f"{TARGET}_{label}"] for label in labels]] = 1.0
-    else:
-        y_headers = [TARGET]
-        y = frame[TARGET].to_numpy(dtype="float64").reshape(-1, 1).astype(np.float32)
-    return PreparedData(X=X, y=y, x_headers=x_headers, y_headers=y_headers,
-                        schema=dict(sorted(schema.items())), metadata=metadata)
+        return y, y_headers
+    return target.to_numpy(dtype="float64").reshape(-1, 1).astype(np.float32), [TARGET]
 
 
 def _load_tabular_meta(data_root: Path, directories: list[Path], action: Action) -> PreparedData:
@@ -356,17 +376,31 @@ def _load_tabular_meta(data_root: Path, directories: list[Path], action: Action)
     return prepare_tabular(frames, action, schema)
 
 
-# One loader per datatype; image and text join here.
+def _load_image_meta(data_root: Path, directories: list[Path], action: Action) -> PreparedData:
+    from .data_media import load_image_meta  # Pillow is imported only when images are loaded
+
+    return load_image_meta(data_root, directories, action)
+
+
+def _load_text_meta(data_root: Path, directories: list[Path], action: Action) -> PreparedData:
+    from .data_media import load_text_meta  # scikit-learn is imported only when texts are loaded
+
+    return load_text_meta(data_root, directories, action)
+
+
+# One loader per datatype: (data_root, dataset directories of one meta, action) -> PreparedData.
 _LOADERS: dict[str, Callable[[Path, list[Path], Action], PreparedData]] = {
     "tabular": _load_tabular_meta,
+    "image": _load_image_meta,
+    "text": _load_text_meta,
 }
 
 
 def load_meta(data_root: Path, tags: list[list[str]], action: Action) -> PreparedData | None:
     """Find every tag's dataset, load them, concatenate and prepare them; None when no tags.
 
-    All datasets of one meta must share a datatype. A dataset selected by two tags is loaded
-    once, so its rows are not counted twice.
+    All datasets of one meta must share a datatype (InvalidRequest `dataset.mixed` otherwise).
+    A dataset selected by two tags is loaded once, so its rows are not counted twice.
     """
     if action not in ACTIONS:
         raise InvalidRequest(f"action must be one of {ACTIONS}", code="request.invalid")
@@ -380,7 +414,7 @@ def load_meta(data_root: Path, tags: list[list[str]], action: Action) -> Prepare
     datatypes = {read_datatype(data_root, d) for d in directories}
     if len(datatypes) > 1:
         raise InvalidRequest(f"the tags select datasets of different datatypes {sorted(datatypes)}",
-                             code="dataset.invalid")
+                             code="dataset.mixed")
     datatype = datatypes.pop()
     loader = _LOADERS.get(datatype)
     if loader is None:
@@ -396,7 +430,15 @@ def apply_spacers(matrix: np.ndarray, spacers: list[int]) -> np.ndarray:
     Columns are inserted one at a time in ascending order, so a party whose columns are its
     sorted headers ends up with the superset's columns in superset order. Returns a new array
     of the same dtype.
+
+    Images (rank > 2, (N, C, H, W)) cannot take spacers: a pixel header another party has and
+    this one lacks means the parties disagree on image size or colour. Without spacers the
+    array is returned as is; with any, InvalidRequest `alignment.image_mismatch`.
     """
+    if matrix.ndim > 2:
+        if not list(spacers):
+            return matrix
+        raise InvalidRequest("image parties disagree on size/colour", code="alignment.image_mismatch")
     if matrix.ndim != 2:
         raise InvalidRequest("spacers apply to a 2-D matrix", code="alignment.invalid")
     result = matrix

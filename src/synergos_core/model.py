@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from typing import Any, Callable, Iterable
 
 import torch
@@ -65,6 +66,8 @@ class SynergosModel(nn.Module):
         self.activations = list(activations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.layers[0], (nn.Embedding, nn.EmbeddingBag)) and x.is_floating_point():
+            x = x.long()  # token ids or counts arrive as floats; embeddings index with integers
         for layer, activation in zip(self.layers, self.activations):
             x = layer(x)
             if isinstance(x, tuple):
@@ -118,19 +121,31 @@ def validate_model_spec(spec: Iterable[Any]) -> int:
     return count
 
 
+_SEEDED = threading.Lock()
+
+
 def build_model(spec: Iterable[Any], seed: int | None = None) -> SynergosModel:
-    if seed is not None:
+    """Build with weights drawn from `seed`, so every party and the TTP start from the same model."""
+    if seed is None:
+        return build_layers(spec)
+    with _SEEDED, torch.random.fork_rng(devices=[]):  # seeding is global state: keep builds apart
         torch.manual_seed(seed)
-    return build_layers(spec)
+        return build_layers(spec)
 
 
 # ---- run recipe: constructor arguments are taken by name from the run ----
+
+# the run's own settings; they never leak into a constructor that happens to share a name
+# (HuberLoss's `delta` is not early stopping's, ReduceLROnPlateau's `patience` is not the run's)
+RUN_KEYS = {"algorithm", "batch_size", "rounds", "epochs", "lr_decay", "mu", "l1_lambda", "l2_lambda", "optimizer",
+            "criterion", "lr_scheduler", "delta", "patience", "seed", "is_snn", "precision_fractional"}
+
 
 def _kwargs_for(cls: type, hp: dict[str, Any], skip: set[str]) -> dict[str, Any]:
     params = inspect.signature(cls.__init__).parameters
     out = {}
     for name in params:
-        if name in skip or name == "self" or name not in hp or hp[name] is None:
+        if name in skip or name in RUN_KEYS or name == "self" or name not in hp or hp[name] is None:
             continue
         value = hp[name]
         if name in {"weight", "pos_weight"} and isinstance(value, list):
@@ -245,6 +260,15 @@ def format_target(y: torch.Tensor, outputs: torch.Tensor, criterion: str, action
     return onehot.to(outputs.dtype)
 
 
+def compute_loss(criterion: nn.Module, name: str, outputs: torch.Tensor, labels: torch.Tensor,
+                 action: str) -> torch.Tensor:
+    """The criterion on outputs and labels shaped for it (GaussianNLLLoss gets a unit variance)."""
+    target = format_target(labels, outputs, name, action)
+    if name == "GaussianNLLLoss":
+        return criterion(outputs, target, torch.ones_like(outputs))
+    return criterion(outputs, target)
+
+
 def proximal_terms(model: nn.Module, global_params: list[torch.Tensor] | None, mu: float, l1: float,
                    l2: float) -> torch.Tensor | None:
     """FedProx mu/2·‖w−w_global‖² plus l1·|w|₁ plus l2/2·‖w‖², or None when all are zero."""
@@ -261,3 +285,41 @@ def proximal_terms(model: nn.Module, global_params: list[torch.Tensor] | None, m
             term = term + (l2 / 2) * w.pow(2).sum()
         total = term if total is None else total + term
     return total
+
+
+# ---- combinations that cannot train, refused before any Worker is touched ----
+
+_CLASS_ONLY = {"CrossEntropyLoss", "NLLLoss", "MultiMarginLoss", "MultiLabelMarginLoss", "MultiLabelSoftMarginLoss"}
+_NEEDS_PROBABILITIES = {"BCELoss"}
+
+
+def _output_width(spec: list[dict]) -> tuple[int | None, str | None]:
+    for layer in reversed(spec):
+        structure = layer.get("structure") or {}
+        for key in ("out_features", "num_classes", "hidden_size", "out_channels"):
+            if key in structure:
+                last = spec[-1]
+                activation = last.get("activation") or (last["l_type"].lower() if last["l_type"] in
+                                                        {"Sigmoid", "Softmax"} else None)
+                return int(structure[key]), activation
+    return None, spec[-1].get("activation") if spec else None
+
+
+def check_combination(spec: list[dict], hp: dict[str, Any], action: str, n_classes: int | None) -> None:
+    """Refuse a model/criterion/task combination that cannot train, saying why."""
+    criterion = hp.get("criterion", "BCELoss")
+    width, activation = _output_width(spec)
+    if action == "regress" and criterion in _CLASS_ONLY:
+        raise _invalid(f"{criterion} needs class labels, but the project is a regression", "run.invalid_combination",
+                       "criterion")
+    if action == "classify" and width is not None and n_classes is not None:
+        classes = n_classes
+        if criterion in _INDEX_LOSSES and width < 2:
+            raise _invalid(f"{criterion} needs one output per class ({classes}); the last layer gives {width}: "
+                           "use BCELoss for one output", "run.invalid_combination", "criterion")
+        if classes > 2 and width not in (classes,):
+            raise _invalid(f"the last layer gives {width} outputs for {classes} classes; align with auto_fix or set "
+                           f"out_features={classes}", "run.invalid_combination", "model")
+    if criterion in _NEEDS_PROBABILITIES and activation not in {"sigmoid", "softmax"}:
+        raise _invalid(f"{criterion} needs probabilities: end the model with a sigmoid or softmax activation, or use "
+                       "BCEWithLogitsLoss", "run.invalid_combination", "criterion")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import build_criterion, build_model, build_optimizer, build_scheduler, format_target, proximal_terms
+from .model import build_criterion, build_model, build_optimizer, build_scheduler, compute_loss, proximal_terms
 from .wire import Layout
 
 _LOGIT_LOSSES = {"BCEWithLogitsLoss", "CrossEntropyLoss", "MultiLabelSoftMarginLoss", "SoftMarginLoss"}
@@ -73,7 +73,7 @@ class LocalTrainer:
                     xb, yb = split.X[idx], split.y[idx]
                 optimizer.zero_grad(set_to_none=True)
                 out = self.model(xb)
-                loss = self.criterion(out, format_target(yb, out, self.criterion_name, self.action))
+                loss = compute_loss(self.criterion, self.criterion_name, out, yb, self.action)
                 extra = proximal_terms(self.model, global_params, mu, l1, l2)
                 if extra is not None:
                     loss = loss + extra
@@ -106,7 +106,7 @@ class LocalTrainer:
             return None, 0
         self.model.eval()
         out = self.model(split.X)
-        loss = self.criterion(out, format_target(split.y, out, self.criterion_name, self.action))
+        loss = compute_loss(self.criterion, self.criterion_name, out, split.y, self.action)
         return float(loss), len(split)
 
     @torch.no_grad()

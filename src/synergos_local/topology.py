@@ -19,6 +19,26 @@ GUIDE_ADDRESSES = {"director": "127.0.0.152", "ttp": "127.0.0.153", "worker_1": 
                    "worker_2": "127.0.0.155", "mlops": "127.0.0.156"}
 
 
+def loopback_block(ports: tuple[int, ...] = (5000, 8020)) -> str:
+    """A random 127.a.b prefix whose .1-.9 addresses are free on `ports`, so that test sessions
+    running side by side never meet on an address."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(50):
+        prefix = f"127.{rng.randint(10, 250)}.{rng.randint(0, 255)}"
+        try:
+            for host in range(1, 10):
+                for port in ports:
+                    with socket.socket() as sock:
+                        sock.bind((f"{prefix}.{host}", port))
+            return prefix
+        except OSError:
+            continue
+    raise RuntimeError("no free loopback block found")
+
+
 @dataclass
 class Service:
     name: str

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from synergos_core.alignment import fix_model_io
+from synergos_core.model import check_combination
 from synergos_core.errors import InvalidRequest, NotFound, SynergosError
 from synergos_core.schemas import METAS
 from synergos_core.settings import TTPSettings
@@ -101,6 +102,12 @@ class Orchestrator:
             await self.align(collab_id, project_id)
             pairs = self.scope(collab_id, project_id, expt_id, run_id)  # auto_fix may have resized models
         nodes = self.grid_nodes(collab_id, project_id)
+        alignments = self.store.list_alignments(collab_id, project_id)
+        n_classes = len(alignments[0]["superset"]["y"]) if alignments and "superset" in alignments[0] else None
+        if project["action"] != "classify":
+            n_classes = None
+        for expt, run in pairs:  # refuse what cannot train before any Worker is touched
+            check_combination(_layers(expt), _hyperparameters(run), project["action"], n_classes)
         records = []
         for expt, run in pairs:
             keys = (collab_id, project_id, expt["key"]["expt_id"], run["key"]["run_id"])

@@ -99,6 +99,10 @@ class FederationServer:
                     if isinstance(exc, FederationError):
                         await ws.close(1008, exc.code)
                         break
+                except Exception as exc:  # a failure of local work: report it, keep the channel
+                    log.exception("run %s: %s failed", run_name(*session.key), header.get("op"))
+                    await send_header(ws, {**self._reply(header, "error"), "code": "worker.failed",
+                                           "detail": f"{header.get('op')} failed: {type(exc).__name__}: {exc}"})
         finally:
             if session.connection is ws:
                 session.connection = None

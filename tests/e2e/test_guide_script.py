@@ -10,7 +10,8 @@ import httpx
 from synergos_local import datasets, topology
 
 ROOT = Path(__file__).resolve().parents[2]
-TTP, W1, W2 = "127.0.4.1", "127.0.4.2", "127.0.4.3"
+BLOCK = topology.loopback_block()
+TTP, W1, W2 = f"{BLOCK}.1", f"{BLOCK}.2", f"{BLOCK}.3"
 
 
 def test_guide_script_runs_unchanged(tmp_path: Path):

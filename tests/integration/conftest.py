@@ -10,8 +10,9 @@ import pytest
 from synergos import Driver
 from synergos_local import datasets, topology
 
-TTP_HOST = "127.0.3.1"
-WORKER_HOSTS = {"worker_1": "127.0.3.2", "worker_2": "127.0.3.3"}
+BLOCK = topology.loopback_block()
+TTP_HOST = f"{BLOCK}.1"
+WORKER_HOSTS = {"worker_1": f"{BLOCK}.2", "worker_2": f"{BLOCK}.3"}
 REST, WS = 5000, 8020
 
 

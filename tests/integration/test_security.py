@@ -226,8 +226,8 @@ def test_no_request_makes_a_service_fail(grid):
     driver = grid.driver()
     register_parties(driver, "down", "p", "penguins")
     httpx.put(f"{TTP}/ttp/connect/collaborations/down/projects/p/participants/down_participant_2/registration",
-              json={"node_0": {"host": "127.0.3.250", "port": 8020, "f_port": 5000}})
+              json={"node_0": {"host": "127.0.0.250", "port": 8020, "f_port": 5000}})
     resp = httpx.post(f"{TTP}/ttp/train/collaborations/down/projects/p/alignments", json={})
-    assert resp.status_code == 502 and "127.0.3.250" in resp.json()["error"]["detail"]
+    assert resp.status_code == 502 and "127.0.0.250" in resp.json()["error"]["detail"]
     # the services are still up
     assert httpx.get(f"{TTP}/health").status_code == 200 and httpx.get(f"{WORKER}/health").status_code == 200

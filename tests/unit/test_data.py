@@ -129,7 +129,7 @@ def test_missing_target_is_an_error(root: Path) -> None:
 
 
 def test_unsupported_datatype_is_refused(root: Path) -> None:
-    write_dataset(root / "pictures", ROWS_A, datatype="image")
+    write_dataset(root / "pictures", ROWS_A, datatype="audio")
     with pytest.raises(InvalidRequest) as err:
         load_meta(root, [["pictures"]], "classify")
     assert err.value.code == "dataset.unsupported"

@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from synergos_core.envelope import envelope
-from synergos_core.model import validate_run
+from synergos_core.model import check_combination, validate_run
 
 from ..deps import CollabId, ExptId, ProjectId, RunId, SlashRouter, StoreDep, agree_with_url
 from ..schemas import RunCreate, RunUpdate, recheck
@@ -31,6 +31,9 @@ def create_run(request: Request, store: StoreDep, collab_id: CollabId, project_i
                body: RunCreate) -> JSONResponse:
     hyperparameters = agree_with_url(request, body.model_dump(mode="json", exclude={"run_id"}))
     validate_run(hyperparameters)
+    project = store.get_project(collab_id, project_id)
+    experiment = store.get_experiment(collab_id, project_id, expt_id)
+    check_combination(experiment["model"], hyperparameters, project["action"], None)
     record = store.create_run(collab_id, project_id, expt_id, body.run_id, hyperparameters)
     return envelope(request, record, 201)
 
