@@ -333,7 +333,9 @@ def ttp_case(case: dict) -> dict:
                     profiler.enable()
                 started = time.perf_counter()
                 outcome = await federated.train(grid, out_dir, progress)
-                total = time.perf_counter() - started
+                ended = time.perf_counter()
+                total = ended - started
+                tail = ended - marks[-1] if marks else 0.0
                 if profiler is not None:
                     profiler.disable()
                     import io
@@ -364,6 +366,7 @@ def ttp_case(case: dict) -> dict:
             "bytes_moved": moved,
             "final_evaluate_s": final_eval_s,
             "train_total_s": total,
+            "tail_s": tail,
             "state_bytes": state_bytes,
             "params": params,
             "rss_base": base,
@@ -416,6 +419,8 @@ def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: ar
         "wall_over_floor": round(wall_med / floor_s, 2) if floor_s else None,
         "worker_compute_s": [round(c, 6) for c in compute],
         "final_evaluate_s": round(raw["final_evaluate_s"], 6),
+        "after_last_round_s": round(raw["tail_s"], 6),
+        "train_total_s": round(raw["train_total_s"], 3),
         **({"ttp_spans_median_ms": {k: round(1e3 * statistics.median(r.get(k, 0.0) for r in raw["spans"][:len(walls)][steady]), 2)
                                     for k in sorted({k for r in raw["spans"] for k in r})}}
            if raw.get("spans") else {}),

@@ -17,8 +17,8 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("--host", default="127.0.0.153")
 parser.add_argument("--port", type=int, default=5000)
 parser.add_argument("--worker", action="append", help="worker host (repeat per participant)")
-parser.add_argument("--rounds", type=int, default=5)
-parser.add_argument("--epochs", type=int, default=50)
+parser.add_argument("--rounds", type=int, default=10)
+parser.add_argument("--epochs", type=int, default=20)
 args = parser.parse_args()
 workers = args.worker or ["127.0.0.154", "127.0.0.155"]
 
@@ -34,7 +34,7 @@ driver.experiments.create(
             "structure": {"bias": True, "in_features": 18, "out_features": 1}}],
 )
 driver.runs.create(collab_id="collaboration_1", project_id="project_1", expt_id="experiment_1", run_id="run_1",
-                   rounds=args.rounds, epochs=args.epochs, lr=0.1, base_lr=0.05, max_lr=0.5,
+                   rounds=args.rounds, epochs=args.epochs, mu=0.001, base_lr=0.05, max_lr=0.5, step_size_up=10,
                    criterion="BCELoss", optimizer="SGD", lr_scheduler="CyclicLR")
 
 for i, host in enumerate(workers, start=1):

@@ -30,12 +30,17 @@ def fold_slices(target: dict[str, torch.Tensor], per_party: list[tuple[str, floa
                 continue
             for k, (pid, weight, slices) in enumerate(per_party):
                 piece = slices[index][2]
-                if not torch.isfinite(piece).all():
-                    raise FederationError(f"{pid} sent non-finite weights for {name}", "federation.bad_update")
                 if k == 0:
                     torch.mul(piece, weight, out=out)
                 else:
                     out.add_(piece, alpha=weight)
+            # A non-finite value in any piece makes the folded slice, hence its sum, non-finite: one
+            # reduction over the result replaces a full isfinite pass (and a bool buffer) per party.
+            # Only then are the pieces inspected, in party order, to name the sender.
+            if not torch.isfinite(out.sum()):
+                for pid, _, slices in per_party:
+                    if not torch.isfinite(slices[index][2]).all():
+                        raise FederationError(f"{pid} sent non-finite weights for {name}", "federation.bad_update")
 
 
 def sample_weights(counts: dict[str, int]) -> dict[str, float]:

@@ -123,6 +123,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+_RANKING_KEYS = {"roc_auc_score", "pr_auc_score"}
+
+
+def _has_counts(part: dict[str, Any]) -> bool:
+    return isinstance(part.get("TPs"), list) and isinstance(part.get("FNs"), list)
+
+
+def _weighted_by(values: tuple, weights: list[int]) -> float:
+    total = sum(weights)
+    return sum(v * w for v, w in zip(values, weights)) / total if total else 0.0
+
+
 def aggregate_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine per-party statistics into one, weighting each party by its `n_samples`.
 
@@ -149,6 +161,11 @@ def aggregate_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
             columns = list(zip(*values))
             if key in COUNT_KEYS:
                 result[key] = [sum(int(x) for x in column) for column in columns]
+            elif key in _RANKING_KEYS and all(_has_counts(p) for p in parts):
+                # a ranking score is undefined where a party has no example of the class:
+                # weight each party by its positives of that class, not by its size
+                result[key] = [_finite(_weighted_by(column, [p["TPs"][i] + p["FNs"][i] for p in parts]))
+                               for i, column in enumerate(columns)]
             else:
                 result[key] = [_finite(sum(x * w for x, w in zip(column, ws)) / sum(ws)) for column in columns]
     return result

@@ -105,7 +105,41 @@ def _prod(shape: tuple[int, ...]) -> int:
     return n
 
 
+# safetensors lays tensors out by dtype (its enum order, descending), then by name
+_DTYPE_RANK = {name: rank for rank, name in enumerate(("BOOL", "U8", "I8", "I16", "F16", "BF16", "I32", "F32",
+                                                       "F64", "I64"))}
+
+
 def encode_shard(state: dict[str, torch.Tensor], pieces: list[Slice]) -> bytes:
+    """One tensor frame: the tag byte, then a standard safetensors buffer of the pieces' flat slices.
+
+    The buffer is what `safetensors.torch.save(slices, metadata=offsets)` writes (same header
+    fields, layout order and 8-byte header padding), assembled with a single copy of the tensor
+    data instead of safetensors' three (its buffer, `bytes()` of it, then the tag prefix).
+    """
+    slices = []
+    for piece in pieces:
+        flat = state[piece.name].detach().reshape(-1)
+        tensor = flat[piece.offset: piece.offset + piece.count].contiguous()
+        if tensor.dtype not in _DTYPE_NAMES or tensor.device.type != "cpu":
+            return _encode_shard_safetensors(state, pieces)
+        slices.append((piece, tensor))
+    slices.sort(key=lambda item: (-_DTYPE_RANK[_DTYPE_NAMES[item[1].dtype]], item[0].name))
+    header: dict = {"__metadata__": {piece.name: str(piece.offset) for piece in pieces}}
+    cursor = 0
+    for piece, tensor in slices:
+        size = tensor.numel() * tensor.element_size()
+        header[piece.name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": [tensor.numel()],
+                              "data_offsets": [cursor, cursor + size]}
+        cursor += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    parts: list = [bytes([TENSORS]) + struct.pack("<Q", len(raw)) + raw]
+    parts.extend(memoryview(tensor.view(torch.uint8).numpy()) for _, tensor in slices if tensor.numel())
+    return b"".join(parts)
+
+
+def _encode_shard_safetensors(state: dict[str, torch.Tensor], pieces: list[Slice]) -> bytes:
     tensors = {}
     offsets = {}
     for piece in pieces:

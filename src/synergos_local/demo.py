@@ -17,19 +17,27 @@ from . import datasets, topology
 from .topology import GUIDE_ADDRESSES as ADDR
 
 ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = {
+    "basic": ("synergos_basic.py", datasets.prepare_penguins, "palmerpenguins split by island"),
+    "images": ("synergos_images.py", datasets.prepare_digits_images, "digits as 32x32 PNG files"),
+    "text": ("synergos_text.py", datasets.prepare_text_reviews, "generated reviews"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workspace", type=Path, default=Path.cwd() / "demo_workspace")
     parser.add_argument("--keep", action="store_true", help="keep the previous workspace")
+    parser.add_argument("--example", choices=sorted(EXAMPLES), default="basic",
+                        help="basic: the guide's tabular flow (penguins); images: a CNN on digits; text: reviews")
     args = parser.parse_args(argv)
     workspace: Path = args.workspace.resolve()
     if workspace.exists() and not args.keep:
         shutil.rmtree(workspace)
     logs = workspace / "logs"
-    print(f"[demo] preparing two parties' data (palmerpenguins split by island) in {workspace}")
-    roots = datasets.prepare_penguins(workspace)
+    script_name, prepare, what = EXAMPLES[args.example]
+    print(f"[demo] preparing two parties' data ({what}) in {workspace}")
+    roots = prepare(workspace)
     started = time.monotonic()
     with topology.Topology() as topo:
         topo.add(topology.ttp("ttp", ADDR["ttp"], 5000, workspace / "ttp", logs))
@@ -38,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[demo] starting TTP on {ADDR['ttp']}:5000 and Workers on {ADDR['worker_1']} and "
               f"{ADDR['worker_2']} (REST 5000, federation 8020)")
         topo.wait()
-        print("[demo] running examples/synergos_basic.py through the Driver")
-        script = [sys.executable, str(ROOT / "examples" / "synergos_basic.py"), "--host", ADDR["ttp"], "--port",
+        print(f"[demo] running examples/{script_name} through the Driver")
+        script = [sys.executable, str(ROOT / "examples" / script_name), "--host", ADDR["ttp"], "--port",
                   "5000", "--worker", ADDR["worker_1"], "--worker", ADDR["worker_2"]]
         code = subprocess.call(script, stdin=subprocess.DEVNULL)
         if code != 0:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -56,7 +57,50 @@ def _weighted(values: dict[str, tuple[float | None, int]]) -> float | None:
     return sum(v * n for v, n in pairs) / total if total else None
 
 
+class _FileQueue:
+    """The run's file writes (local models, checkpoints), done in submission order on one thread.
+
+    They overlap the network and the parties' compute instead of holding up the event loop; the
+    training loop waits for them where it must (see `wait`), and always before it returns or fails.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="synergos-files")
+        self._pending: list[asyncio.Future] = []
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._pending.append(asyncio.get_running_loop().run_in_executor(self._executor, fn, *args))
+
+    async def wait(self) -> None:
+        """Until everything submitted so far is written; the first failure is raised here."""
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.wait(pending)
+            for fut in pending:
+                fut.result()
+
+    async def close(self) -> None:
+        try:
+            await self.wait()
+        finally:
+            self._executor.shutdown(wait=False)
+
+
 async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) -> TrainingOutcome:
+    files = _FileQueue()
+    try:
+        outcome = await _train(grid, out_dir, files, progress)
+    except BaseException:
+        try:
+            await files.close()
+        except Exception as exc:  # the training error is the one to report
+            log.warning("run %s: writing model files failed too: %s", grid.run, exc)
+        raise
+    await files.close()
+    return outcome
+
+
+async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Progress | None) -> TrainingOutcome:
     hp = grid.hyperparameters
     rounds, epochs = int(hp.get("rounds", 10)), int(hp.get("epochs", 100))
     global_model = build_model(grid.model, seed=int(hp.get("seed", 42)))
@@ -86,13 +130,15 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
                 log.info("run %s: early stop after round %d (evaluate loss %.5f)", grid.run, r, loss)
                 break
         weights = sample_weights({p: int(h.get("n_samples", 0)) for p, h in replies.items()})
-        await _aggregate(grid, replies, weights, layout, next_state, out_dir)
+        await _aggregate(grid, replies, weights, layout, next_state, out_dir, files)
         state, next_state = next_state, state
         for pid, h in replies.items():
             local_history[pid][r] = float(h.get("train_loss"))
         history["train"][r] = _weighted({p: (h.get("train_loss"), h.get("n_samples", 0)) for p, h in replies.items()})
         completed = r + 1
-        _checkpoint(out_dir, r, state, history)
+        # written in the background while the next round runs: that round only reads `state`, and the
+        # next _aggregate (which waits for it) writes into the other buffer
+        files.submit(_checkpoint, out_dir, r, state, json.dumps(history, indent=2))
         timings.append(RoundTiming(r, time.perf_counter() - started,
                                    {p: float(h.get("compute_s", 0.0)) for p, h in replies.items()},
                                    2 * state_bytes * len(trainers)))
@@ -128,11 +174,12 @@ async def infer(grid: GridRun, state: dict[str, torch.Tensor], meta: str,
 
 
 async def _aggregate(grid: GridRun, replies: dict[str, dict], weights: dict[str, float], layout: Layout,
-                     target: dict[str, torch.Tensor], out_dir: Path) -> None:
+                     target: dict[str, torch.Tensor], out_dir: Path, files: _FileQueue) -> None:
     pids = sorted(replies)
     counts = {replies[p].get("shards") for p in pids}
     if len(counts) != 1:
         raise FederationError("participants sent differently sharded updates", "federation.bad_update")
+    await files.wait()  # the previous round's files are written (and its failures raised) before this round's
     streams = {p: iter_shards(grid.channels[p], int(replies[p]["shards"]), layout, grid.limits.round_timeout_s)
                for p in pids}
     writers = {p: StateFileWriter(out_dir / f"local_model_{p}.safetensors", layout) for p in pids}
@@ -140,13 +187,29 @@ async def _aggregate(grid: GridRun, replies: dict[str, dict], weights: dict[str,
         for _ in range(counts.pop()):
             shards = await asyncio.gather(*(anext(streams[p]) for p in pids))
             fold_slices(target, [(p, weights[p], s) for p, s in zip(pids, shards)])
-            for p, slices in zip(pids, shards):
-                for name, offset, tensor in slices:
-                    writers[p].write(name, offset, tensor)
+            # this shard is written while the next one arrives; no more than that is held
+            await files.wait()
+            files.submit(_write_locals, writers, pids, shards)
+        await files.wait()
     except BaseException:
+        try:
+            await files.wait()
+        except Exception:
+            pass
         for w in writers.values():
             w.abort()
         raise
+    files.submit(_commit_locals, writers)
+
+
+def _write_locals(writers: dict[str, StateFileWriter], pids: list[str],
+                  shards: list[list[tuple[str, int, torch.Tensor]]]) -> None:
+    for p, slices in zip(pids, shards):
+        for name, offset, tensor in slices:
+            writers[p].write(name, offset, tensor)
+
+
+def _commit_locals(writers: dict[str, StateFileWriter]) -> None:
     for w in writers.values():
         w.commit()
 
@@ -157,10 +220,11 @@ async def _drain(grid: GridRun, replies: dict[str, dict], layout: Layout) -> Non
             pass
 
 
-def _checkpoint(out_dir: Path, r: int, state: dict[str, torch.Tensor], history: dict) -> None:
+def _checkpoint(out_dir: Path, r: int, state: dict[str, torch.Tensor], history_json: str) -> None:
     folder = out_dir / "checkpoints" / f"round_{r}"
     save_state(state, folder / "global_model.safetensors")
-    _write_json(folder / "global_loss_history.json", history)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "global_loss_history.json").write_text(history_json)
 
 
 def _write_json(path: Path, payload: Any) -> None:

@@ -36,6 +36,8 @@ def grid(tmp_path_factory: pytest.TempPathFactory):
     roots = datasets.prepare_penguins(workspace)
     datasets.prepare_sklearn(workspace, "breast_cancer")
     datasets.prepare_sklearn(workspace, "diabetes")
+    datasets.prepare_digits_images(workspace, binary=True)
+    datasets.prepare_text_reviews(workspace)
     logs = workspace / "logs"
     with topology.Topology() as topo:
         ttp = topo.add(topology.ttp("ttp", TTP_HOST, REST, workspace / "ttp", logs))

@@ -104,3 +104,16 @@ def test_aggregate_of_real_parts_equals_pooled_accuracy() -> None:
     assert agg["overall_accuracy"] == pytest.approx(pooled["overall_accuracy"])
     assert agg["TPs"] == pooled["TPs"]
     assert agg["n_samples"] == 5
+
+
+def test_aggregate_ranking_scores_ignore_parties_without_the_class():
+    from synergos_core.metrics import aggregate_statistics, classification_statistics
+    import numpy as np
+
+    # party A never has class 2, party B never has class 1
+    a = classification_statistics(np.array([0, 1, 0, 1]), np.array([[.9, .1, 0], [.1, .9, 0], [.8, .2, 0],
+                                                                     [.2, .8, 0]]))
+    b = classification_statistics(np.array([0, 2, 0, 2]), np.array([[.9, 0, .1], [.1, 0, .9], [.8, 0, .2],
+                                                                     [.2, 0, .8]]))
+    merged = aggregate_statistics([a, b])
+    assert merged["roc_auc_score"] == [1.0, 1.0, 1.0]
