@@ -179,8 +179,9 @@ def start_workers(topo, workspace: Path, count: int, args: argparse.Namespace) -
         if args.profile_workers:
             # the worker's main thread (event loop, wire codec) under cProfile; stats written on SIGTERM
             args.profile_workers.mkdir(parents=True, exist_ok=True)
-            at = service.args.index("-m")
-            service.args[at:at] = ["-m", "cProfile", "-o", str(args.profile_workers / f"w{i}.prof")]
+            at = service.args.index("synergos_worker")
+            service.args = [sys.executable, __file__, "--_profile-worker", str(args.profile_workers / f"w{i}.prof"),
+                            *service.args[at + 1:]]
         topo.add(service)
         nodes.append({"participant_id": f"w{i}", "host": host, "port": args.ws_port, "f_port": args.rest_port,
                       "pid": service.process.pid})
@@ -203,6 +204,18 @@ def _proc_ticks(pid: int) -> int:
         return int(fields[11]) + int(fields[12])  # utime + stime
     except OSError:
         return 0
+
+
+def _proc_cpu_ns(pid: int) -> int:
+    """CPU time of all of a process's threads, in ns (schedstat is finer than the tick counters)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except OSError:
+        pass
+    return total
 
 
 class CpuMeter:
@@ -314,8 +327,12 @@ def ttp_case(case: dict) -> dict:
     if spans is not None:
         spans.install()
 
+    worker_pids = [n["pid"] for n in case["nodes"]]
+    cpu_marks: list[list[int]] = [[_proc_cpu_ns(p) for p in worker_pids]]
+
     def progress(**_: object) -> None:
         marks.append(time.perf_counter())
+        cpu_marks.append([_proc_cpu_ns(p) for p in worker_pids])
         if spans is not None:
             spans.cut()
 
@@ -376,6 +393,8 @@ def ttp_case(case: dict) -> dict:
             "shard_bytes": limits.shard_bytes,
             "train_loss": outcome.history["train"],
             "spans": spans.rounds if spans is not None else None,
+            # per round: CPU seconds of each worker process (all threads), from /proc/<pid>/task/*/schedstat
+            "worker_cpu": [[(b - a) / 1e9 for a, b in zip(x, y)] for x, y in zip(cpu_marks, cpu_marks[1:])],
         }
 
     return asyncio.run(go())
@@ -426,6 +445,8 @@ def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: ar
            if raw.get("spans") else {}),
         "ttp_torch_threads": raw["torch_threads"],
         "cpu_s_bench": round(cpu.ours_s, 2),
+        "worker_cpu_median_s": round(statistics.median(max(c) for c in raw["worker_cpu"][:len(walls)][steady]), 6),
+        "workers_cpu_total_median_s": round(statistics.median(sum(c) for c in raw["worker_cpu"][:len(walls)][steady]), 6),
         "cpu_s_foreign": round(cpu.foreign_s, 2),
         "foreign_cpu_share": round(cpu.foreign_share, 3),
         "shard_bytes": raw["shard_bytes"],
@@ -440,7 +461,46 @@ def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: ar
     }
 
 
+def profile_worker(out: str, argv: list[str]) -> None:
+    """Run a Worker with cProfile on every thread (event loop and executor); stats dumped when it stops."""
+    import cProfile
+    import pstats
+    import signal
+    import threading
+
+    signal.raise_signal = lambda sig: None  # uvicorn re-raises SIGTERM after shutdown; we want to dump first
+    profilers = []
+    thread_run = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        prof = cProfile.Profile()
+        profilers.append(prof)
+        prof.enable()
+        try:
+            thread_run(self)
+        finally:
+            prof.disable()
+    threading.Thread.run = run
+    from synergos_worker.cli import main as worker_main
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        worker_main(argv)
+    finally:
+        prof.disable()
+        stats = pstats.Stats(prof)
+        for other in profilers:
+            try:
+                stats.add(other)
+            except (TypeError, ValueError):
+                pass
+        stats.dump_stats(out)
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--_profile-worker":
+        return profile_worker(sys.argv[2], sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="workload:K pairs (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, help="keep data, logs and outputs here (default: a temp dir)")

@@ -128,4 +128,6 @@ def fix_model_io(model: list[dict], x_width: int, n_classes: int, action: str) -
         if action == "classify" and n_classes > 2 and last.get("activation") == "sigmoid":
             # Independent sigmoids do not form a distribution over k exclusive classes.
             last["activation"] = "softmax"
+    if action == "classify" and n_classes > 2 and fixed[-1].get("l_type") == "Sigmoid":
+        fixed[-1] = {**fixed[-1], "l_type": "Softmax", "structure": {"dim": 1}}  # the same, as its own layer
     return fixed

@@ -29,7 +29,8 @@ from typing import Any, AsyncIterator
 import torch
 
 from .errors import FederationError
-from .wire import Layout, decode_control, decode_shard, encode_control, encode_shard
+from .wire import (Layout, decode_control, decode_shard, describe_layout, encode_control, encode_shard, parse_layout,
+                   write_slices)
 
 WS_PATH_PREFIX = "/federation/"
 
@@ -117,3 +118,24 @@ async def broadcast_state(channels: list[tuple[Any, dict]], state: dict[str, tor
     for pieces in plan:
         frame = encode_shard(state, pieces)
         await asyncio.gather(*(ws.send(frame) for ws, _ in channels))
+
+
+async def send_tensors(ws: Any, header: dict, tensors: dict[str, torch.Tensor], shard_bytes: int) -> None:
+    """Send tensors whose shapes the receiver cannot know in advance; the header announces them."""
+    await send_state(ws, {**header, "layout": describe_layout(Layout.of(tensors))}, tensors, shard_bytes)
+
+
+async def recv_tensors(ws: Any, header: dict, allowed: set[str], max_bytes: int, timeout: float | None
+                       ) -> dict[str, torch.Tensor]:
+    """Receive the tensors announced in `header['layout']` (empty when it announces none)."""
+    if not header.get("shards"):
+        return {}
+    layout = parse_layout(header.get("layout"), allowed, max_bytes)
+    tensors = {name: torch.empty(shape, dtype=dtype) for name, dtype, shape in layout.entries}
+    covered = 0
+    async for slices in iter_shards(ws, int(header["shards"]), layout, timeout):
+        write_slices(tensors, slices)
+        covered += sum(t.numel() for _, _, t in slices)
+    if covered != sum(t.numel() for t in tensors.values()):
+        raise FederationError("payload arrived incomplete", "federation.bad_update")
+    return tensors

@@ -73,9 +73,13 @@ class SynergosModel(nn.Module):
             if isinstance(x, tuple):
                 x = x[0]
             if activation:
-                fn = ACTIVATIONS[activation]
-                x = fn(x, dim=1) if activation in _DIM_ACTIVATIONS else fn(x)
+                x = self.apply_activation(activation, x)
         return x
+
+    @staticmethod
+    def apply_activation(name: str, x: torch.Tensor) -> torch.Tensor:
+        fn = ACTIVATIONS[name]
+        return fn(x, dim=1) if name in _DIM_ACTIVATIONS else fn(x)
 
 
 def _layer_fields(layer: Any) -> tuple[str, dict, str | None]:

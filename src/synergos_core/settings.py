@@ -76,6 +76,7 @@ class FederationLimits(BaseSettings):
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 20.0
     round_timeout_s: float = 3600.0
+    max_payload_bytes: int = 2 * 1024 * MiB  # features and predictions a FedGKT party sends per round
 
 
 class WorkerSettings(ServiceSettings):

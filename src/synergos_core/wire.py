@@ -205,3 +205,25 @@ def write_slices(state: dict[str, torch.Tensor], slices: list[tuple[str, int, to
     with torch.no_grad():
         for name, offset, tensor in slices:
             state[name].view(-1)[offset: offset + tensor.numel()].copy_(tensor)
+
+
+def describe_layout(layout: Layout) -> list[list]:
+    """A layout as JSON, for payloads whose shapes only the sender knows (e.g. features)."""
+    return [[name, _DTYPE_NAMES[dtype], list(shape)] for name, dtype, shape in layout.entries]
+
+
+def parse_layout(entries: object, allowed: set[str], max_bytes: int) -> Layout:
+    """Check a layout announced by a peer: known names, known dtypes, bounded total size."""
+    if not isinstance(entries, list):
+        raise FederationError("payload layout missing", "federation.protocol")
+    parsed, total = [], 0
+    for entry in entries:
+        if (not isinstance(entry, list) or len(entry) != 3 or entry[0] not in allowed or entry[1] not in _DTYPES
+                or not isinstance(entry[2], list) or not all(isinstance(d, int) and d >= 0 for d in entry[2])):
+            raise FederationError(f"payload entry {entry!r} is not allowed", "federation.protocol")
+        dtype = _DTYPES[entry[1]]
+        total += _prod(tuple(entry[2])) * torch.empty((), dtype=dtype).element_size()
+        parsed.append((entry[0], dtype, tuple(entry[2])))
+    if total > max_bytes:
+        raise FederationError(f"payload of {total} bytes exceeds the limit of {max_bytes}", "federation.too_large")
+    return Layout(tuple(parsed))

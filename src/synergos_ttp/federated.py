@@ -23,7 +23,7 @@ import torch
 from synergos_core.aggregation import EarlyStopping, fold_slices, sample_weights
 from synergos_core.checkpoints import StateFileWriter, save_state
 from synergos_core.errors import FederationError
-from synergos_core.federation import iter_shards
+from synergos_core.federation import iter_shards, send_state
 from synergos_core.model import build_model
 from synergos_core.wire import Layout
 
@@ -170,6 +170,15 @@ async def infer(grid: GridRun, state: dict[str, torch.Tensor], meta: str,
                 participants: list[str] | None = None) -> dict[str, dict]:
     """Ask each node to predict on its own `meta` data and return only its statistics."""
     sent = await grid.broadcast("infer", 0, state, participants=participants, meta=meta)
+    return await grid.replies(sent, "metrics")
+
+
+async def infer_each(grid: GridRun, states: dict[str, dict[str, torch.Tensor]], meta: str) -> dict[str, dict]:
+    """Like `infer`, with each party's own weights (FedGKT: its extractor and the server layers)."""
+    sent = {}
+    for pid, state in states.items():
+        sent[pid] = grid.header("infer", 0, meta=meta)
+        await send_state(grid.channels[pid], sent[pid], state, grid.limits.shard_bytes)
     return await grid.replies(sent, "metrics")
 
 

@@ -15,7 +15,7 @@ from synergos_core.errors import InvalidRequest
 from synergos_core.metrics import aggregate_statistics
 from synergos_core.settings import FederationLimits
 
-from . import federated
+from . import federated, fedgkt
 from .grid import GridNode, GridRun, worker_call
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ async def train_run(http: httpx.AsyncClient, limits: FederationLimits, keys: Run
     """Train one run on one grid and export it; returns the Model record's details."""
     out = run_dir(outputs, keys)
     out.mkdir(parents=True, exist_ok=True)
+    algorithm = fedgkt if hyperparameters.get("algorithm") == "FedGKT" else federated
     async with GridRun(keys, nodes, action, model, hyperparameters, limits, http) as grid:
-        outcome = await federated.train(grid, out, progress)
+        outcome = await algorithm.train(grid, out, progress)
     save_state(outcome.state, out / "global_model.safetensors")
     federated._write_json(out / "global_loss_history.json", outcome.history)
     rel = Path(*keys)
@@ -80,7 +81,11 @@ async def infer_run(http: httpx.AsyncClient, limits: FederationLimits, keys: Run
     """Run the trained global model on each node's own `meta` data; statistics per participant."""
     state = load_state(run_dir(outputs, keys) / "global_model.safetensors")
     async with GridRun(keys, nodes, action, model, hyperparameters, limits, http) as grid:
-        replies = await federated.infer(grid, state, meta)
+        if hyperparameters.get("algorithm") == "FedGKT":  # each party runs its own extractor
+            states = fedgkt.participant_states(run_dir(outputs, keys), state, list(grid.channels))
+            replies = await federated.infer_each(grid, states, meta)
+        else:
+            replies = await federated.infer(grid, state, meta)
     results = {}
     for pid, reply in replies.items():
         if reply.get("statistics") is not None:
@@ -92,5 +97,3 @@ def aggregate(results: dict[str, dict], meta: str) -> dict | None:
     parts = [r[meta]["statistics"] for r in results.values() if r.get(meta)]
     return {meta: {"statistics": aggregate_statistics(parts), "participants": sorted(results)}} if parts else None
 
-
-__all__ = ["align", "alignment_records", "train_run", "infer_run", "aggregate", "poll_headers", "save_state"]

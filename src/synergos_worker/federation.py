@@ -20,6 +20,7 @@ from synergos_core.metrics import classification_statistics, regression_statisti
 from synergos_core.settings import FederationLimits
 from synergos_core.wire import write_slices
 
+from . import gkt
 from .sessions import RunKey, RunSession, SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,10 @@ class FederationServer:
 
     async def _serve(self, ws: ServerConnection, session: RunSession, header: dict) -> None:
         op = header["op"]
+        if op in gkt.OPS:
+            async with session.lock:
+                await gkt.serve(ws, session.trainer, header, self._reply(header, op), self.limits)
+            return
         if op not in {"train", "evaluate", "infer"}:
             raise FederationError(f"unknown op {op!r}", "federation.protocol")
         trainer = session.trainer

@@ -14,6 +14,7 @@ import torch
 from synergos_core.data import apply_spacers, class_indices, load_meta
 from synergos_core.errors import InvalidRequest, NotFound
 from synergos_core.schemas import METAS, InitialiseRequest
+from synergos_core.gkt import GKTTrainer
 from synergos_core.training import LocalTrainer, Split
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,9 @@ class SessionRegistry:
                 if (split := load_split(self.data_root, meta, request)) is not None}
         if "train" not in data and "evaluate" not in data and "predict" not in data:
             raise InvalidRequest("no data selected by this participant's tags", "dataset.empty")
-        trainer = LocalTrainer([layer.model_dump() for layer in request.model], request.hyperparameters,
-                               request.action, data)
+        trainer_class = GKTTrainer if request.hyperparameters.get("algorithm") == "FedGKT" else LocalTrainer
+        trainer = trainer_class([layer.model_dump() for layer in request.model], request.hyperparameters,
+                                request.action, data)
         session = RunSession(key=key, token=request.token, participant_id=request.participant_id,
                              action=request.action, trainer=trainer,
                              counts={meta: len(split) for meta, split in data.items()})

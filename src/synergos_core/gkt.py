@@ -1,0 +1,220 @@
+"""FedGKT (group knowledge transfer): a split model trained by knowledge distillation.
+
+The experiment's layer list (activations as their own layers) is cut at `L`: each party keeps
+the first `L` layers as its own feature extractor plus a small local head, and the TTP trains the
+remaining layers (the server model) on the features the parties extract. Each round a party
+trains extractor and head on its labels, softened towards the server's predictions for its
+samples (`alpha`, `temperature`), then sends its features and its own predictions; the server
+learns from those predictions by distillation for `server_epochs` and sends back its own. Labels
+never leave a party. The final model of a party is its extractor followed by the server model.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InvalidRequest
+from .model import SynergosModel, build_optimizer, compute_loss
+from .training import LocalTrainer
+from .wire import Layout
+
+_EPS = 1e-6
+_PROBABILITY_LAYERS = {"Sigmoid": "sigmoid", "Softmax": "softmax", "LogSoftmax": "log_softmax"}
+
+
+def split_index(spec: list[dict], hp: dict[str, Any]) -> int:
+    """How many layers stay with the parties (`L`, default half the model, at least one each side)."""
+    count = len(spec)
+    if count < 2:
+        raise InvalidRequest("FedGKT needs at least two layers to split between parties and server",
+                             "run.invalid_combination")
+    split = int(hp.get("L") or max(1, count // 2))
+    if not 1 <= split < count:
+        raise InvalidRequest(f"L must be between 1 and {count - 1} for this {count}-layer model", "run.invalid")
+    return split
+
+
+def output_kind(spec: list[dict]) -> str | None:
+    """How the model's outputs are expressed: probabilities, log-probabilities or raw scores."""
+    last = spec[-1]
+    return _PROBABILITY_LAYERS.get(last.get("l_type")) or last.get("activation")
+
+
+def server_keys(model: SynergosModel, split: int) -> list[str]:
+    return [k for k in model.state_dict() if int(k.split(".")[1]) >= split]
+
+
+def extractor_keys(model: SynergosModel, split: int) -> list[str]:
+    return [k for k in model.state_dict() if int(k.split(".")[1]) < split]
+
+
+def run_layers(model: SynergosModel, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+    for layer, activation in list(zip(model.layers, model.activations))[start:stop]:
+        x = layer(x)
+        if isinstance(x, tuple):
+            x = x[0]
+        if activation:
+            x = model.apply_activation(activation, x)
+    return x
+
+
+def to_logits(out: torch.Tensor, kind: str | None) -> torch.Tensor:
+    """Scores comparable across models, whatever their final activation."""
+    if out.dim() == 1:
+        out = out.unsqueeze(1)
+    if kind == "sigmoid" or (kind is None and out.shape[1] == 1):
+        p = out.clamp(_EPS, 1 - _EPS) if kind == "sigmoid" else torch.sigmoid(out)
+        return torch.cat([torch.log1p(-p), torch.log(p)], dim=1)
+    if kind == "softmax":
+        return out.clamp_min(_EPS).log()
+    return out  # log-probabilities or raw scores
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str | None,
+                      temperature: float) -> torch.Tensor:
+    t = float(temperature)
+    s_logits, t_logits = to_logits(student, kind) / t, to_logits(teacher, kind).detach() / t
+    return F.kl_div(F.log_softmax(s_logits, 1), F.softmax(t_logits, 1), reduction="batchmean") * t * t
+
+
+class LocalHead(nn.Module):
+    """The party's small classifier on its extracted features, ending like the full model."""
+
+    def __init__(self, features: int, outputs: int, kind: str | None) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, outputs)
+        self.kind = kind
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.linear(h.flatten(1))
+        if self.kind == "sigmoid":
+            return torch.sigmoid(out)
+        if self.kind == "softmax":
+            return F.softmax(out, 1)
+        if self.kind == "log_softmax":
+            return F.log_softmax(out, 1)
+        return out
+
+
+class _ServerLayers(nn.Module):
+    """The layers after the split, used as a party's head when they hold no weights."""
+
+    def __init__(self, model: SynergosModel, split: int) -> None:
+        super().__init__()
+        self._run = lambda h: run_layers(model, h, split)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self._run(h)
+
+
+class GKTTrainer(LocalTrainer):
+    """A party's side of FedGKT; evaluation and inference use the full model like any run."""
+
+    def __init__(self, spec: list[dict], hp: dict[str, Any], action: str, data: dict) -> None:
+        super().__init__(spec, hp, action, data)
+        self.split = split_index(spec, hp)
+        self.kind = output_kind(spec)
+        self.server_layout = Layout.of({k: self.state[k] for k in server_keys(self.model, self.split)})
+        sample = next(iter(s for s in data.values() if len(s)), None)
+        if sample is None:
+            raise InvalidRequest("no data to size the feature extractor", "dataset.empty")
+        with torch.no_grad():
+            features = run_layers(self.model, sample.X[:1], 0, self.split)
+            outputs = self.model(sample.X[:1])
+        width = outputs.shape[1] if outputs.dim() > 1 else 1
+        # a server part without weights (e.g. just the final Sigmoid) cannot learn anything: the
+        # party then classifies through those same layers, and its extractor is the whole model
+        self.head_is_server = not any(self.state[name].numel() for name, _, _ in self.server_layout.entries)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.head = (_ServerLayers(self.model, self.split) if self.head_is_server
+                         else LocalHead(features[0].numel(), width, self.kind))
+
+    def server_layout_tensors(self) -> list[torch.Tensor]:
+        return [self.state[name] for name, _, _ in self.server_layout.entries]
+
+    def extractor_state(self) -> dict[str, torch.Tensor]:
+        state = {k: self.state[k] for k in extractor_keys(self.model, self.split)}
+        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        return state
+
+    def train_gkt(self, epochs: int, teacher: torch.Tensor | None) -> dict[str, Any]:
+        """Train extractor and head on local labels (softened towards the server when given), then
+        return the features and predictions of every train sample for the server."""
+        split = self.data.get("train")
+        if split is None or len(split) == 0:
+            raise ValueError("this participant has no train data for the run")
+        started = time.perf_counter()
+        hp = self.hp
+        alpha, temperature = float(hp.get("alpha", 1.0)), float(hp.get("temperature", 3.0))
+        params = [p for i, layer in enumerate(self.model.layers) if i < self.split for p in layer.parameters()]
+        optimizer = build_optimizer(hp.get("optimizer", "SGD"), params + list(self.head.parameters()), hp)
+        n, batch = len(split), int(hp.get("batch_size") or len(split))
+        losses = []
+        self.model.train()
+        self.head.train()
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=self.generator)
+            total = 0.0
+            for start in range(0, n, batch):
+                idx = order[start:start + batch]
+                optimizer.zero_grad(set_to_none=True)
+                out = self.head(run_layers(self.model, split.X[idx], 0, self.split))
+                loss = compute_loss(self.criterion, self.criterion_name, out, split.y[idx], self.action)
+                if teacher is not None and alpha:
+                    loss = loss + alpha * distillation_loss(out, teacher[idx], self.kind, temperature)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            losses.append(total / n)
+        with torch.no_grad():
+            self.model.eval()
+            self.head.eval()
+            features = run_layers(self.model, split.X, 0, self.split).contiguous()
+            local_out = self.head(features).contiguous()
+        return {"n_samples": n, "epoch_losses": losses, "train_loss": losses[-1],
+                "compute_s": time.perf_counter() - started, "features": features, "local_out": local_out}
+
+
+class ServerModel(nn.Module):
+    """The layers after the split, trained on the TTP from the parties' features."""
+
+    def __init__(self, model: SynergosModel, split: int) -> None:
+        super().__init__()
+        self.model = model
+        self.split = split
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return run_layers(self.model, h, self.split)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        full = self.model.state_dict()
+        return {k: full[k] for k in server_keys(self.model, self.split)}
+
+
+def train_server(server: ServerModel, batches: list[tuple[torch.Tensor, torch.Tensor]], hp: dict[str, Any],
+                 kind: str | None) -> float:
+    """Distil the parties' predictions into the server model; returns the last epoch's mean loss."""
+    params = [p for i, layer in enumerate(server.model.layers) if i >= server.split for p in layer.parameters()]
+    if not params:
+        return 0.0
+    optimizer = build_optimizer(hp.get("optimizer", "SGD"), params, hp)
+    temperature = float(hp.get("temperature", 3.0))
+    server.train()
+    mean = 0.0
+    for _ in range(int(hp.get("server_epochs", 1))):
+        total, count = 0.0, 0
+        for features, teacher in batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss = distillation_loss(server(features), teacher, kind, temperature)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(features)
+            count += len(features)
+        mean = total / max(count, 1)
+    server.eval()
+    return mean

@@ -1,0 +1,114 @@
+"""The TTP's side of FedGKT: train the server model on the parties' features by distillation.
+
+Per round: each party trains its extractor and head (softened towards the server's last
+predictions for its samples) and sends features and predictions; the server distils them for
+`server_epochs`; each party then evaluates its extractor with the new server layers on its own
+`evaluate` data. At the end each party hands over its extractor, so that validation and
+prediction can run the full model on the party's side.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from synergos_core.aggregation import EarlyStopping
+from synergos_core.checkpoints import save_state
+from synergos_core.errors import FederationError
+from synergos_core.federation import recv_tensors, send_header, send_state, send_tensors
+from synergos_core.gkt import ServerModel, output_kind, split_index, train_server
+from synergos_core.model import build_model
+
+from .federated import Progress, RoundTiming, TrainingOutcome, _checkpoint, _weighted, _write_json
+from .grid import GridRun
+
+
+async def _exchange(grid: GridRun, pid: str, request: dict, tensors: dict[str, torch.Tensor] | None,
+                    expect: str, allowed: set[str]) -> tuple[dict, dict[str, torch.Tensor]]:
+    ws = grid.channels[pid]
+    if tensors:
+        await send_tensors(ws, request, tensors, grid.limits.shard_bytes)
+    else:
+        await send_header(ws, {**request, "shards": 0})
+    header = await grid.reply(pid, request, expect)
+    received = await recv_tensors(ws, header, allowed, grid.limits.max_payload_bytes, grid.limits.round_timeout_s)
+    return header, received
+
+
+async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) -> TrainingOutcome:
+    hp = grid.hyperparameters
+    rounds, epochs = int(hp.get("rounds", 10)), int(hp.get("epochs", 100))
+    split, kind = split_index(grid.model, hp), output_kind(grid.model)
+    server = ServerModel(build_model(grid.model, seed=int(hp.get("seed", 42))), split)
+    trainers = [pid for pid, c in sorted(grid.counts.items()) if c.get("train")]
+    if not trainers:
+        raise FederationError("no participant has train data for this run", "federation.no_samples")
+    history: dict[str, dict[int, float]] = {"train": {}, "evaluate": {}, "server": {}}
+    local_history: dict[str, dict[int, float]] = {pid: {} for pid in grid.channels}
+    stopper = EarlyStopping(int(hp.get("patience") or 0), float(hp.get("delta") or 0.0))
+    teachers: dict[str, torch.Tensor] = {}
+    timings, completed, stopped = [], 0, False
+    for r in range(rounds):
+        started = time.perf_counter()
+        requests = {pid: grid.header("gkt_train", r, epochs=epochs) for pid in trainers}
+        results = await asyncio.gather(*(
+            _exchange(grid, pid, requests[pid], {"server_out": teachers[pid]} if pid in teachers else None,
+                      "gkt_features", {"features", "local_out"}) for pid in trainers))
+        replies = {pid: header for pid, (header, _) in zip(trainers, results)}
+        batches = [(tensors["features"], tensors["local_out"]) for _, tensors in results]
+        history["server"][r] = await asyncio.to_thread(train_server, server, batches, hp, kind)
+        with torch.no_grad():
+            teachers = {pid: server(features).detach() for pid, (features, _) in zip(trainers, batches)}
+        del batches, results
+        for pid, h in replies.items():
+            local_history[pid][r] = float(h["train_loss"])
+        history["train"][r] = _weighted({p: (h.get("train_loss"), h.get("n_samples", 0)) for p, h in replies.items()})
+        loss = await evaluate_loss(grid, server.state(), r)
+        if loss is not None:
+            history["evaluate"][r] = loss
+        completed = r + 1
+        _checkpoint(out_dir, r, server.state(), json.dumps(history))
+        timings.append(RoundTiming(r, time.perf_counter() - started,
+                                   {p: float(h.get("compute_s", 0.0)) for p, h in replies.items()}, 0))
+        if progress:
+            progress(round=completed, rounds=rounds, train_loss=history["train"][r], evaluate_loss=loss)
+        if stopper.step(loss):
+            stopped = True
+            break
+    for pid in sorted(grid.channels):
+        _, extractor = await _exchange(grid, pid, grid.header("gkt_export", completed), None, "gkt_extractor",
+                                       set(_extractor_names(server, split)))
+        save_state(extractor, out_dir / f"local_model_{pid}.safetensors")
+    _write_json(out_dir / "global_loss_history.json", history)
+    return TrainingOutcome(server.state(), history, local_history, completed, stopped, timings)
+
+
+def _extractor_names(server: ServerModel, split: int) -> list[str]:
+    names = [k for k in server.model.state_dict() if int(k.split(".")[1]) < split]
+    return names + ["head.linear.weight", "head.linear.bias"]  # absent when the head is the server part
+
+
+async def evaluate_loss(grid: GridRun, server_state: dict[str, torch.Tensor], round_index: int) -> float | None:
+    async def one(pid: str) -> tuple[float | None, int]:
+        request = grid.header("gkt_evaluate", round_index, meta="evaluate")
+        await send_state(grid.channels[pid], request, server_state, grid.limits.shard_bytes)
+        header = await grid.reply(pid, request, "loss")
+        return header.get("loss"), int(header.get("n_samples", 0))
+    pids = sorted(grid.channels)
+    losses = await asyncio.gather(*(one(pid) for pid in pids))
+    return _weighted(dict(zip(pids, losses)))
+
+
+def participant_states(out_dir: Path, server_state: dict[str, torch.Tensor], pids: list[str]
+                       ) -> dict[str, dict[str, torch.Tensor]]:
+    """Each party's full model: its own extractor followed by the server layers."""
+    from synergos_core.checkpoints import load_state
+
+    states = {}
+    for pid in pids:
+        local = load_state(out_dir / f"local_model_{pid}.safetensors")
+        states[pid] = {**{k: v for k, v in local.items() if not k.startswith("head.")}, **server_state}
+    return states
