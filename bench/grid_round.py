@@ -483,6 +483,36 @@ def profile_worker(out: str, argv: list[str]) -> None:
     threading.Thread.run = run
     from synergos_worker.cli import main as worker_main
 
+    # per-round phase timings (wall and this thread's CPU), written next to the profile
+    import synergos_worker.federation as wf
+    from synergos_core.training import LocalTrainer
+
+    phases: dict[str, list[tuple[float, float]]] = {}
+
+    def timed(owner: object, attr: str, name: str, is_async: bool) -> None:
+        original = getattr(owner, attr)
+        if is_async:
+            async def wrapper(*a, **kw):
+                t, c = time.perf_counter(), time.thread_time()
+                try:
+                    return await original(*a, **kw)
+                finally:
+                    phases.setdefault(name, []).append((time.perf_counter() - t, time.thread_time() - c))
+        else:
+            def wrapper(*a, **kw):
+                t, c = time.perf_counter(), time.thread_time()
+                try:
+                    return original(*a, **kw)
+                finally:
+                    phases.setdefault(name, []).append((time.perf_counter() - t, time.thread_time() - c))
+        setattr(owner, attr, wrapper)
+
+    timed(wf.FederationServer, "_serve", "serve(total)", True)
+    timed(wf.FederationServer, "_receive_weights", "receive_weights", True)
+    timed(wf, "send_state", "send_state", True)
+    timed(LocalTrainer, "train", "train", False)
+    timed(LocalTrainer, "evaluate", "evaluate", False)
+
     prof = cProfile.Profile()
     prof.enable()
     try:
@@ -496,6 +526,10 @@ def profile_worker(out: str, argv: list[str]) -> None:
             except (TypeError, ValueError):
                 pass
         stats.dump_stats(out)
+        with open(out + ".phases.json", "w") as f:
+            json.dump({k: {"n": len(v), "median_wall_ms": 1e3 * statistics.median(w for w, _ in v[2:] or v),
+                           "median_cpu_ms": 1e3 * statistics.median(c for _, c in v[2:] or v)}
+                       for k, v in phases.items()}, f, indent=1)
 
 
 def main() -> None:

@@ -225,7 +225,7 @@ def build_criterion(name: str, hp: dict[str, Any]) -> nn.Module:
 
 def validate_run(hp: dict[str, Any]) -> None:
     """Build the run's optimizer, scheduler and criterion on a dummy parameter; 422 if any fails."""
-    dummy = nn.Parameter(torch.zeros(1))
+    dummy = nn.Parameter(torch.zeros(1, 1))
     optimizer = build_optimizer(hp.get("optimizer", "SGD"), [dummy], hp)
     build_scheduler(hp.get("lr_scheduler"), optimizer, hp)
     build_criterion(hp.get("criterion", "BCELoss"), hp)
@@ -324,6 +324,14 @@ def check_combination(spec: list[dict], hp: dict[str, Any], action: str, n_class
         if classes > 2 and width not in (classes,):
             raise _invalid(f"the last layer gives {width} outputs for {classes} classes; align with auto_fix or set "
                            f"out_features={classes}", "run.invalid_combination", "model")
+    optimizer = hp.get("optimizer", "SGD")
+    meta = build_layers(spec, device="meta")
+    weighted = [m for m in meta.layers if any(True for _ in m.parameters())]
+    if optimizer == "SparseAdam" and not all(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse
+                                             for m in weighted):
+        raise _invalid("SparseAdam needs sparse gradients everywhere: use it only with Embedding(sparse=True) "
+                       "layers", "run.invalid_combination", "optimizer")
+    build_optimizer(optimizer, meta.parameters(), hp)  # e.g. Muon takes 2-D weights only
     if criterion in _NEEDS_PROBABILITIES and activation not in {"sigmoid", "softmax"}:
         raise _invalid(f"{criterion} needs probabilities: end the model with a sigmoid or softmax activation, or use "
                        "BCEWithLogitsLoss", "run.invalid_combination", "criterion")

@@ -71,14 +71,21 @@ class LocalTrainer:
                 else:
                     idx = order[start:start + batch]
                     xb, yb = split.X[idx], split.y[idx]
-                optimizer.zero_grad(set_to_none=True)
-                out = self.model(xb)
-                loss = compute_loss(self.criterion, self.criterion_name, out, yb, self.action)
-                extra = proximal_terms(self.model, global_params, mu, l1, l2)
-                if extra is not None:
-                    loss = loss + extra
-                loss.backward()
-                optimizer.step()
+                def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
+                    optimizer.zero_grad(set_to_none=True)
+                    out = self.model(xb)
+                    loss = compute_loss(self.criterion, self.criterion_name, out, yb, self.action)
+                    extra = proximal_terms(self.model, global_params, mu, l1, l2)
+                    if extra is not None:
+                        loss = loss + extra
+                    loss.backward()
+                    return loss
+
+                if isinstance(optimizer, torch.optim.LBFGS):
+                    loss = optimizer.step(closure)  # LBFGS re-evaluates the loss itself
+                else:
+                    loss = closure()
+                    optimizer.step()
                 total += float(loss.detach()) * xb.shape[0]
             epoch_loss = total / n
             losses.append(epoch_loss)

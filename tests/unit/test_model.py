@@ -1,4 +1,5 @@
 """Layer lists become torch models; every name a user sends is checked against torch's own lists."""
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,51 @@ def test_early_stopping_waits_for_patience():
     stopper = EarlyStopping(patience=2, delta=0.0)
     assert [stopper.step(x) for x in (1.0, 0.9, 0.95, 0.91, 0.92)] == [False, False, False, True, True]
     assert not EarlyStopping(0, 0).step(5.0)
+
+
+from synergos_core.model import OPTIMIZERS, SCHEDULERS, check_combination  # noqa: E402
+from synergos_core.training import LocalTrainer, Split  # noqa: E402
+
+_X = torch.rand(64, 6, generator=torch.Generator().manual_seed(0))
+_Y = (_X[:, 0] > 0.5).long()
+_MLP = [{"l_type": "Linear", "structure": {"in_features": 6, "out_features": 4}, "activation": "relu"},
+        {"l_type": "Linear", "structure": {"in_features": 4, "out_features": 1}, "activation": "sigmoid"}]
+_NO_BIAS = [{"l_type": "Linear", "structure": {"in_features": 6, "out_features": 4, "bias": False},
+             "activation": "relu"},
+            {"l_type": "Linear", "structure": {"in_features": 4, "out_features": 1, "bias": False},
+             "activation": "sigmoid"}]
+_SCHEDULER_ARGS = {"CosineAnnealingLR": {"T_max": 5}, "CosineAnnealingWarmRestarts": {"T_0": 2},
+                   "CyclicLR": {"base_lr": 0.01, "max_lr": 0.1}, "ExponentialLR": {"gamma": 0.9},
+                   "MultiStepLR": {"milestones": [1, 2]}, "OneCycleLR": {"max_lr": 0.1, "total_steps": 10},
+                   "StepLR": {"step_size": 1}}
+
+
+@pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - {"SparseAdam"}))
+def test_every_optimizer_trains(name):
+    spec = _NO_BIAS if name == "Muon" else _MLP
+    hp = {"optimizer": name, "criterion": "BCELoss", "lr_scheduler": "none", "lr": 0.01}
+    check_combination(spec, hp, "classify", 2)
+    result = LocalTrainer(spec, hp, "classify", {"train": Split(_X, _Y)}).train(3, 0)
+    assert all(np.isfinite(result["epoch_losses"]))
+
+
+def test_optimizers_that_cannot_serve_a_model_are_refused_with_the_reason():
+    with pytest.raises(InvalidRequest, match="2D"):
+        check_combination(_MLP, {"optimizer": "Muon", "criterion": "BCELoss"}, "classify", 2)
+    with pytest.raises(InvalidRequest, match="sparse"):
+        check_combination(_MLP, {"optimizer": "SparseAdam", "criterion": "BCELoss"}, "classify", 2)
+
+
+@pytest.mark.parametrize("name", sorted(set(SCHEDULERS) - {"ChainedScheduler", "SequentialLR"}))
+def test_every_scheduler_steps_with_arguments_from_the_run(name):
+    hp = {"optimizer": "SGD", "criterion": "BCELoss", "lr_scheduler": name, "lr": 0.05,
+          **_SCHEDULER_ARGS.get(name, {})}
+    validate_run(hp)
+    result = LocalTrainer(_MLP, hp, "classify", {"train": Split(_X, _Y)}).train(4, 0)
+    assert len(result["epoch_losses"]) == 4
+
+
+@pytest.mark.parametrize("name", ["ChainedScheduler", "SequentialLR"])
+def test_schedulers_of_schedulers_are_refused_with_the_reason(name):
+    with pytest.raises(InvalidRequest, match="schedulers"):
+        validate_run({"optimizer": "SGD", "criterion": "BCELoss", "lr_scheduler": name})
