@@ -169,3 +169,26 @@ def test_every_scheduler_steps_with_arguments_from_the_run(name):
 def test_schedulers_of_schedulers_are_refused_with_the_reason(name):
     with pytest.raises(InvalidRequest, match="schedulers"):
         validate_run({"optimizer": "SGD", "criterion": "BCELoss", "lr_scheduler": name})
+
+
+def test_batchnorm_dropout_and_recurrent_layers_train():
+    conv = [{"l_type": "Linear", "structure": {"in_features": 6, "out_features": 8}, "activation": None},
+            {"l_type": "BatchNorm1d", "structure": {"num_features": 8}, "activation": "relu"},
+            {"l_type": "Dropout", "structure": {"p": 0.2}},
+            {"l_type": "Linear", "structure": {"in_features": 8, "out_features": 1}, "activation": "sigmoid"}]
+    hp = {"criterion": "BCELoss", "lr_scheduler": "none", "lr": 0.1}
+    trainer = LocalTrainer(conv, hp, "classify", {"train": Split(_X, _Y)})
+    losses = trainer.train(10, 0)["epoch_losses"]
+    assert losses[-1] < losses[0]
+    assert "layers.1.running_mean" in trainer.state  # BatchNorm statistics travel with the weights
+    tokens = torch.randint(0, 30, (64, 5), generator=torch.Generator().manual_seed(1))
+    labels = (tokens[:, 0] > 15).long()
+    for cell in ("RNN", "GRU", "LSTM"):
+        seq = [{"l_type": "Embedding", "structure": {"num_embeddings": 30, "embedding_dim": 4}},
+               {"l_type": cell, "structure": {"input_size": 4, "hidden_size": 6, "batch_first": True}},
+               {"l_type": "Flatten", "structure": {}},
+               {"l_type": "Linear", "structure": {"in_features": 30, "out_features": 2}, "activation": None}]
+        trainer = LocalTrainer(seq, {"criterion": "CrossEntropyLoss", "lr_scheduler": "none", "lr": 0.5,
+                                     "optimizer": "Adam"}, "classify", {"train": Split(tokens.float(), labels)})
+        losses = trainer.train(15, 0)["epoch_losses"]
+        assert losses[-1] < losses[0], cell
