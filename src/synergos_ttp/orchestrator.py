@@ -9,14 +9,14 @@ import httpx
 
 from synergos_core.alignment import fix_model_io
 from synergos_core.model import check_combination
-from synergos_core.errors import InvalidRequest, NotFound, SynergosError
+from synergos_core.errors import Forbidden, InvalidRequest, NotFound, SynergosError
 from synergos_core.schemas import METAS
 from synergos_core.settings import TTPSettings
 
 from . import operations
 from .grid import GridNode
-from .jobs import JobBoard
-from .storage import Store
+from synergos_core.contract.jobs import JobBoard
+from synergos_core.contract.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,10 @@ class Orchestrator:
             self.jobs.finish(job, "completed")
             log.info("TRAINING COMPLETED - %s", "/".join(keys[1:]))
         return records
+
+    async def optimize(self, collab_id: str, project_id: str, expt_id: str, request: dict[str, Any]) -> list[dict]:
+        raise Forbidden("hyper-parameter optimization runs on a Synergos Cluster: send it to the Director",
+                        "optimization.cluster_only")
 
     # -- phase 3A --
     async def validate(self, collab_id: str, project_id: str, expt_id: str | None = None,

@@ -20,7 +20,7 @@ from sqlalchemy.pool import StaticPool
 
 from synergos_core.errors import Conflict, NotFound
 
-from .storage_models import (AGGREGATE, CASCADES, DELETE_ORDER, KINDS, TABLES, Base, Kind, Registration,
+from .tables import (AGGREGATE, CASCADES, DELETE_ORDER, KINDS, TABLES, Base, Kind, Registration,
                              RegistrationNode, Tag, utcnow)
 
 __all__ = ["Store", "AGGREGATE"]

@@ -16,7 +16,7 @@ from synergos_core.errors import InvalidRequest
 from synergos_core.schemas import (ID_PATTERN, Connection, Layer, NodeInfo, RunHyperparameters, Strict, TagList,
                                    TagsCreate, check_tag)
 
-from .storage import AGGREGATE
+from .store import AGGREGATE
 
 __all__ = ["CollaborationCreate", "CollaborationUpdate", "ProjectCreate", "ProjectUpdate", "ExperimentCreate",
            "ExperimentUpdate", "RunCreate", "RunUpdate", "ParticipantCreate", "ParticipantUpdate",

@@ -1,17 +1,18 @@
 """Phase 2: /ttp/train/… alignments and models (training runs within the request in basic mode)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from synergos_core.envelope import envelope
 from synergos_core.errors import NotFound
 from synergos_core.schemas import ID_PATTERN
 
 from ..deps import StoreDep
-from ..orchestrator import Orchestrator
+from ..orchestration import Orchestrator
 
 router = APIRouter(prefix="/ttp/train/collaborations/{collab_id}/projects/{project_id}")
 Id = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -75,3 +76,33 @@ async def read_models(request: Request, store: StoreDep, collab_id: Id, project_
 for _path in MODEL_PATHS:
     router.add_api_route(_path, create_models, methods=["POST"], name="models", include_in_schema=_path != "/models/")
     router.add_api_route(_path, read_models, methods=["GET"], name="models", include_in_schema=_path != "/models/")
+
+
+class OptimizationRequest(BaseModel):
+    """A search space and how to explore it (Ray Tune); extra keys go to the searcher."""
+
+    model_config = ConfigDict(extra="allow")
+    search_space: dict[str, Any]
+    tuner: str | None = None
+    metric: str | None = None
+    optimize_mode: Literal["max", "min"] | None = None
+    n_samples: int = Field(default=3, ge=1, le=1000)
+    trial_concurrency: int | None = Field(default=None, ge=1, le=64)
+    max_exec_duration: str | None = None
+    auto_align: bool = True
+
+
+@router.post("/models/{expt_id}/optimizations", name="optimizations")
+@router.post("/models/{expt_id}/optimizations/", name="optimizations", include_in_schema=False)
+async def create_optimizations(request: Request, body: OptimizationRequest, orch: OrchestratorDep, collab_id: Id,
+                               project_id: Id, expt_id: Id) -> object:
+    records = await orch.optimize(collab_id, project_id, expt_id, body.model_dump())
+    return envelope(request, records, 202)
+
+
+@router.get("/models/{expt_id}/optimizations", name="optimizations")
+@router.get("/models/{expt_id}/optimizations/", name="optimizations", include_in_schema=False)
+async def read_optimizations(request: Request, store: StoreDep, collab_id: Id, project_id: Id, expt_id: Id) -> object:
+    trials = [run for run in store.list_runs(collab_id, project_id, expt_id)
+              if run["key"]["run_id"].startswith("optim_run_")]
+    return envelope(request, _found(trials, "optimizations"))

@@ -10,7 +10,7 @@ from synergos_core.errors import InvalidRequest
 from synergos_core.schemas import ID_PATTERN
 from synergos_core.settings import TTPSettings
 
-from .storage import Store
+from .store import Store
 
 ID_FIELDS = ("collab_id", "project_id", "expt_id", "run_id", "participant_id")
 RESERVED_FIELDS = ("key", "created_at", "relations")

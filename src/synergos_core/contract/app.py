@@ -1,0 +1,51 @@
+"""The app both the TTP and the Director serve: metadata routes, phase 2 and 3 routes, job
+progress and health, backed by the metadata store and the service's own orchestrator."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ..envelope import API_VERSION, BodyLimitMiddleware, envelope, install_error_handlers
+from ..settings import ServiceSettings
+from .jobs import JobBoard
+from .orchestration import Orchestrator
+from .routes import ROUTERS
+from .store import Store
+
+OrchestratorFactory = Callable[[Store, JobBoard], Orchestrator]
+
+
+def create_contract_app(settings: ServiceSettings, title: str, make_orchestrator: OrchestratorFactory,
+                        health: Callable[[], dict] | None = None) -> FastAPI:
+    """An app with its own metadata store (SQLite under `data_dir` unless `db_url` is given)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_url or f"sqlite:///{settings.data_dir}/synergos.db")
+    jobs = JobBoard()
+    orchestrator = make_orchestrator(store, jobs)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await orchestrator.aclose()
+            store.close()
+
+    app = FastAPI(title=title, version=API_VERSION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.store = store
+    app.state.jobs = jobs
+    app.state.orchestrator = orchestrator
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    for router in ROUTERS:
+        app.include_router(router)
+
+    @app.get("/health", name="health")
+    def read_health(request: Request) -> JSONResponse:
+        return envelope(request, {"id": settings.id, "status": "ok", **(health() if health else {})})
+
+    return app
