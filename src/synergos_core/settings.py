@@ -88,3 +88,11 @@ class TTPSettings(ServiceSettings):
     federation: FederationLimits = Field(default_factory=FederationLimits)
     queue: list[str] | None = None
     grid: int = 0
+
+
+class DirectorSettings(ServiceSettings):
+    """The Director publishes to the MQ named by each collaboration's `mq` section, else `queue`."""
+
+    queue: list[str] | None = None
+    ray_address: str | None = None  # join an existing Ray cluster instead of starting a local one
+    ray_cpus: int | None = None

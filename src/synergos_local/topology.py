@@ -101,9 +101,25 @@ def worker(name: str, host: str, port: int, ws_port: int, data_dir: Path, output
 
 
 def ttp(name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: list[str] | None = None) -> Service:
-    args = _cli("synergos_ttp") + ["--id", name, "--logging_variant", "basic", "--host", host, "--port", str(port),
-                                   "--data_dir", str(workdir / "data"), "--outputs_dir", str(workdir / "outputs"),
-                                   "--mlflow_dir", str(workdir / "mlflow")] + (extra or [])
+    """A basic TTP, or with `extra=cluster_flags(...)` a cluster TTP; `workdir` may be shared."""
+    return _orchestrator("synergos_ttp", name, host, port, workdir, log_dir, extra)
+
+
+def director(name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: list[str] | None = None
+             ) -> Service:
+    return _orchestrator("synergos_director", name, host, port, workdir, log_dir, extra)
+
+
+def cluster_flags(mq_host: str, mq_port: int, grid: int | None = None) -> list[str]:
+    flags = ["--queue", "rabbitmq", mq_host, str(mq_port), "--censored"]
+    return flags + (["--grid", str(grid)] if grid is not None else [])
+
+
+def _orchestrator(module: str, name: str, host: str, port: int, workdir: Path, log_dir: Path,
+                  extra: list[str] | None) -> Service:
+    args = _cli(module) + ["--id", name, "--logging_variant", "basic", "--host", host, "--port", str(port),
+                           "--data_dir", str(workdir / "data"), "--outputs_dir", str(workdir / "outputs"),
+                           "--mlflow_dir", str(workdir / "mlflow")] + (extra or [])
     return Service(name, args, f"http://{host}:{port}/health", log_dir / f"{name}.log")
 
 

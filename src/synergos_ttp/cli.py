@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 
+import torch
 import uvicorn
 from pydantic import ValidationError
 
@@ -37,7 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.id, settings.logging_variant, settings.censored, settings.debug)
     mode = "cluster" if settings.queue else "basic"
     log.info("TTP %s (%s mode) listening on http://%s:%s", settings.id, mode, settings.host, settings.port)
-    app = create_app(settings)
+    if settings.queue:
+        from .cluster_app import create_cluster_app
+
+        app = create_cluster_app(settings)
+    else:
+        app = create_app(settings)
+    torch.set_num_threads(int(os.environ.get("SYNERGOS_TORCH_THREADS", "1")))
     uvicorn.run(app, host=settings.host, port=settings.port, ws="none", log_config=None,
                 timeout_keep_alive=5, limit_concurrency=200)
 

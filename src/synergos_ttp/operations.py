@@ -46,6 +46,24 @@ async def align(http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, 
     return align_headers(headers), polled
 
 
+async def predict_spacers(http: httpx.AsyncClient, node: GridNode, collab_id: str, project_id: str, action: str,
+                          superset: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Where a party's predict data lacks trained features; a feature the model never saw is drift."""
+    polled = await poll_headers(http, [node], collab_id, project_id, action)
+    headers = polled[node.participant_id].get("headers", {}).get("predict")
+    if not headers:
+        raise InvalidRequest(f"{node.participant_id} has no predict data for {project_id!r}", "prediction.no_data")
+    spacers = {}
+    for part in ("X", "y"):
+        unknown = sorted(set(headers[part]) - set(superset[part]))
+        if unknown:
+            raise InvalidRequest(f"feature drift: predict data has {len(unknown)} feature(s) the model was "
+                                 f"not trained on, e.g. {unknown[:5]}", "prediction.feature_drift")
+        have = set(headers[part])
+        spacers[part] = [i for i, name in enumerate(superset[part]) if name not in have]
+    return spacers
+
+
 def run_dir(outputs: Path, keys: RunKeys) -> Path:
     return outputs.joinpath(*keys)
 

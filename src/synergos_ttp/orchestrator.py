@@ -9,6 +9,7 @@ import httpx
 
 from synergos_core.alignment import fix_model_io
 from synergos_core.model import check_combination
+from synergos_core.jobs import build_grids
 from synergos_core.errors import Forbidden, InvalidRequest, NotFound, SynergosError
 from synergos_core.schemas import METAS
 from synergos_core.settings import TTPSettings
@@ -35,24 +36,12 @@ class Orchestrator:
     # -- inputs --
     def grid_nodes(self, collab_id: str, project_id: str, grid: int = 0,
                    participants: list[str] | None = None) -> list[GridNode]:
-        registered = self.store.project_grid(collab_id, project_id)
-        if not registered:
-            raise InvalidRequest(f"no participant is registered to project {project_id!r}", "project.no_participants")
-        alignments = {a["key"]["participant_id"]: a for a in self.store.list_alignments(collab_id, project_id)}
-        nodes = []
-        for entry in registered:
-            pid = entry["participant_id"]
-            if participants is not None and pid not in participants:
-                continue
-            if grid >= len(entry["nodes"]):
-                raise InvalidRequest(f"{pid} registered {len(entry['nodes'])} node(s); grid {grid} needs more",
-                                     "registration.too_few_nodes")
-            node = entry["nodes"][grid]
-            spacers = alignments.get(pid, {})
-            nodes.append(GridNode(pid, node["host"], int(node["port"]), int(node["f_port"]), entry["tags"],
-                                  {m: spacers[m] for m in METAS if isinstance(spacers.get(m), dict)}))
-        if participants is not None and not nodes:
-            raise NotFound(f"participant(s) {', '.join(participants)} not registered to {project_id!r}",
+        grids = build_grids(self.store.project_grid(collab_id, project_id),
+                            self.store.list_alignments(collab_id, project_id))
+        nodes = [GridNode(**node) for node in grids[min(grid, len(grids) - 1)]
+                 if participants is None or node["participant_id"] in participants]
+        if not nodes:
+            raise NotFound(f"participant(s) {', '.join(participants or [])} not registered to {project_id!r}",
                            "registration.not_found")
         return nodes
 
@@ -198,19 +187,8 @@ class Orchestrator:
                           if a["key"]["participant_id"] == node.participant_id), None)
         if alignment is None or "superset" not in alignment:
             return
-        polled = await operations.poll_headers(self.http, [node], collab_id, project_id, action)
-        headers = polled[node.participant_id].get("headers", {}).get("predict")
-        if not headers:
-            raise InvalidRequest(f"{node.participant_id} has no predict data for {project_id!r}", "prediction.no_data")
-        superset = alignment["superset"]
-        spacers = {}
-        for part in ("X", "y"):
-            unknown = sorted(set(headers[part]) - set(superset[part]))
-            if unknown:
-                raise InvalidRequest(f"feature drift: predict data has {len(unknown)} feature(s) the model was "
-                                     f"not trained on, e.g. {unknown[:5]}", "prediction.feature_drift")
-            have = set(headers[part])
-            spacers[part] = [i for i, name in enumerate(superset[part]) if name not in have]
+        spacers = await operations.predict_spacers(self.http, node, collab_id, project_id, action,
+                                                   alignment["superset"])
         node.alignment["predict"] = spacers
         self.store.put_alignment(collab_id, project_id, node.participant_id, {**alignment_details(alignment),
                                                                               "predict": spacers})

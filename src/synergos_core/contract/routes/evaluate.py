@@ -11,7 +11,7 @@ from synergos_core.errors import NotFound
 from synergos_core.schemas import ID_PATTERN, check_tag
 
 from ..deps import StoreDep
-from .train import OrchestratorDep
+from .train import OrchestratorDep, accepted
 
 router = APIRouter(prefix="/ttp/evaluate")
 Id = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -42,7 +42,7 @@ async def create_validations(request: Request, body: ValidationRequest, orch: Or
                              collab_id: Id, project_id: Id, expt_id: str | None = None,
                              run_id: str | None = None, participant_id: str | None = None) -> object:
     records = await orch.validate(collab_id, project_id, expt_id, run_id, participant_id)
-    return envelope(request, records, 201)
+    return envelope(request, records, accepted(orch))
 
 
 async def read_validations(request: Request, store: StoreDep, collab_id: Id, project_id: Id,
@@ -64,7 +64,7 @@ async def create_predictions(request: Request, body: PredictionRequest, orch: Or
                              participant_id: Id, collab_id: Id, project_id: str | None = None,
                              expt_id: str | None = None, run_id: str | None = None) -> object:
     records = await orch.predict(participant_id, collab_id, body.tags, project_id, expt_id, run_id)
-    return envelope(request, records, 201)
+    return envelope(request, records, accepted(orch))
 
 
 async def read_predictions(request: Request, store: StoreDep, participant_id: Id, collab_id: Id,

@@ -25,6 +25,11 @@ def orchestrator(request: Request) -> Orchestrator:
 OrchestratorDep = Annotated[Orchestrator, Depends(orchestrator)]
 
 
+def accepted(orch: Orchestrator) -> int:
+    """201 when the work is done within the request (basic mode), 202 when it was queued (cluster)."""
+    return 202 if getattr(orch, "queued", False) else 201
+
+
 class AlignmentRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     auto_align: bool = True
@@ -47,7 +52,7 @@ def _found(records: list[dict], what: str) -> list[dict]:
 async def create_alignments(request: Request, body: AlignmentRequest, orch: OrchestratorDep,
                             collab_id: Id, project_id: Id) -> object:
     records = await orch.align(collab_id, project_id, body.auto_align, body.auto_fix)
-    return envelope(request, records, 201)
+    return envelope(request, records, accepted(orch))
 
 
 @router.get("/alignments", name="alignments")
@@ -64,7 +69,7 @@ async def create_models(request: Request, body: TrainRequest, orch: Orchestrator
                         collab_id: Id, project_id: Id, expt_id: str | None = None,
                         run_id: str | None = None) -> object:
     records = await orch.train(collab_id, project_id, expt_id, run_id, body.auto_align)
-    return envelope(request, records, 201)
+    return envelope(request, records, accepted(orch))
 
 
 async def read_models(request: Request, store: StoreDep, collab_id: Id, project_id: Id,
@@ -103,6 +108,9 @@ async def create_optimizations(request: Request, body: OptimizationRequest, orch
 @router.get("/models/{expt_id}/optimizations", name="optimizations")
 @router.get("/models/{expt_id}/optimizations/", name="optimizations", include_in_schema=False)
 async def read_optimizations(request: Request, store: StoreDep, collab_id: Id, project_id: Id, expt_id: Id) -> object:
-    trials = [run for run in store.list_runs(collab_id, project_id, expt_id)
-              if run["key"]["run_id"].startswith("optim_run_")]
+    trials = []
+    for run in store.list_runs(collab_id, project_id, expt_id):
+        if run["key"]["run_id"].startswith("optim_run_"):
+            aggregate = store.list_validations(collab_id, project_id, expt_id, run["key"]["run_id"], "aggregate")
+            trials.append({**run, "validation": aggregate[0]["evaluate"]["statistics"] if aggregate else None})
     return envelope(request, _found(trials, "optimizations"))

@@ -1,0 +1,45 @@
+"""Cluster jobs: what the Director queues and a cluster TTP runs. A job carries everything its
+TTP needs (grids, tags, alignments, model, hyper-parameters), so TTPs hold no metadata.
+
+    {"job_id", "process": "preprocess" | "train" | "evaluate", "keys": {...},
+     "grids": [[node, ...], ...], "parameters": {...}}
+
+A node is {participant_id, host, port, f_port, tags, alignment}; grid k is node k of every
+participant, so there are as many grids as the smallest number of nodes a participant registered.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from .errors import InvalidRequest
+from .schemas import METAS
+
+PROCESSES = ("preprocess", "train", "evaluate")
+
+
+def build_grids(registered: list[dict], alignments: list[dict]) -> list[list[dict]]:
+    """Grids from a project's registrations (the store's `project_grid`) and stored alignments."""
+    if not registered:
+        raise InvalidRequest("no participant is registered to this project", "project.no_participants")
+    spacers = {a["key"]["participant_id"]: a for a in alignments}
+    count = min(len(entry["nodes"]) for entry in registered)
+    grids = []
+    for k in range(count):
+        grid = []
+        for entry in registered:
+            pid = entry["participant_id"]
+            node = entry["nodes"][k]
+            aligned = spacers.get(pid, {})
+            grid.append({"participant_id": pid, "host": node["host"], "port": int(node["port"]),
+                         "f_port": int(node["f_port"]), "tags": entry["tags"],
+                         "alignment": {m: aligned[m] for m in METAS if isinstance(aligned.get(m), dict)}})
+        grids.append(grid)
+    return grids
+
+
+def make_job(process: str, keys: dict[str, str], grids: list[list[dict]], parameters: dict[str, Any]) -> dict:
+    if process not in PROCESSES:
+        raise ValueError(f"unknown process {process!r}")
+    return {"job_id": uuid.uuid4().hex, "process": process, "keys": dict(keys), "grids": grids,
+            "parameters": parameters}

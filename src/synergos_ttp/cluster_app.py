@@ -1,0 +1,60 @@
+"""The cluster TTP's process: a job consumer on its own thread, and a health/status endpoint."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from synergos_core.envelope import API_VERSION, envelope, install_error_handlers
+from synergos_core.errors import SynergosError
+from synergos_core.settings import TTPSettings
+from synergos_mq.connection import parse_queue_flag
+from synergos_mq.consumer import JobConsumer
+from synergos_mq.errors import JobFailed
+
+from .cluster import JobRunner, permanent
+
+log = logging.getLogger(__name__)
+
+
+def create_cluster_app(settings: TTPSettings) -> FastAPI:
+    settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+    runner = JobRunner(settings)
+
+    def handle(job: dict) -> dict:
+        try:
+            return runner(job)
+        except SynergosError as exc:
+            if permanent(exc):
+                raise JobFailed(f"{exc.code}: {exc.detail}") from exc
+            raise
+
+    consumer = JobConsumer(parse_queue_flag(settings.queue), handle, name=settings.id)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,), name="job-consumer", daemon=True)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        thread.start()
+        log.info("consuming jobs for grid %d from %s:%s", settings.grid, settings.queue[1], settings.queue[2])
+        try:
+            yield
+        finally:
+            stop.set()
+            consumer.stop()
+            thread.join(timeout=30)
+
+    app = FastAPI(title=f"Synergos cluster TTP ({settings.id})", version=API_VERSION, lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.get("/health", name="health")
+    def health(request: Request) -> JSONResponse:
+        alive = thread.is_alive()
+        return envelope(request, {"id": settings.id, "status": "ok" if alive else "stopped", **runner.status()},
+                        200 if alive else 503)
+
+    return app
