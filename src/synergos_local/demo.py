@@ -1,17 +1,22 @@
-"""`make demo`: the deployment guide's flow on this machine, basic mode.
+"""`make demo`: the deployment guide's flow on this machine.
 
-Prepares two parties' data (palmerpenguins split by island), starts a TTP and two Workers on
-the guide's ports, each on its own loopback address, runs the guide's Phase 1-3 script through
-the Driver, prints the validation results and where outputs went, and stops everything.
+Cluster mode (the default): RabbitMQ with its management UI, the Director, two TTP grids and two
+parties' Workers (two nodes each, one per grid), then the guide's Phases 1-3 and its
+hyper-parameter section through the Driver. Basic mode (`--mode basic`): one TTP and two Workers.
+Data: palmerpenguins split by island, so each party lacks categories the other has. Every
+service started here is stopped at the end.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 from . import datasets, topology
 from .topology import GUIDE_ADDRESSES as ADDR
@@ -22,44 +27,114 @@ EXAMPLES = {
     "images": ("synergos_images.py", datasets.prepare_digits_images, "digits as 32x32 PNG files"),
     "text": ("synergos_text.py", datasets.prepare_text_reviews, "generated reviews"),
 }
+COMPLETED = re.compile(r"(ALIGNMENT|TRAINING|VALIDATION|PREDICTION) (COMPLETED|FAILED) - \S+")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("cluster", "basic"), default="cluster")
     parser.add_argument("--workspace", type=Path, default=Path.cwd() / "demo_workspace")
-    parser.add_argument("--keep", action="store_true", help="keep the previous workspace")
     parser.add_argument("--example", choices=sorted(EXAMPLES), default="basic",
-                        help="basic: the guide's tabular flow (penguins); images: a CNN on digits; text: reviews")
+                        help="basic mode only: basic (penguins), images (a CNN on digits) or text (reviews)")
+    parser.add_argument("--n_samples", type=int, default=3, help="cluster mode: optimization trials")
     args = parser.parse_args(argv)
     workspace: Path = args.workspace.resolve()
-    if workspace.exists() and not args.keep:
+    if workspace.exists():
         shutil.rmtree(workspace)
+    started = time.monotonic()
+    code = run_cluster(workspace, args.n_samples) if args.mode == "cluster" else run_basic(workspace, args.example)
+    if code == 0:
+        print(f"\n[demo] finished in {time.monotonic() - started:.0f} s; every service it started is stopped.")
+        print(f"[demo] models, loss histories and checkpoints: {workspace}/*/outputs; "
+              f"each Worker's predictions: {workspace}/worker_*/outputs*; logs: {workspace / 'logs'}")
+    return code
+
+
+def _run_script(name: str, *extra: str) -> int:
+    return subprocess.call([sys.executable, str(ROOT / "examples" / name), *extra], stdin=subprocess.DEVNULL)
+
+
+def _failed(topo: topology.Topology, logs: Path, code: int) -> int:
+    print(f"[demo] the example failed (exit {code}); service logs are in {logs}")
+    for service in topo.services:
+        print(f"--- {service.name} ---\n{service.tail(15)}")
+    return code
+
+
+def run_basic(workspace: Path, example: str) -> int:
+    script, prepare, what = EXAMPLES[example]
     logs = workspace / "logs"
-    script_name, prepare, what = EXAMPLES[args.example]
     print(f"[demo] preparing two parties' data ({what}) in {workspace}")
     roots = prepare(workspace)
-    started = time.monotonic()
     with topology.Topology() as topo:
         topo.add(topology.ttp("ttp", ADDR["ttp"], 5000, workspace / "ttp", logs))
         for name in ("worker_1", "worker_2"):
             topo.add(topology.worker(name, ADDR[name], 5000, 8020, roots[name], workspace / name / "outputs", logs))
-        print(f"[demo] starting TTP on {ADDR['ttp']}:5000 and Workers on {ADDR['worker_1']} and "
+        print(f"[demo] starting a TTP on {ADDR['ttp']}:5000 and Workers on {ADDR['worker_1']} and "
               f"{ADDR['worker_2']} (REST 5000, federation 8020)")
         topo.wait()
-        print(f"[demo] running examples/{script_name} through the Driver")
-        script = [sys.executable, str(ROOT / "examples" / script_name), "--host", ADDR["ttp"], "--port",
-                  "5000", "--worker", ADDR["worker_1"], "--worker", ADDR["worker_2"]]
-        code = subprocess.call(script, stdin=subprocess.DEVNULL)
-        if code != 0:
-            print(f"[demo] the example failed (exit {code}); service logs are in {logs}")
-            for service in topo.services:
-                print(f"--- {service.name} ---\n{service.tail(15)}")
-            return code
-    print(f"\n[demo] finished in {time.monotonic() - started:.0f} s; all services stopped.")
-    print(f"[demo] TTP outputs (global and local models, loss histories, checkpoints): {workspace / 'ttp' / 'outputs'}")
-    print(f"[demo] each Worker's predictions and statistics: {workspace}/worker_*/outputs")
-    print(f"[demo] service logs: {logs}")
-    return 0
+        print(f"[demo] running examples/{script} through the Driver")
+        code = _run_script(script, "--host", ADDR["ttp"], "--port", "5000", "--worker", ADDR["worker_1"],
+                           "--worker", ADDR["worker_2"])
+        return _failed(topo, logs, code) if code else 0
+
+
+def run_cluster(workspace: Path, n_samples: int) -> int:
+    from .broker import ensure_local_broker
+
+    logs = workspace / "logs"
+    print(f"[demo] preparing two parties' data (palmerpenguins split by island) in {workspace}")
+    roots = datasets.prepare_penguins(workspace)
+    broker = ensure_local_broker()
+    try:
+        with topology.Topology() as topo:
+            shared = workspace / "shared"  # the volume the Director and TTPs share, as in the guide
+            director = topo.add(topology.director("director", ADDR["director"], 5000, shared, logs,
+                                                  ["--queue", "rabbitmq", "127.0.0.1", "5672"]))
+            for grid in (0, 1):
+                topo.add(topology.ttp(f"ttp_{grid + 1}", ADDR["ttp"], 5000 + grid, shared, logs,
+                                      topology.cluster_flags("127.0.0.1", 5672, grid)))
+            for name in ("worker_1", "worker_2"):
+                for grid in (0, 1):
+                    topo.add(topology.worker(f"{name}_node_{grid}", ADDR[name], 5000 + grid, 8020 + grid, roots[name],
+                                             workspace / name / f"outputs_{grid}", logs))
+            print(f"[demo] starting the Director on {ADDR['director']}:5000, TTP grids 0 and 1 on {ADDR['ttp']}:5000 "
+                  f"and :5001, and two nodes per party on {ADDR['worker_1']} and {ADDR['worker_2']}")
+            topo.wait()
+            print("[demo] running examples/synergos_cluster.py (the guide's script) against the Director")
+            code = _run_script("synergos_cluster.py", "--host", ADDR["director"], "--port", "5000", "--mq",
+                               "127.0.0.1", "--worker", ADDR["worker_1"], "--worker", ADDR["worker_2"],
+                               "--n_samples", str(n_samples))
+            if code:
+                return _failed(topo, logs, code)
+            lines = _follow(director, f"http://{ADDR['director']}:5000", n_samples)
+            trials = [line for line in lines if "VALIDATION COMPLETED" in line and "optim_run_" in line]
+            print(f"\n[demo] hyper-parameter optimization: {len(trials)} trials validated")
+            for line in trials:
+                print(f"  {line}")
+            print("[demo] RabbitMQ management UI: http://localhost:15672 (guest/guest)")
+            return 0 if len(trials) == n_samples else 1
+    finally:
+        broker.stop()
+
+
+def _follow(director: topology.Service, base: str, n_samples: int, timeout: float = 900.0) -> list[str]:
+    """Print the Director's completion lines until every queued job and every trial is done."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in director.log_path.read_text(errors="replace").splitlines():
+            match = COMPLETED.search(line)
+            if match and match.group(0) not in seen:
+                seen.append(match.group(0))
+                print(f"[director] {match.group(0)}")
+        jobs = httpx.get(f"{base}/ttp/status/jobs", timeout=10).json()["data"]
+        trials = [line for line in seen if "VALIDATION COMPLETED" in line and "optim_run_" in line]
+        if jobs and all(j["state"] in {"completed", "failed"} for j in jobs) and len(trials) >= n_samples:
+            return seen
+        time.sleep(1.0)
+    print("[demo] timed out waiting for the cluster to finish")
+    return seen
 
 
 if __name__ == "__main__":

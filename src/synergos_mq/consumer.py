@@ -1,0 +1,105 @@
+"""Consume jobs (and completed events) at least once; see `loop.ConsumerLoop` for the loop itself.
+
+    JobConsumer        preprocess/train/evaluate -> handler(job) -> completed event -> ack
+    CompletedConsumer  completed -> handler(event) -> ack
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+from . import messages, topology
+from .connection import BrokerAddress
+from .errors import JobFailed, PublishError
+from .loop import ConsumerLoop, _Delivery, _Run
+
+log = logging.getLogger(__name__)
+
+
+class JobConsumer(ConsumerLoop):
+    """Run jobs from the job queues with `handler(job) -> outcome` and publish each outcome.
+
+    Per delivery: a job without `job_id`/`process` or not JSON is dead-lettered; a job id seen
+    before (bounded LRU) is not run again, its completed event is re-published; otherwise the
+    handler runs on a worker thread, and the completed event
+    `{job_id, process, keys, status, outcome | error, attempt, consumer}` is confirmed on
+    `synergos.completed` before the delivery is acked.
+    """
+
+    _noun = "job"
+
+    def __init__(self, address: BrokerAddress, handler: Callable[[dict], dict],
+                 queues: Iterable[str] = topology.JOB_QUEUES, *, name: str, max_attempts: int = 3,
+                 idle_log_s: float = 60.0, poll_s: float = 0.2, stop_grace_s: float = 30.0,
+                 remember: int = 10_000) -> None:
+        queues = tuple(queues)
+        if any(q not in topology.JOB_QUEUES for q in queues):
+            raise ValueError(f"a JobConsumer consumes job queues only: {', '.join(topology.JOB_QUEUES)}")
+        super().__init__(address, queues, name=name, max_attempts=max_attempts, idle_log_s=idle_log_s,
+                         poll_s=poll_s, stop_grace_s=stop_grace_s)
+        self.handler = handler
+        self.processed = messages.ProcessedJobs(remember)
+
+    def _decode(self, body: bytes) -> dict[str, Any]:
+        return messages.parse_job(body)
+
+    def _settle_without_running(self, delivery: _Delivery, payload: dict[str, Any]) -> bool:
+        event = self.processed.get(payload["job_id"])
+        if event is None:
+            return False
+        log.info("%s: job %s was already processed; re-publishing its completed event", self.name,
+                 payload["job_id"])
+        self._publish_event(event)
+        self._ack(delivery)
+        return True
+
+    def _call(self, payload: dict[str, Any]) -> Any:
+        return self.handler(payload)
+
+    def _finish(self, run: _Run) -> None:
+        if run.error is None:
+            try:
+                messages.encode(messages.completed_event(run.payload, run.result, attempt=run.delivery.attempt,
+                                                         consumer=self.name))
+            except PublishError as exc:
+                # Deterministic: the same outcome would be refused again, so the job failed for good.
+                run.error = JobFailed(f"the handler's outcome cannot be sent: {exc}")
+        super()._finish(run)
+
+    def _succeeded(self, run: _Run) -> None:
+        event = messages.completed_event(run.payload, run.result, attempt=run.delivery.attempt, consumer=self.name)
+        self._publish_event(event)
+        self.processed.remember(run.payload["job_id"], event)
+
+    def _gave_up(self, run: _Run, exc: BaseException) -> None:
+        event = messages.failed_event(run.payload, exc, attempt=run.delivery.attempt, consumer=self.name)
+        self._publish_event(event)
+        self.processed.remember(run.payload["job_id"], event)
+
+    def _publish_event(self, event: dict[str, Any]) -> None:
+        props = messages.properties(event["job_id"], kind="synergos.completed")
+        self._publish(topology.COMPLETED_EXCHANGE, "", messages.encode(event), props)
+
+
+class CompletedConsumer(ConsumerLoop):
+    """Hand each completed event to `handler(event)` (on a worker thread) and ack after it returns.
+
+    Unparseable events are dead-lettered; a handler that raises is retried up to `max_attempts`
+    times, then the event is dead-lettered. Handlers must be idempotent by `job_id`: delivery is
+    at least once.
+    """
+
+    _noun = "event for job"
+
+    def __init__(self, address: BrokerAddress, handler: Callable[[dict], None], *, name: str,
+                 max_attempts: int = 3, idle_log_s: float = 60.0, poll_s: float = 0.2,
+                 stop_grace_s: float = 30.0) -> None:
+        super().__init__(address, (topology.COMPLETED_QUEUE,), name=name, max_attempts=max_attempts,
+                         idle_log_s=idle_log_s, poll_s=poll_s, stop_grace_s=stop_grace_s)
+        self.handler = handler
+
+    def _decode(self, body: bytes) -> dict[str, Any]:
+        return messages.parse_event(body)
+
+    def _call(self, payload: dict[str, Any]) -> Any:
+        self.handler(payload)
