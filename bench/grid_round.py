@@ -256,6 +256,7 @@ class Spans:
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
         self.rounds: list[dict[str, float]] = []
+        self.events: list[tuple[str, float, float]] = []
 
     def add(self, name: str, dt: float) -> None:
         self.totals[name] = self.totals.get(name, 0.0) + dt
@@ -273,6 +274,7 @@ class Spans:
                 return await original(*a, **kw)
             finally:
                 self.add(name, time.perf_counter() - t)
+                self.events.append((name, t, time.perf_counter()))
         setattr(owner, attr, timed)
 
     def wrap(self, owner: object, attr: str, name: str) -> None:
@@ -323,6 +325,15 @@ def ttp_case(case: dict) -> dict:
     out_dir = Path(case["out_dir"])
     marks: list[float] = []
 
+    if case.get("sync_files") and hasattr(federated, "_FileQueue"):
+        # A/B switch: write the run's files inline on the event loop, as before the background writer
+        async def _no_wait(self) -> None:
+            return None
+
+        def _inline(self, fn, *a) -> None:
+            fn(*a)
+        federated._FileQueue.submit = _inline
+        federated._FileQueue.wait = _no_wait
     spans = Spans() if case.get("spans") else None
     if spans is not None:
         spans.install()
@@ -393,6 +404,7 @@ def ttp_case(case: dict) -> dict:
             "shard_bytes": limits.shard_bytes,
             "train_loss": outcome.history["train"],
             "spans": spans.rounds if spans is not None else None,
+            "span_events": spans.events if spans is not None else None,
             # per round: CPU seconds of each worker process (all threads), from /proc/<pid>/task/*/schedstat
             "worker_cpu": [[(b - a) / 1e9 for a, b in zip(x, y)] for x, y in zip(cpu_marks, cpu_marks[1:])],
         }
@@ -404,7 +416,8 @@ def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: ar
              floor_bps: float) -> dict:
     out_dir = workspace / "ttp" / f"{workload}_k{k}"
     case = {"workload": workload, "k": k, "nodes": nodes[:k], "out_dir": str(out_dir),
-            "ttp_threads": args.ttp_threads, "profile": args.profile, "spans": args.spans, "rounds": args.rounds}
+            "ttp_threads": args.ttp_threads, "profile": args.profile, "spans": args.spans,
+            "sync_files": args.sync_files, "rounds": args.rounds}
     env = dict(os.environ)
     if args.shard_bytes:
         env["SYNERGOS_FED_SHARD_BYTES"] = str(args.shard_bytes)
@@ -415,6 +428,8 @@ def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: ar
     if proc.returncode != 0:
         raise RuntimeError(f"TTP side of {workload} K={k} failed (exit {proc.returncode}); see stderr")
     raw = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    if os.environ.get("BENCH_DUMP_RAW"):
+        Path(os.environ["BENCH_DUMP_RAW"]).write_text(json.dumps(raw))
     walls, compute, moved = raw["walls"], raw["worker_compute"], raw["bytes_moved"]
     steady = slice(1, None) if len(walls) > 1 else slice(0, None)
     wall_med = statistics.median(walls[steady])
@@ -480,7 +495,8 @@ def profile_worker(out: str, argv: list[str]) -> None:
             thread_run(self)
         finally:
             prof.disable()
-    threading.Thread.run = run
+    if not os.environ.get("BENCH_PHASES_ONLY"):
+        threading.Thread.run = run
     from synergos_worker.cli import main as worker_main
 
     # per-round phase timings (wall and this thread's CPU), written next to the profile
@@ -488,6 +504,7 @@ def profile_worker(out: str, argv: list[str]) -> None:
     from synergos_core.training import LocalTrainer
 
     phases: dict[str, list[tuple[float, float]]] = {}
+    events: list[tuple[str, float, float]] = []
 
     def timed(owner: object, attr: str, name: str, is_async: bool) -> None:
         original = getattr(owner, attr)
@@ -498,6 +515,7 @@ def profile_worker(out: str, argv: list[str]) -> None:
                     return await original(*a, **kw)
                 finally:
                     phases.setdefault(name, []).append((time.perf_counter() - t, time.thread_time() - c))
+                    events.append((name, t, time.perf_counter()))
         else:
             def wrapper(*a, **kw):
                 t, c = time.perf_counter(), time.thread_time()
@@ -512,24 +530,31 @@ def profile_worker(out: str, argv: list[str]) -> None:
     timed(wf, "send_state", "send_state", True)
     timed(LocalTrainer, "train", "train", False)
     timed(LocalTrainer, "evaluate", "evaluate", False)
+    timed(wf.asyncio, "to_thread", "to_thread", True)
+    timed(wf.FederationServer, "_handle", "handle", True)
+    timed(wf, "recv_header", "recv_header", True)
 
     prof = cProfile.Profile()
-    prof.enable()
+    if not os.environ.get("BENCH_PHASES_ONLY"):
+        prof.enable()
     try:
         worker_main(argv)
     finally:
         prof.disable()
-        stats = pstats.Stats(prof)
-        for other in profilers:
-            try:
-                stats.add(other)
-            except (TypeError, ValueError):
-                pass
-        stats.dump_stats(out)
         with open(out + ".phases.json", "w") as f:
             json.dump({k: {"n": len(v), "median_wall_ms": 1e3 * statistics.median(w for w, _ in v[2:] or v),
                            "median_cpu_ms": 1e3 * statistics.median(c for _, c in v[2:] or v)}
                        for k, v in phases.items()}, f, indent=1)
+        with open(out + ".events.json", "w") as f:
+            json.dump(events, f)
+        if not os.environ.get("BENCH_PHASES_ONLY"):
+            stats = pstats.Stats(prof)
+            for other in profilers:
+                try:
+                    stats.add(other)
+                except (TypeError, ValueError):
+                    pass
+            stats.dump_stats(out)
 
 
 def main() -> None:
@@ -548,6 +573,8 @@ def main() -> None:
     parser.add_argument("--spans", action="store_true", help="time the TTP's round phases (median ms per round)")
     parser.add_argument("--profile-workers", type=Path, metavar="DIR",
                         help="run each worker under cProfile, writing DIR/wN.prof when it stops")
+    parser.add_argument("--sync-files", action="store_true",
+                        help="A/B: write local model files and checkpoints inline instead of in the background")
     parser.add_argument("--profile", action="store_true", help="cProfile the TTP side; stats go to stderr")
     parser.add_argument("--_ttp", help=argparse.SUPPRESS)
     args = parser.parse_args()

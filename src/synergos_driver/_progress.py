@@ -81,7 +81,7 @@ class JobProgress:
         self._stream = stream
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="synergos-progress", daemon=True)
-        self._shown: dict[str, str] = {}
+        self._shown: dict[str, str] = session.progress_shown
         self._baseline: set[str] | None = None
         self._alive = True
         self._silent = 0

@@ -42,6 +42,8 @@ class Session:
         )
         self.retries = max(0, int(retries))
         self.show_progress = show_progress
+        # last progress line shown per job, across requests: queued work is not announced twice
+        self.progress_shown: dict[str, str] = {}
         self._client = httpx.Client(
             base_url=address,
             timeout=self.timeout,

@@ -67,7 +67,7 @@ class OptimizationTask(BaseTask):
         metric: str | None = None,
         optimize_mode: str | None = None,
         n_samples: int = 3,
-        trial_concurrency: int = 1,
+        trial_concurrency: int | None = None,
         max_exec_duration: str = "1h",
         max_trial_num: int | None = None,
         searcher: str | None = None,
@@ -75,7 +75,8 @@ class OptimizationTask(BaseTask):
     ) -> Envelope:
         """Start a search. `search_space` maps each hyper-parameter to a fixed value or to
         `{"_type": "choice"|"uniform"|"loguniform"|"randint", "_value": [...]}`. The older
-        spellings are accepted: `searcher` for `tuner`, `max_trial_num` for `n_samples`.
+        spellings are accepted: `searcher` for `tuner`, `max_trial_num` for `n_samples`. By default as
+        many trials run at once as the cluster has grids.
         None values are left to the server's defaults; other keyword arguments pass through."""
         if searcher is not None:
             if tuner is not None and tuner != searcher:

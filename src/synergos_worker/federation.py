@@ -4,11 +4,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -33,12 +36,25 @@ def _run_key(path: str) -> RunKey | None:
     return tuple(parts) if len(parts) == 4 and all(parts) else None  # type: ignore[return-value]
 
 
+def _bind_torch_threads() -> None:
+    # torch.set_num_threads reaches OpenMP only in the thread that calls it: a fresh thread would
+    # otherwise start a team of one OpenMP thread per core, whose spin-waits after every op burn the
+    # CPU that the other parties and the TTP on the host need (5-10x a small model's compute).
+    torch.set_num_threads(torch.get_num_threads())
+
+
 class FederationServer:
     def __init__(self, registry: SessionRegistry, limits: FederationLimits, outputs_dir: Path) -> None:
         self.registry = registry
         self.limits = limits
         self.outputs_dir = outputs_dir
         self._server: Server | None = None
+        # local training, evaluation and inference run here, off the event loop
+        self._compute = ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="synergos-compute",
+                                           initializer=_bind_torch_threads)
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._compute, fn, *args)
 
     async def start(self, host: str, port: int) -> None:
         self._server = await serve(
@@ -57,6 +73,7 @@ class FederationServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        self._compute.shutdown(wait=False)
 
     # -- handshake: refuse before any state is allocated --
     def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -135,24 +152,24 @@ class FederationServer:
         async with session.lock:
             await self._receive_weights(ws, session, header)
             if op == "train":
-                eval_loss, eval_n = (await asyncio.to_thread(trainer.evaluate, "evaluate")
+                eval_loss, eval_n = (await self._in_thread(trainer.evaluate, "evaluate")
                                      if header.get("evaluate") else (None, 0))
                 try:
-                    result = await asyncio.to_thread(trainer.train, int(header.get("epochs", 1)),
-                                                     int(header.get("round", 0)))
+                    result = await self._in_thread(trainer.train, int(header.get("epochs", 1)),
+                                                   int(header.get("round", 0)))
                 except ValueError as exc:
                     raise SynergosError(str(exc), "worker.no_train_data") from None
                 reply = {**self._reply(header, "update"), **result, "eval_loss": eval_loss,
                          "eval_samples": eval_n}
                 await send_state(ws, reply, trainer.state, self.limits.shard_bytes)
             elif op == "evaluate":
-                loss, n = await asyncio.to_thread(trainer.evaluate, header.get("meta", "evaluate"))
+                loss, n = await self._in_thread(trainer.evaluate, header.get("meta", "evaluate"))
                 await send_header(ws, {**self._reply(header, "loss"), "loss": loss, "n_samples": n})
             else:
                 meta = header.get("meta", "evaluate")
                 if meta not in {"train", "evaluate", "predict"}:
                     raise SynergosError(f"unknown meta {meta!r}", "request.invalid")
-                stats = await asyncio.to_thread(self._infer, session, meta)
+                stats = await self._in_thread(self._infer, session, meta)
                 await send_header(ws, {**self._reply(header, "metrics"), **stats})
 
     def _infer(self, session: RunSession, meta: str) -> dict[str, Any]:

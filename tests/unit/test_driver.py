@@ -210,7 +210,7 @@ def test_guide_script_routes_and_bodies(server: FakeServer, driver: Driver) -> N
         "node_0": {"host": "172.19.152.155", "port": 8020, "f_port": 5000, "log_msgs": True, "verbose": True},
     }
     assert bodies[("POST", f"{train}/models/experiment_1/optimizations")] == {
-        "search_space": SEARCH_SPACE, "n_samples": 3, "trial_concurrency": 1, "max_exec_duration": "1h",
+        "search_space": SEARCH_SPACE, "n_samples": 3, "max_exec_duration": "1h",
     }
     assert bodies[("POST", f"{train}/models/experiment_1/run_1")] == {
         "auto_align": True, "dockerised": True, "verbose": True, "log_msgs": True,

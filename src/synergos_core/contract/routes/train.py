@@ -78,9 +78,6 @@ async def read_models(request: Request, store: StoreDep, collab_id: Id, project_
     return envelope(request, _found(store.list_models(collab_id, project_id, expt_id, run_id), "models"))
 
 
-for _path in MODEL_PATHS:
-    router.add_api_route(_path, create_models, methods=["POST"], name="models", include_in_schema=_path != "/models/")
-    router.add_api_route(_path, read_models, methods=["GET"], name="models", include_in_schema=_path != "/models/")
 
 
 class OptimizationRequest(BaseModel):
@@ -114,3 +111,9 @@ async def read_optimizations(request: Request, store: StoreDep, collab_id: Id, p
             aggregate = store.list_validations(collab_id, project_id, expt_id, run["key"]["run_id"], "aggregate")
             trials.append({**run, "validation": aggregate[0]["evaluate"]["statistics"] if aggregate else None})
     return envelope(request, _found(trials, "optimizations"))
+
+
+# after the optimization routes: `/models/{expt_id}/{run_id}` would otherwise swallow `/optimizations`
+for _path in MODEL_PATHS:
+    router.add_api_route(_path, create_models, methods=["POST"], name="models", include_in_schema=_path != "/models/")
+    router.add_api_route(_path, read_models, methods=["GET"], name="models", include_in_schema=_path != "/models/")
