@@ -8,8 +8,12 @@ STAMP  := $(VENV)/.synergos-installed
 
 install: $(STAMP)
 
-# torch first and pinned: 2.13.0 is a local CPU wheel; anything else pulls CUDA packages
+# torch first and pinned: 2.13.0 is a local CPU wheel; anything else pulls CUDA packages.
+# Debian's rabbitmq-server carries the Synergos MQ for the cluster demo and tests.
 $(STAMP): pyproject.toml
+	@command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || { \
+	  echo "installing Debian's rabbitmq-server"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; }
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  echo "python3-venv is missing; installing it with apt-get"; \
 	  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }

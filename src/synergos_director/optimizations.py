@@ -5,6 +5,7 @@ that learn from results (Optuna) do. As many trials run at once as there are gri
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -104,19 +105,16 @@ class Optimization:
         self.n_samples = int(request.get("n_samples") or 3)
         self.concurrency = int(request.get("trial_concurrency") or max(grids, 1))
         self.space = request["search_space"]
-        self.state = "running"
+        self.state = "queued"
         self.error: str | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True, name=self.optimization_id)
 
     def summary(self) -> dict[str, Any]:
         return {"optimization_id": self.optimization_id, "state": self.state, "metric": self.metric,
                 "optimize_mode": self.mode, "tuner": self.tuner, "n_samples": self.n_samples,
                 "trial_concurrency": self.concurrency, "error": self.error}
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Run to the end on the calling thread (the optimization runner's)."""
         try:
             self._tune()
             self.state = "completed"
@@ -125,12 +123,10 @@ class Optimization:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
 
     def _tune(self) -> None:
-        import ray
         from ray import tune
 
+        self.state = "running"
         settings = self.director.settings
-        ray.init(address=settings.ray_address, num_cpus=settings.ray_cpus or max(self.concurrency, 2),
-                 include_dashboard=False, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
         host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
         context = {"host": host, "port": settings.port, "collab_id": self.keys[0], "project_id": self.keys[1],
                    "expt_id": self.keys[2], "metric": self.metric, "optimization_id": self.optimization_id,
@@ -156,3 +152,41 @@ class Optimization:
         if best is not None and best.metrics:
             log.info("optimization %s: best %s = %s (%s)", self.optimization_id, self.metric,
                      best.metrics.get(self.metric), best.metrics.get("run_id"))
+
+
+class OptimizationRunner:
+    """One long-lived thread that owns Ray and runs optimizations one after another.
+
+    Ray's own processes die with the thread that started them, so Ray is started once, on a
+    thread that lives as long as the Director."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self._queue: queue.Queue[Optimization | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="optimizations")
+        self._thread.start()
+
+    def submit(self, optimization: Optimization) -> None:
+        self._queue.put(optimization)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _loop(self) -> None:
+        import ray
+
+        started = False
+        while (optimization := self._queue.get()) is not None:
+            if not started:
+                try:
+                    ray.init(address=self.settings.ray_address, num_cpus=self.settings.ray_cpus or 2,
+                             include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
+                             configure_logging=False)
+                    started = True
+                except Exception as exc:
+                    log.exception("Ray could not start")
+                    optimization.state, optimization.error = "failed", f"Ray could not start: {exc}"
+                    continue
+            optimization.run()
+        if started:
+            ray.shutdown()

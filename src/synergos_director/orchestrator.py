@@ -39,6 +39,7 @@ class QueueOrchestrator:
         self._archivers: dict[tuple[str, int], tuple[CompletedConsumer, threading.Thread]] = {}
         self._stop = threading.Event()
         self.optimizations: dict[str, Any] = {}
+        self._optimizer: Any = None
         if settings.queue:
             self._connect(parse_queue_flag(settings.queue))
 
@@ -65,6 +66,8 @@ class QueueOrchestrator:
             return self._publishers[key]
 
     async def aclose(self) -> None:
+        if self._optimizer is not None:
+            self._optimizer.close()
         self._stop.set()
         for consumer, thread in self._archivers.values():
             consumer.stop()
@@ -230,5 +233,10 @@ class QueueOrchestrator:
         grids = build_grids(self.store.project_grid(collab_id, project_id), [])
         optimization = Optimization(self, collab_id, project_id, expt_id, request, len(grids))
         self.optimizations[optimization.optimization_id] = optimization
-        optimization.start()
+        with self._lock:
+            if self._optimizer is None:
+                from .optimizations import OptimizationRunner
+
+                self._optimizer = OptimizationRunner(self.settings)
+        self._optimizer.submit(optimization)
         return [optimization.summary()]

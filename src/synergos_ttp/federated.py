@@ -2,10 +2,11 @@
 
 Each round: the global weights go out once (every shard encoded once for all parties), each
 party trains locally and streams its weights back, and the TTP folds them shard by shard into
-the next global model. A party also reports the loss of the weights it received on its own
-`evaluate` data, which is the previous round's global evaluate loss; the final round's loss
-comes from one closing `evaluate` request. Early stopping on that loss ends training at the
-best-known round. Memory stays at about three model sizes whatever the number of parties.
+the global model, in place (once sent, the old weights are not needed again). A party also
+reports the loss of the weights it received on its own `evaluate` data, which is the previous
+round's global evaluate loss; the final round's loss comes from one closing `evaluate` request.
+Early stopping on that loss ends training at the best-known round. Memory stays at one model
+plus a few shards per party in flight; model files are written on a background thread.
 """
 from __future__ import annotations
 
@@ -112,7 +113,6 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
     stopper = EarlyStopping(int(hp.get("patience") or 0), float(hp.get("delta") or 0.0))
     timings: list[RoundTiming] = []
     stopped, completed = False, 0
-    next_state = {k: torch.empty_like(v) for k, v in state.items()}
     trainers = [pid for pid, c in sorted(grid.counts.items()) if c.get("train")]
     if not trainers:
         raise FederationError("no participant has train data for this run", "federation.no_samples")
@@ -130,14 +130,15 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
                 log.info("run %s: early stop after round %d (evaluate loss %.5f)", grid.run, r, loss)
                 break
         weights = sample_weights({p: int(h.get("n_samples", 0)) for p, h in replies.items()})
-        await _aggregate(grid, replies, weights, layout, next_state, out_dir, files)
-        state, next_state = next_state, state
+        # folded in place: once broadcast, the old global weights are only needed if training stops
+        # early, which is decided above, before any update is folded
+        await _aggregate(grid, replies, weights, layout, state, out_dir, files)
         for pid, h in replies.items():
             local_history[pid][r] = float(h.get("train_loss"))
         history["train"][r] = _weighted({p: (h.get("train_loss"), h.get("n_samples", 0)) for p, h in replies.items()})
         completed = r + 1
-        # written in the background while the next round runs: that round only reads `state`, and the
-        # next _aggregate (which waits for it) writes into the other buffer
+        # written in the background while the next round broadcasts and the parties train: until the
+        # next _aggregate, which waits for it, nothing writes into `state`
         files.submit(_checkpoint, out_dir, r, state, json.dumps(history, indent=2))
         timings.append(RoundTiming(r, time.perf_counter() - started,
                                    {p: float(h.get("compute_s", 0.0)) for p, h in replies.items()},

@@ -18,6 +18,10 @@ from synergos_core.federation import (broadcast_state, new_nonce, new_token, rec
 from synergos_core.settings import FederationLimits
 
 log = logging.getLogger(__name__)
+# Frames the TTP lets each channel read ahead of the aggregation, in bytes: the parties' updates are
+# consumed shard by shard in lockstep, so a deeper queue only holds whole models in memory (16 frames
+# of 8 MiB per party would be 128 MiB each) without making anything faster.
+READ_AHEAD_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -113,9 +117,10 @@ class GridRun:
 
     async def _connect(self, node: GridNode) -> None:
         uri = f"ws://{node.host}:{node.port}{run_path(*self.keys)}"
+        read_ahead = min(self.limits.max_queue, max(1, READ_AHEAD_BYTES // max(1, self.limits.shard_bytes)))
         try:
             ws = await connect(uri, additional_headers={"Authorization": f"Bearer {self.token}"},
-                               max_size=self.limits.max_frame_bytes, max_queue=self.limits.max_queue,
+                               max_size=self.limits.max_frame_bytes, max_queue=read_ahead,
                                compression=None, open_timeout=self.limits.open_timeout_s,
                                ping_interval=self.limits.ping_interval_s, ping_timeout=self.limits.ping_timeout_s)
         except InvalidStatus as exc:
