@@ -136,8 +136,8 @@ class Optimization:
             from ray.tune.search.optuna import OptunaSearch
 
             search_alg = OptunaSearch()
-        log.info("optimization %s: %d trials of %s, %d at a time, %s %s", self.optimization_id, self.n_samples,
-                 "/".join(self.keys), self.concurrency, self.mode, self.metric)
+        log.info("optimization %s: %d trials of %s by %s, %d at a time, %s %s", self.optimization_id,
+                 self.n_samples, "/".join(self.keys), self.tuner, self.concurrency, self.mode, self.metric)
         space = to_tune_space(self.space)
         storage = (settings.outputs_dir / self.keys[0] / self.keys[1] / self.keys[2] / "optimizations").resolve()
         tuner = tune.Tuner(

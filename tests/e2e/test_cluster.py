@@ -119,7 +119,8 @@ def test_four_trials_on_two_grids_each_archived_exactly_once(cluster):
              "_value": [0.01, 0.5]}, "mu": {"_type": "uniform", "_value": [0.0, 0.1]}, "criterion": "BCELoss",
              "lr_scheduler": "none"}
     driver.optimizations.create(collab_id=collab, project_id="project_1", expt_id="experiment_1",
-                                search_space=space, metric="accuracy", optimize_mode="max", n_samples=4)
+                                search_space=space, metric="accuracy", optimize_mode="max", n_samples=4,
+                                tuner="OptunaSearch")  # a searcher that learns from the reported metric
     deadline = time.monotonic() + 600
     trials: list = []
     while time.monotonic() < deadline:
