@@ -1,6 +1,7 @@
 """`synergos-director --id director --logging_variant basic [--queue rabbitmq HOST PORT]`."""
 from __future__ import annotations
 
+import argparse
 import logging
 
 import uvicorn
@@ -13,11 +14,16 @@ from synergos_core.settings import DirectorSettings
 log = logging.getLogger("synergos_director")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("Synergos Director: queues federated jobs for the cluster's TTP grids")
     parser.add_argument("--queue", "-q", nargs=3, metavar=("rabbitmq", "HOST", "PORT"),
                         help="default MQ for collaborations that name none: rabbitmq HOST PORT")
     parser.add_argument("--ray_address", "--ray-address", help="join this Ray cluster instead of a local one")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.queue is not None and (args.queue[0] != "rabbitmq" or not args.queue[2].isdigit()):
         parser.error("--queue takes: rabbitmq HOST PORT")

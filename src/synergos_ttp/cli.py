@@ -1,6 +1,7 @@
 """`synergos-ttp`: run a TTP (basic mode; `--queue rabbitmq HOST PORT` for a cluster TTP)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 
@@ -17,11 +18,16 @@ from .app import create_app
 log = logging.getLogger("synergos_ttp")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("Synergos TTP: coordinates one federated grid and aggregates its model updates")
     parser.add_argument("--queue", "-q", nargs=3, metavar=("rabbitmq", "HOST", "PORT"),
                         help="consume jobs from the Synergos MQ (cluster mode): rabbitmq HOST PORT")
     parser.add_argument("--grid", "-g", type=int, help="which node of each participant this TTP drives (default 0)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.queue is not None:
         kind, _host, port = args.queue

@@ -1,6 +1,7 @@
 """synergos-worker: the guide's flags plus --host/--port (REST f_port) and --ws_port (federation port)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 
@@ -11,9 +12,14 @@ from synergos_core.logs import configure_logging
 from synergos_core.settings import WorkerSettings
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("Synergos Worker: serves one party's data to the federation")
     parser.add_argument("--ws_port", "--ws-port", type=int, help="federation WebSocket port (default 8020)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     settings = WorkerSettings(**given(args))
     settings.resolve_dirs("worker")
