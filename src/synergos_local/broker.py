@@ -187,6 +187,7 @@ class TestBroker:
         self.workdir: Path | None = None
         self._process: subprocess.Popen | None = None
         self._env: dict[str, str] = {}
+        self.command_prefix: list[str] = []  # e.g. ["ip", "netns", "exec", NS] to run the node elsewhere
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -205,7 +206,7 @@ class TestBroker:
             self._env = self._prepare(self.workdir)
             log = open(self.workdir / "server.out", "ab")
             try:
-                self._process = subprocess.Popen([server], env=self._env, stdin=subprocess.DEVNULL, stdout=log,
+                self._process = subprocess.Popen([*self.command_prefix, server], env=self._env, stdin=subprocess.DEVNULL, stdout=log,
                                                  stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
             finally:
                 log.close()
@@ -235,7 +236,7 @@ class TestBroker:
                     process.wait(timeout=10)
         if self._env.get("ERL_EPMD_PORT"):
             epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
-            subprocess.run([epmd, "-port", self._env["ERL_EPMD_PORT"], "-kill"], env=self._env,
+            subprocess.run([*self.command_prefix, epmd, "-port", self._env["ERL_EPMD_PORT"], "-kill"], env=self._env,
                            capture_output=True, timeout=10, check=False)
             self._env = {}
         if self.workdir is not None:
@@ -331,7 +332,7 @@ class TestBroker:
         self._ctl("await_startup", "--timeout", str(left), timeout=left + 10)
 
     def _ctl(self, *args: str, timeout: float) -> str:
-        result = subprocess.run([_script("rabbitmqctl"), "-n", self.node, *args], env=self._env,
+        result = subprocess.run([*self.command_prefix, _script("rabbitmqctl"), "-n", self.node, *args], env=self._env,
                                 capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {args[0]} failed ({result.returncode}): "

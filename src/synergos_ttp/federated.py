@@ -59,7 +59,7 @@ def _weighted(values: dict[str, tuple[float | None, int]]) -> float | None:
 
 
 class _FileQueue:
-    """The run's folding and file writes (local models, checkpoints), in submission order on one thread.
+    """The run's file writes (local models, checkpoints), done in submission order on one thread.
 
     They overlap the network and the parties' compute instead of holding up the event loop; the
     training loop waits for them where it must (see `wait`), and always before it returns or fails.
@@ -196,10 +196,10 @@ async def _aggregate(grid: GridRun, replies: dict[str, dict], weights: dict[str,
     try:
         for _ in range(counts.pop()):
             shards = await asyncio.gather(*(anext(streams[p]) for p in pids))
-            # this shard is folded and written on the writer thread (torch and pwrite release the GIL)
-            # while the next one arrives; no more than that is held
+            fold_slices(target, [(p, weights[p], s) for p, s in zip(pids, shards)])
+            # this shard is written while the next one arrives; no more than that is held
             await files.wait()
-            files.submit(_fold_and_write, target, weights, writers, pids, shards)
+            files.submit(_write_locals, writers, pids, shards)
         await files.wait()
     except BaseException:
         try:
@@ -212,9 +212,8 @@ async def _aggregate(grid: GridRun, replies: dict[str, dict], weights: dict[str,
     files.submit(_commit_locals, writers)
 
 
-def _fold_and_write(target: dict[str, torch.Tensor], weights: dict[str, float], writers: dict[str, StateFileWriter],
-                    pids: list[str], shards: list[list[tuple[str, int, torch.Tensor]]]) -> None:
-    fold_slices(target, [(p, weights[p], s) for p, s in zip(pids, shards)])
+def _write_locals(writers: dict[str, StateFileWriter], pids: list[str],
+                  shards: list[list[tuple[str, int, torch.Tensor]]]) -> None:
     for p, slices in zip(pids, shards):
         for name, offset, tensor in slices:
             writers[p].write(name, offset, tensor)
