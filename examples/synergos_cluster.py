@@ -34,9 +34,10 @@ driver.projects.create(collab_id="collaboration_1", project_id="project_1", acti
 driver.experiments.create(collab_id="collaboration_1", project_id="project_1", expt_id="experiment_1",
                           model=[{"activation": "sigmoid", "is_input": True, "l_type": "Linear",
                                   "structure": {"bias": True, "in_features": 18, "out_features": 1}}])
+# the guide's run, trained long enough to learn (the guide's 2 rounds of 1 epoch only show the flow)
 driver.runs.create(collab_id="collaboration_1", project_id="project_1", expt_id="experiment_1", run_id="run_1",
-                   rounds=2, epochs=1, base_lr=0.0005, max_lr=0.005, criterion="L1Loss", optimizer="SGD",
-                   lr_scheduler="CyclicLR")
+                   rounds=10, epochs=20, mu=0.001, base_lr=0.05, max_lr=0.5, step_size_up=10, criterion="BCELoss",
+                   optimizer="SGD", lr_scheduler="CyclicLR")
 for i, host in enumerate(workers, start=1):
     driver.participants.create(participant_id=f"participant_{i}")
     registration_task = driver.registrations

@@ -10,7 +10,6 @@ from .orchestrator import QueueOrchestrator
 
 
 def create_app(settings: DirectorSettings) -> FastAPI:
-    if settings.data_dir is None:
-        settings.resolve_dirs("director")
+    settings.resolve_dirs("director")  # fills only what was not given
     return create_contract_app(settings, f"Synergos Director ({settings.id})",
                                lambda store, jobs: QueueOrchestrator(store, settings, jobs))

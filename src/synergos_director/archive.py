@@ -7,12 +7,15 @@ from typing import Callable
 
 from synergos_core.contract.jobs import JobBoard
 from synergos_core.contract.store import Store
+from synergos_mlops.records import RunRecorder
 
 log = logging.getLogger("synergos_director")
 
 
 class Archivist:
-    def __init__(self, store: Store, jobs: JobBoard, finished: Callable[[str, str, str | None], None]) -> None:
+    def __init__(self, store: Store, jobs: JobBoard, finished: Callable[[str, str, str | None], None],
+                 mlflow: RunRecorder) -> None:
+        self.mlflow = mlflow
         self.store = store
         self.jobs = jobs
         self.finished = finished
@@ -31,6 +34,8 @@ class Archivist:
             error = event.get("error") or {}
             detail = error.get("detail") or error.get("message") or str(error) or "failed"
             log.warning("%s FAILED - %s: %s", str(event.get("process", "job")).upper(), "/".join(keys.values()), detail)
+            if event.get("process") == "train":
+                self.mlflow.failed(self._uri(keys), keys, detail)
             self._close(job_id, "failed", detail, event)
             return
         outcome = event.get("outcome") or {}
@@ -44,6 +49,7 @@ class Archivist:
             log.info("ALIGNMENT COMPLETED - %s", p)
         elif process == "train":
             self.store.put_model(c, p, keys["expt_id"], keys["run_id"], outcome)
+            self.mlflow.trained(self._uri(keys), keys, outcome)
             log.info("TRAINING COMPLETED - %s/%s/%s", p, keys["expt_id"], keys["run_id"])
         elif process == "evaluate":
             meta = outcome.get("meta", "evaluate")
@@ -54,10 +60,17 @@ class Archivist:
                     self.store.put_prediction(pid, c, p, e, r, details)
                 else:
                     self.store.put_validation(c, p, e, r, pid, details)
-            if meta == "evaluate" and outcome.get("aggregate") and "participant_id" not in keys:
+            whole = meta == "evaluate" and outcome.get("aggregate") and "participant_id" not in keys
+            if whole:
                 self.store.put_validation(c, p, e, r, "aggregate", outcome["aggregate"])
+            if meta == "evaluate":
+                self.mlflow.validated(self._uri(keys), keys, outcome.get("results") or {},
+                                      outcome.get("aggregate") if whole else None)
             log.info("%s COMPLETED - %s/%s/%s", "PREDICTION" if meta == "predict" else "VALIDATION", p, e, r)
         self._close(job_id, "completed", None, event)
+
+    def _uri(self, keys: dict) -> str:
+        return self.mlflow.uri(self.store.get_collaboration(keys["collab_id"]))
 
     def _update_predict_spacers(self, c: str, p: str, pid: str, spacers: dict | None) -> None:
         if spacers is None:

@@ -149,9 +149,12 @@ class Optimization:
         )
         results = tuner.fit()
         best = results.get_best_result(metric=self.metric, mode=self.mode) if len(results) else None
-        if best is not None and best.metrics:
-            log.info("optimization %s: best %s = %s (%s)", self.optimization_id, self.metric,
+        if best is not None and best.metrics and best.metrics.get("run_id"):
+            log.info("optimization %s: best %s = %s (%s), registered as champion", self.optimization_id, self.metric,
                      best.metrics.get(self.metric), best.metrics.get("run_id"))
+            mlflow = self.director.mlflow
+            mlflow.tracker.set_champion(mlflow.uri(self.director.store.get_collaboration(self.keys[0])),
+                                        *self.keys, best.metrics["run_id"])
 
 
 class OptimizationRunner:

@@ -18,6 +18,8 @@ from synergos_mq.consumer import CompletedConsumer
 from synergos_mq.errors import MQError
 from synergos_mq.publisher import Publisher
 
+from synergos_mlops.records import RunRecorder
+
 from .archive import Archivist
 from .ledger import Entry, Ledger
 
@@ -33,7 +35,8 @@ class QueueOrchestrator:
         self.settings = settings
         self.jobs = jobs
         self.ledger = Ledger()
-        self.archivist = Archivist(store, jobs, self._finished)
+        self.mlflow = RunRecorder(settings.mlflow_dir, settings.outputs_dir, settings.data_dir / "mlflow_spool")
+        self.archivist = Archivist(store, jobs, self._finished, self.mlflow)
         self._lock = threading.Lock()
         self._publishers: dict[tuple[str, int], Publisher] = {}
         self._archivers: dict[tuple[str, int], tuple[CompletedConsumer, threading.Thread]] = {}
@@ -74,6 +77,7 @@ class QueueOrchestrator:
             thread.join(timeout=10)
         for publisher in self._publishers.values():
             publisher.close()
+        self.mlflow.close()
 
     # -- submitting --
     def _submit(self, collab_id: str, process: str, kind: str, keys: dict[str, str], build: Callable[[], dict],
@@ -174,6 +178,8 @@ class QueueOrchestrator:
 
         def build() -> dict:
             params, grids, _ = self._job_inputs(collab_id, project_id, expt_id, run_id)
+            self.mlflow.started(self.mlflow.uri(self.store.get_collaboration(collab_id)), keys,
+                                params["hyperparameters"])
             return make_job("train", keys, grids, params)
         mark = ("training", collab_id, project_id, expt_id, run_id)
         return self._submit(collab_id, "train", "training", keys, build,

@@ -100,3 +100,7 @@ class OptimizationTask(BaseTask):
 
     def read(self, collab_id: str, project_id: str, expt_id: str) -> Envelope:
         return self._get(routes.optimizations(collab_id, project_id, expt_id))
+
+    def champion(self, collab_id: str, project_id: str, expt_id: str) -> Envelope:
+        """The registered model version (in MLflow) of the best trial: `{registered_model, version, run_id}`."""
+        return self._get(routes.models(collab_id, project_id, expt_id) + "/champion")

@@ -88,7 +88,8 @@ def run_cluster(workspace: Path, n_samples: int) -> int:
     broker = ensure_local_broker()
     try:
         with topology.Topology() as topo:
-            shared = workspace / "shared"  # the volume the Director and TTPs share, as in the guide
+            shared = workspace / "shared"  # the volume the Director, TTPs and MLOps share, as in the guide
+            topo.add(topology.mlops("mlops", ADDR["mlops"], 5500, shared / "mlflow", logs))
             director = topo.add(topology.director("director", ADDR["director"], 5000, shared, logs,
                                                   ["--queue", "rabbitmq", "127.0.0.1", "5672"]))
             for grid in (0, 1):
@@ -113,9 +114,35 @@ def run_cluster(workspace: Path, n_samples: int) -> int:
             for line in trials:
                 print(f"  {line}")
             print("[demo] RabbitMQ management UI: http://localhost:15672 (guest/guest)")
+            print(f"[demo] MLflow UI (experiment collaboration_1_>_project_1_>_experiment_1): http://{ADDR['mlops']}:5500")
+            _show_mlflow(f"http://{ADDR['mlops']}:5500")
             return 0 if len(trials) == n_samples else 1
     finally:
         broker.stop()
+
+
+def _show_mlflow(base: str, timeout: float = 60.0) -> None:
+    """List the runs MLflow recorded for the guide's experiment (tracking is asynchronous)."""
+    name = "collaboration_1_>_project_1_>_experiment_1"
+    deadline = time.monotonic() + timeout
+    runs: list = []
+    while time.monotonic() < deadline:
+        try:
+            found = httpx.get(f"{base}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name},
+                              timeout=5)
+            if found.status_code == 200:
+                experiment = found.json()["experiment"]["experiment_id"]
+                runs = httpx.post(f"{base}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment]},
+                                  timeout=5).json().get("runs", [])
+                if len(runs) >= 4 and all(r["info"]["status"] != "RUNNING" for r in runs):
+                    break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    for run in runs:
+        metrics = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+        print(f"  MLflow run {run['info']['run_name']}: {run['info']['status']}, "
+              f"aggregate accuracy {metrics.get('aggregate_overall_accuracy', float('nan')):.3f}")
 
 
 def _follow(director: topology.Service, base: str, n_samples: int, timeout: float = 900.0) -> list[str]:

@@ -110,6 +110,13 @@ def director(name: str, host: str, port: int, workdir: Path, log_dir: Path, extr
     return _orchestrator("synergos_director", name, host, port, workdir, log_dir, extra)
 
 
+def mlops(name: str, host: str, port: int, mlflow_dir: Path, log_dir: Path) -> Service:
+    """The MLflow tracking server and UI, its store and artifacts in `mlflow_dir` (the shared volume)."""
+    args = _cli("synergos_mlops") + ["--id", name, "--logging_variant", "basic", "--host", host, "--port", str(port),
+                                     "--mlflow_dir", str(mlflow_dir)]
+    return Service(name, args, f"http://{host}:{port}/", log_dir / f"{name}.log")
+
+
 def cluster_flags(mq_host: str, mq_port: int, grid: int | None = None) -> list[str]:
     flags = ["--queue", "rabbitmq", mq_host, str(mq_port), "--censored"]
     return flags + (["--grid", str(grid)] if grid is not None else [])

@@ -10,7 +10,6 @@ from .orchestrator import Orchestrator
 
 
 def create_app(settings: TTPSettings) -> FastAPI:
-    if settings.data_dir is None:
-        settings.resolve_dirs("ttp")
+    settings.resolve_dirs("ttp")  # fills only what was not given
     return create_contract_app(settings, f"Synergos TTP ({settings.id})",
                                lambda store, jobs: Orchestrator(store, settings, jobs))

@@ -13,6 +13,7 @@ from synergos_core.jobs import build_grids
 from synergos_core.errors import Forbidden, InvalidRequest, NotFound, SynergosError
 from synergos_core.schemas import METAS
 from synergos_core.settings import TTPSettings
+from synergos_mlops.records import RunRecorder
 
 from . import operations
 from .grid import GridNode
@@ -29,9 +30,11 @@ class Orchestrator:
         self.jobs = jobs
         self.limits = settings.federation
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.http_timeout_s, connect=5.0))
+        self.mlflow = RunRecorder(settings.mlflow_dir, settings.outputs_dir, settings.data_dir / "mlflow_spool")
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        self.mlflow.close()
 
     # -- inputs --
     def grid_nodes(self, collab_id: str, project_id: str, grid: int = 0,
@@ -106,13 +109,18 @@ class Orchestrator:
             def progress(job=job, **info: Any) -> None:
                 self.jobs.update(job, round=info["round"], metrics={k: v for k, v in info.items() if k != "round"
                                                                     and k != "rounds"})
+            uri = self.mlflow.uri(self.store.get_collaboration(collab_id))
+            self.mlflow.started(uri, _keys(keys), run)
             try:
                 details = await operations.train_run(self.http, self.limits, keys, nodes, project["action"],
                                                      _layers(expt), hp, self.settings.outputs_dir, progress)
-            except SynergosError as exc:
-                self.jobs.finish(job, "failed", exc.detail)
+            except BaseException as exc:
+                reason = exc.detail if isinstance(exc, SynergosError) else f"{type(exc).__name__}: {exc}"
+                self.jobs.finish(job, "failed", reason)
+                self.mlflow.failed(uri, _keys(keys), reason)
                 raise
             records.append(self.store.put_model(*keys, details))
+            self.mlflow.trained(uri, _keys(keys), details)
             self.jobs.finish(job, "completed")
             log.info("TRAINING COMPLETED - %s", "/".join(keys[1:]))
         return records
@@ -145,6 +153,8 @@ class Orchestrator:
             summary = operations.aggregate(results, "evaluate")
             if summary and not participant_id:
                 records.append(self.store.put_validation(*keys, "aggregate", summary))
+            self.mlflow.validated(self.mlflow.uri(self.store.get_collaboration(collab_id)), _keys(keys), results,
+                                  summary if not participant_id else None)
             self.jobs.finish(job, "completed")
             self.jobs.update(job, metrics=summary["evaluate"]["statistics"] if summary else None)
             log.info("VALIDATION COMPLETED - %s", "/".join(keys[1:]))

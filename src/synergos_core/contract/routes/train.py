@@ -1,6 +1,7 @@
 """Phase 2: /ttp/train/… alignments and models (training runs within the request in basic mode)."""
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -111,6 +112,18 @@ async def read_optimizations(request: Request, store: StoreDep, collab_id: Id, p
             aggregate = store.list_validations(collab_id, project_id, expt_id, run["key"]["run_id"], "aggregate")
             trials.append({**run, "validation": aggregate[0]["evaluate"]["statistics"] if aggregate else None})
     return envelope(request, _found(trials, "optimizations"))
+
+
+@router.get("/models/{expt_id}/champion", name="champion")
+async def read_champion(request: Request, store: StoreDep, collab_id: Id, project_id: Id, expt_id: Id) -> object:
+    """The registered model version marked `champion` (the best optimization trial) in MLflow."""
+    store.get_experiment(collab_id, project_id, expt_id)
+    mlflow = request.app.state.orchestrator.mlflow
+    uri = mlflow.uri(store.get_collaboration(collab_id))
+    found = await asyncio.to_thread(mlflow.tracker.champion, uri, collab_id, project_id, expt_id)
+    if found is None:
+        raise NotFound(f"no champion yet for {expt_id!r}: run an optimization first", "champion.not_found")
+    return envelope(request, found)
 
 
 # after the optimization routes: `/models/{expt_id}/{run_id}` would otherwise swallow `/optimizations`
