@@ -137,6 +137,20 @@ def test_four_trials_on_two_grids_each_archived_exactly_once(cluster):
     lines = [line for line in _completion_lines(cluster["director"])
              if any(t["key"]["run_id"] in line for t in trials)]
     assert len(lines) == 4 and len(set(lines)) == 4  # one archive per trial, none twice
+    # the best trial's registered model version is the champion, readable through the Driver
+    best = max(trials, key=lambda t: sum(t["validation"]["accuracy"]) / len(t["validation"]["accuracy"]))
+    deadline = time.monotonic() + 90
+    champion = None
+    while time.monotonic() < deadline and champion is None:
+        try:
+            champion = driver.optimizations.champion(collab_id=collab, project_id="project_1",
+                                                     expt_id="experiment_1")["data"]
+        except Exception:
+            time.sleep(1)
+    assert champion is not None and champion["run_id"] in {t["key"]["run_id"] for t in trials}
+    best_score = sum(best["validation"]["accuracy"]) / len(best["validation"]["accuracy"])
+    chosen = next(t for t in trials if t["key"]["run_id"] == champion["run_id"])
+    assert sum(chosen["validation"]["accuracy"]) / len(chosen["validation"]["accuracy"]) == pytest.approx(best_score)
     # both grids trained trials
     trained_by = {ttp.name: sum(t["key"]["run_id"] in ttp.log_path.read_text() for t in trials)
                   for ttp in cluster["ttps"]}

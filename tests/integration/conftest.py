@@ -50,8 +50,10 @@ def grid(tmp_path_factory: pytest.TempPathFactory):
             assert service.process.poll() is None, f"{service.name} exited:\n{service.tail()}"
 
 
-def register_parties(driver: Driver, collab: str, project: str, dataset: str, action: str = "classify") -> None:
-    driver.collaborations.create(collab)
+def register_parties(driver: Driver, collab: str, project: str, dataset: str, action: str = "classify",
+                     create_collaboration: bool = True) -> None:
+    if create_collaboration:
+        driver.collaborations.create(collab)
     driver.projects.create(collab_id=collab, project_id=project, action=action,
                            incentives={"tier_1": [], "tier_2": [], "tier_3": []})
     for i, host in enumerate(WORKER_HOSTS.values(), start=1):
