@@ -53,13 +53,7 @@ def extractor_keys(model: SynergosModel, split: int) -> list[str]:
 
 
 def run_layers(model: SynergosModel, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
-    for layer, activation in list(zip(model.layers, model.activations))[start:stop]:
-        x = layer(x)
-        if isinstance(x, tuple):
-            x = x[0]
-        if activation:
-            x = model.apply_activation(activation, x)
-    return x
+    return model.run(x, start, stop)
 
 
 def to_logits(out: torch.Tensor, kind: str | None) -> torch.Tensor:

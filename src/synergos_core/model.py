@@ -68,7 +68,11 @@ class SynergosModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.layers[0], (nn.Embedding, nn.EmbeddingBag)) and x.is_floating_point():
             x = x.long()  # token ids or counts arrive as floats; embeddings index with integers
-        for layer, activation in zip(self.layers, self.activations):
+        return self.run(x)
+
+    def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Layers `start` to `stop` only (FedGKT splits the model between parties and server)."""
+        for layer, activation in list(zip(self.layers, self.activations))[start:stop]:
             x = layer(x)
             if isinstance(x, tuple):
                 x = x[0]

@@ -7,9 +7,9 @@ import threading
 import uuid
 from typing import Any, Callable
 
-from synergos_core.contract.jobs import Job, JobBoard
+from synergos_core.contract.jobs import JobBoard
 from synergos_core.contract.store import Store
-from synergos_core.errors import InvalidRequest, NotFound, UpstreamError
+from synergos_core.errors import InvalidRequest, UpstreamError
 from synergos_core.jobs import build_grids, make_job
 from synergos_core.model import check_combination
 from synergos_core.settings import DirectorSettings
@@ -129,19 +129,6 @@ class QueueOrchestrator:
         return [self._submit(collab_id, "preprocess", "alignment", keys, build, [mark], [mark])]
 
     # -- phase 2B --
-    def _scope(self, collab_id: str, project_id: str, expt_id: str | None, run_id: str | None
-               ) -> list[tuple[dict, dict]]:
-        experiments = ([self.store.get_experiment(collab_id, project_id, expt_id)] if expt_id
-                       else self.store.list_experiments(collab_id, project_id))
-        pairs = []
-        for expt in experiments:
-            e = expt["key"]["expt_id"]
-            runs = ([self.store.get_run(collab_id, project_id, e, run_id)] if run_id
-                    else self.store.list_runs(collab_id, project_id, e))
-            pairs.extend((expt, run) for run in runs)
-        if not pairs:
-            raise NotFound("nothing to do: no runs in this scope", "run.not_found")
-        return pairs
 
     def _job_inputs(self, collab_id: str, project_id: str, expt_id: str, run_id: str) -> tuple[dict, list, dict]:
         project = self.store.get_project(collab_id, project_id)
@@ -156,7 +143,7 @@ class QueueOrchestrator:
     async def train(self, collab_id: str, project_id: str, expt_id: str | None = None, run_id: str | None = None,
                     auto_align: bool = True) -> list[dict]:
         project = self.store.get_project(collab_id, project_id)
-        pairs = self._scope(collab_id, project_id, expt_id, run_id)
+        pairs = self.store.run_scope(collab_id, project_id, expt_id, run_id)
         align_mark = ("alignment", collab_id, project_id)
         records = []
         if auto_align and not self.ledger.latest(align_mark) and not self.store.list_alignments(collab_id, project_id):
@@ -189,7 +176,7 @@ class QueueOrchestrator:
     async def validate(self, collab_id: str, project_id: str, expt_id: str | None = None,
                        run_id: str | None = None, participant_id: str | None = None) -> list[dict]:
         records = []
-        for expt, run in self._scope(collab_id, project_id, expt_id, run_id):
+        for expt, run in self.store.run_scope(collab_id, project_id, expt_id, run_id):
             e, r = expt["key"]["expt_id"], run["key"]["run_id"]
             records.append(self.submit_evaluation(collab_id, project_id, e, r, "evaluate",
                                                   [participant_id] if participant_id else None))
@@ -225,7 +212,7 @@ class QueueOrchestrator:
             self.store.get_project(collab_id, p)
             if p in tags:
                 self.store.update_tags(collab_id, p, participant_id, {"predict": tags[p]})
-            for expt, run in self._scope(collab_id, p, expt_id, run_id):
+            for expt, run in self.store.run_scope(collab_id, p, expt_id, run_id):
                 e, r = expt["key"]["expt_id"], run["key"]["run_id"]
                 if self.ledger.latest(("training", collab_id, p, e, r)) or self.store.list_models(collab_id, p, e, r):
                     records.append(self.submit_evaluation(collab_id, p, e, r, "predict", [participant_id]))

@@ -11,7 +11,6 @@ from synergos_core.alignment import fix_model_io
 from synergos_core.model import check_combination
 from synergos_core.jobs import build_grids
 from synergos_core.errors import Forbidden, InvalidRequest, NotFound, SynergosError
-from synergos_core.schemas import METAS
 from synergos_core.settings import TTPSettings
 from synergos_mlops.records import RunRecorder
 
@@ -48,21 +47,6 @@ class Orchestrator:
                            "registration.not_found")
         return nodes
 
-    def scope(self, collab_id: str, project_id: str, expt_id: str | None, run_id: str | None
-              ) -> list[tuple[dict, dict]]:
-        """(experiment, run) pairs a request covers: one run, an experiment's runs, or the project's."""
-        experiments = ([self.store.get_experiment(collab_id, project_id, expt_id)] if expt_id
-                       else self.store.list_experiments(collab_id, project_id))
-        pairs = []
-        for expt in experiments:
-            e = expt["key"]["expt_id"]
-            runs = ([self.store.get_run(collab_id, project_id, e, run_id)] if run_id
-                    else self.store.list_runs(collab_id, project_id, e))
-            pairs.extend((expt, run) for run in runs)
-        if not pairs:
-            raise NotFound("nothing to do: no runs in this scope", "run.not_found")
-        return pairs
-
     # -- phase 2A --
     async def align(self, collab_id: str, project_id: str, auto_align: bool = True, auto_fix: bool = True
                     ) -> list[dict]:
@@ -89,10 +73,10 @@ class Orchestrator:
     async def train(self, collab_id: str, project_id: str, expt_id: str | None = None, run_id: str | None = None,
                     auto_align: bool = True) -> list[dict]:
         project = self.store.get_project(collab_id, project_id)
-        pairs = self.scope(collab_id, project_id, expt_id, run_id)
+        pairs = self.store.run_scope(collab_id, project_id, expt_id, run_id)
         if auto_align and not self.store.list_alignments(collab_id, project_id):
             await self.align(collab_id, project_id)
-            pairs = self.scope(collab_id, project_id, expt_id, run_id)  # auto_fix may have resized models
+            pairs = self.store.run_scope(collab_id, project_id, expt_id, run_id)  # auto_fix may have resized models
         nodes = self.grid_nodes(collab_id, project_id)
         alignments = self.store.list_alignments(collab_id, project_id)
         n_classes = len(alignments[0]["superset"]["y"]) if alignments and "superset" in alignments[0] else None
@@ -133,7 +117,7 @@ class Orchestrator:
     async def validate(self, collab_id: str, project_id: str, expt_id: str | None = None,
                        run_id: str | None = None, participant_id: str | None = None) -> list[dict]:
         project = self.store.get_project(collab_id, project_id)
-        pairs = self.scope(collab_id, project_id, expt_id, run_id)
+        pairs = self.store.run_scope(collab_id, project_id, expt_id, run_id)
         nodes = self.grid_nodes(collab_id, project_id, participants=[participant_id] if participant_id else None)
         records = []
         for expt, run in pairs:
@@ -174,7 +158,7 @@ class Orchestrator:
                 self.store.update_tags(collab_id, p, participant_id, {"predict": tags[p]})
             nodes = self.grid_nodes(collab_id, p, participants=[participant_id])
             await self._check_drift(collab_id, p, nodes[0], project["action"])
-            for expt, run in self.scope(collab_id, p, expt_id, run_id):
+            for expt, run in self.store.run_scope(collab_id, p, expt_id, run_id):
                 keys = (collab_id, p, expt["key"]["expt_id"], run["key"]["run_id"])
                 if not self.store.list_models(*keys):
                     continue

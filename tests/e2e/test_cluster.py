@@ -2,7 +2,6 @@
 two TTP grids, two parties with two nodes each, driven through the Driver."""
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys

@@ -9,7 +9,6 @@ import secrets
 
 import httpx
 import pytest
-import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 

@@ -262,6 +262,21 @@ class Store:
 
     # ---- the grid the orchestration drives ----
 
+    def run_scope(self, collab_id: str, project_id: str, expt_id: str | None = None,
+                  run_id: str | None = None) -> list[tuple[dict, dict]]:
+        """(experiment, run) pairs a request covers: one run, an experiment's runs, or the project's."""
+        experiments = ([self.get_experiment(collab_id, project_id, expt_id)] if expt_id
+                       else self.list_experiments(collab_id, project_id))
+        pairs = []
+        for expt in experiments:
+            e = expt["key"]["expt_id"]
+            runs = ([self.get_run(collab_id, project_id, e, run_id)] if run_id
+                    else self.list_runs(collab_id, project_id, e))
+            pairs.extend((expt, run) for run in runs)
+        if not pairs:
+            raise NotFound("nothing to do: no runs in this scope", "run.not_found")
+        return pairs
+
     def project_grid(self, collab_id: str, project_id: str) -> list[dict]:
         """One entry per registered participant (by participant_id): role, nodes in index order, tags."""
         scope = {"collab_id": collab_id, "project_id": project_id}
