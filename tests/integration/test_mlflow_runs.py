@@ -118,7 +118,7 @@ def test_training_survives_mlflow_going_away_and_the_metrics_arrive_when_it_retu
 
 def test_a_failed_run_ends_failed_not_running(grid, mlflow_server):
     collab = "doomed"
-    driver = _setup(grid, collab, mlflow_server)
+    _setup(grid, collab, mlflow_server)
     httpx.put(f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/participants/{collab}_participant_2/"
               "registration", json={"node_0": {"host": "127.0.0.250", "port": 8020, "f_port": 5000}})
     resp = httpx.post(f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/experiments/e/runs",
