@@ -100,7 +100,7 @@ def test_the_guides_cluster_script_runs_against_the_director(cluster):
     assert sorted(optim_lines) == sorted(f"VALIDATION COMPLETED - project_1/experiment_1/{t['key']['run_id']}"
                                          for t in trials)
     model = httpx.get(f"{BASE}{c}/models/experiment_1/run_1").json()["data"][0]
-    assert model["rounds_completed"] == 2
+    assert model["rounds_completed"] == 10  # the script trains run_1 for 10 rounds
     validations = httpx.get(f"{BASE}/ttp/evaluate/collaborations/collaboration_1/projects/project_1/validations/"
                             "experiment_1/run_1").json()["data"]
     assert {v["key"]["participant_id"] for v in validations} == {"participant_1", "participant_2", "aggregate"}
