@@ -98,6 +98,18 @@ async def iter_shards(ws: Any, count: int, layout: Layout, timeout: float | None
         yield decode_shard(await recv_frame(ws, timeout), layout)
 
 
+async def recv_into(ws: Any, count: int, layout: Layout, target: dict[str, torch.Tensor],
+                    timeout: float | None) -> None:
+    """Receive `count` shards straight into `target`; every value of `layout` must arrive."""
+    covered = 0
+    async for slices in iter_shards(ws, count, layout, timeout):
+        write_slices(target, slices)
+        covered += sum(t.numel() for _, _, t in slices)
+    expected = layout.total()
+    if covered != expected:
+        raise FederationError(f"received {covered} of {expected} values", "federation.bad_update")
+
+
 async def send_header(ws: Any, header: dict) -> None:
     await ws.send(encode_control(header))
 
@@ -132,10 +144,5 @@ async def recv_tensors(ws: Any, header: dict, allowed: set[str], max_bytes: int,
         return {}
     layout = parse_layout(header.get("layout"), allowed, max_bytes)
     tensors = {name: torch.empty(shape, dtype=dtype) for name, dtype, shape in layout.entries}
-    covered = 0
-    async for slices in iter_shards(ws, int(header["shards"]), layout, timeout):
-        write_slices(tensors, slices)
-        covered += sum(t.numel() for _, _, t in slices)
-    if covered != sum(t.numel() for t in tensors.values()):
-        raise FederationError("payload arrived incomplete", "federation.bad_update")
+    await recv_into(ws, int(header["shards"]), layout, tensors, timeout)
     return tensors

@@ -128,9 +128,6 @@ class GKTTrainer(LocalTrainer):
             self.head = (_ServerLayers(self.model, self.split) if self.head_is_server
                          else LocalHead(features[0].numel(), width, self.kind))
 
-    def server_layout_tensors(self) -> list[torch.Tensor]:
-        return [self.state[name] for name, _, _ in self.server_layout.entries]
-
     def extractor_state(self) -> dict[str, torch.Tensor]:
         state = {k: self.state[k] for k in extractor_keys(self.model, self.split)}
         state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})

@@ -79,6 +79,10 @@ class Layout:
                 return _prod(shape)
         raise KeyError(name)
 
+    def total(self) -> int:
+        """How many values the whole state holds."""
+        return sum(_prod(shape) for _, _, shape in self.entries)
+
     def plan(self, shard_bytes: int) -> list[list[Slice]]:
         """Split the state into shards of at most `shard_bytes` of tensor data."""
         shards: list[list[Slice]] = [[]]

@@ -17,11 +17,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from synergos_core.errors import FederationError, SynergosError
-from synergos_core.federation import (WS_PATH_PREFIX, ReplayGuard, iter_shards, new_nonce, recv_header,
+from synergos_core.federation import (WS_PATH_PREFIX, ReplayGuard, new_nonce, recv_header, recv_into,
                                       run_name, send_header, send_state)
 from synergos_core.metrics import classification_statistics, regression_statistics
 from synergos_core.settings import FederationLimits
-from synergos_core.wire import write_slices
 
 from . import gkt
 from .sessions import RunKey, RunSession, SessionRegistry
@@ -131,14 +130,7 @@ class FederationServer:
 
     async def _receive_weights(self, ws: ServerConnection, session: RunSession, header: dict) -> None:
         trainer = session.trainer
-        covered = 0
-        async for slices in iter_shards(ws, int(header.get("shards", 0)), trainer.layout,
-                                        self.limits.round_timeout_s):
-            write_slices(trainer.state, slices)
-            covered += sum(t.numel() for _, _, t in slices)
-        expected = sum(t.numel() for t in trainer.state.values())
-        if covered != expected:
-            raise FederationError(f"received {covered} of {expected} weights", "federation.bad_update")
+        await recv_into(ws, int(header.get("shards", 0)), trainer.layout, trainer.state, self.limits.round_timeout_s)
 
     async def _serve(self, ws: ServerConnection, session: RunSession, header: dict) -> None:
         op = header["op"]

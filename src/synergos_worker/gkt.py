@@ -6,10 +6,9 @@ import asyncio
 from typing import Any
 
 from synergos_core.errors import FederationError, SynergosError
-from synergos_core.federation import iter_shards, recv_tensors, send_header, send_tensors
+from synergos_core.federation import recv_into, recv_tensors, send_header, send_tensors
 from synergos_core.gkt import GKTTrainer
 from synergos_core.settings import FederationLimits
-from synergos_core.wire import write_slices
 
 OPS = {"gkt_train", "gkt_evaluate", "gkt_export"}
 
@@ -30,13 +29,8 @@ async def serve(ws: Any, trainer: Any, header: dict, reply: dict, limits: Federa
         tensors = {"features": result.pop("features"), "local_out": result.pop("local_out")}
         await send_tensors(ws, {**reply, "op": "gkt_features", **result}, tensors, limits.shard_bytes)
     elif op == "gkt_evaluate":
-        covered = 0
-        async for slices in iter_shards(ws, int(header.get("shards", 0)), trainer.server_layout,
-                                        limits.round_timeout_s):
-            write_slices(trainer.state, slices)
-            covered += sum(t.numel() for _, _, t in slices)
-        if covered != sum(t.numel() for t in trainer.server_layout_tensors()):
-            raise FederationError("server weights arrived incomplete", "federation.bad_update")
+        await recv_into(ws, int(header.get("shards", 0)), trainer.server_layout, trainer.state,
+                        limits.round_timeout_s)
         loss, n = await asyncio.to_thread(trainer.evaluate, header.get("meta", "evaluate"))
         await send_header(ws, {**reply, "op": "loss", "loss": loss, "n_samples": n})
     else:
