@@ -10,13 +10,13 @@ import httpx
 from synergos_core.alignment import fix_model_io
 from synergos_core.model import check_combination
 from synergos_core.jobs import build_grids
-from synergos_core.errors import Forbidden, InvalidRequest, NotFound, SynergosError
+from synergos_core.errors import Forbidden, InvalidRequest, NotFound
 from synergos_core.settings import TTPSettings
 from synergos_mlops.records import RunRecorder
 
 from . import operations
 from .grid import GridNode
-from synergos_core.contract.jobs import JobBoard
+from synergos_core.contract.jobs import JobBoard, failure_reason
 from synergos_core.contract.store import Store
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Orchestrator:
                     ) -> list[dict]:
         project = self.store.get_project(collab_id, project_id)
         job = self.jobs.start("alignment", {"collab_id": collab_id, "project_id": project_id})
-        try:
+        with self.jobs.failing(job):
             if auto_align:
                 nodes = self.grid_nodes(collab_id, project_id)
                 alignment, _ = await operations.align(self.http, nodes, collab_id, project_id, project["action"])
@@ -63,10 +63,7 @@ class Orchestrator:
                     for expt in self.store.list_experiments(collab_id, project_id):
                         fixed = fix_model_io(_layers(expt), width, classes, project["action"])
                         self.store.set_experiment_model(collab_id, project_id, expt["key"]["expt_id"], fixed)
-            self.jobs.finish(job, "completed")
-        except SynergosError as exc:
-            self.jobs.finish(job, "failed", exc.detail)
-            raise
+        self.jobs.finish(job, "completed")
         return self.store.list_alignments(collab_id, project_id)
 
     # -- phase 2B --
@@ -99,7 +96,7 @@ class Orchestrator:
                 details = await operations.train_run(self.http, self.limits, keys, nodes, project["action"],
                                                      _layers(expt), hp, self.settings.outputs_dir, progress)
             except BaseException as exc:
-                reason = exc.detail if isinstance(exc, SynergosError) else f"{type(exc).__name__}: {exc}"
+                reason = failure_reason(exc)
                 self.jobs.finish(job, "failed", reason)
                 self.mlflow.failed(uri, _keys(keys), reason)
                 raise
@@ -124,14 +121,10 @@ class Orchestrator:
             keys = (collab_id, project_id, expt["key"]["expt_id"], run["key"]["run_id"])
             if not self.store.list_models(*keys):
                 raise InvalidRequest(f"run {keys[3]!r} has no trained model yet; train it first", "model.not_trained")
-            job = self.jobs.start("validation", _keys(keys))
-            try:
+            with self.jobs.failing(self.jobs.start("validation", _keys(keys))) as job:
                 results = await operations.infer_run(self.http, self.limits, keys, nodes, project["action"],
                                                      _layers(expt), _hyperparameters(run),
                                                      self.settings.outputs_dir, "evaluate")
-            except SynergosError as exc:
-                self.jobs.finish(job, "failed", exc.detail)
-                raise
             for pid, details in results.items():
                 records.append(self.store.put_validation(*keys, pid, details))
             summary = operations.aggregate(results, "evaluate")
@@ -163,13 +156,10 @@ class Orchestrator:
                 if not self.store.list_models(*keys):
                     continue
                 job = self.jobs.start("prediction", {**_keys(keys), "participant_id": participant_id})
-                try:
+                with self.jobs.failing(job):
                     results = await operations.infer_run(self.http, self.limits, keys, nodes, project["action"],
                                                          _layers(expt), _hyperparameters(run),
                                                          self.settings.outputs_dir, "predict")
-                except SynergosError as exc:
-                    self.jobs.finish(job, "failed", exc.detail)
-                    raise
                 self.jobs.finish(job, "completed")
                 if participant_id in results:
                     records.append(self.store.put_prediction(participant_id, *keys, results[participant_id]))

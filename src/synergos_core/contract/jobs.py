@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +51,21 @@ class JobBoard:
 
     def finish(self, job: Job, state: str, detail: str | None = None) -> None:
         self.update(job, state=state, detail=detail)
+
+    @contextmanager
+    def failing(self, job: Job) -> Iterator[Job]:
+        """Mark `job` failed, with the reason, if the block raises anything; the error goes on."""
+        try:
+            yield job
+        except BaseException as exc:
+            self.finish(job, "failed", failure_reason(exc))
+            raise
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The public text of a failure: a SynergosError's detail, else the exception's type and message."""
+    detail = getattr(exc, "detail", None)
+    return detail if isinstance(detail, str) else f"{type(exc).__name__}: {exc}"
 
     def list(self, **filters: str | None) -> list[dict[str, Any]]:
         with self._lock:
