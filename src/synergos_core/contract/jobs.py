@@ -61,13 +61,13 @@ class JobBoard:
             self.finish(job, "failed", failure_reason(exc))
             raise
 
+    def list(self, **filters: str | None) -> list[dict[str, Any]]:
+        with self._lock:
+            jobs = [asdict(j) for j in self._jobs.values()]
+        return [j for j in jobs if all(v is None or j["keys"].get(k) == v for k, v in filters.items())]
+
 
 def failure_reason(exc: BaseException) -> str:
     """The public text of a failure: a SynergosError's detail, else the exception's type and message."""
     detail = getattr(exc, "detail", None)
     return detail if isinstance(detail, str) else f"{type(exc).__name__}: {exc}"
-
-    def list(self, **filters: str | None) -> list[dict[str, Any]]:
-        with self._lock:
-            jobs = [asdict(j) for j in self._jobs.values()]
-        return [j for j in jobs if all(v is None or j["keys"].get(k) == v for k, v in filters.items())]

@@ -1,0 +1,18 @@
+"""Job progress: whatever fails inside a job, the job ends failed with a readable reason."""
+import pytest
+
+from synergos_core.contract.jobs import JobBoard
+from synergos_core.errors import UpstreamError
+
+
+@pytest.mark.parametrize("error, reason", [
+    (UpstreamError("participant_1's node is unreachable", "worker.unreachable"), "participant_1's node is unreachable"),
+    (RuntimeError("disk full"), "RuntimeError: disk full"),
+])
+def test_a_failing_job_is_marked_failed_and_the_error_goes_on(error, reason):
+    board = JobBoard()
+    job = board.start("training", {"collab_id": "c", "project_id": "p"}, rounds=3)
+    with pytest.raises(type(error)), board.failing(job):
+        raise error
+    (listed,) = board.list(collab_id="c")
+    assert listed["state"] == "failed" and listed["detail"] == reason
