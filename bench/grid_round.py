@@ -397,9 +397,9 @@ def ttp_case(case: dict) -> dict:
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         state_bytes = sum(t.numel() * t.element_size() for t in outcome.state.values())
         timings = outcome.timings
-        # train() adds the closing `evaluate` request to the last round's timing; progress is called
-        # after every round and once more after that request, so it can be taken back out.
-        final_eval_s = marks[-1] - marks[-2] if len(marks) == len(timings) + 1 else 0.0
+        # train() adds the closing `evaluate` request to the last round's timing and reports how long
+        # it took, so it can be taken back out.
+        final_eval_s = outcome.final_evaluate_s
         walls = [t.wall_s for t in timings]
         moved = [t.bytes_moved for t in timings]
         if final_eval_s:

@@ -25,7 +25,7 @@ driver.experiments.create(collab_id=c, project_id=p, expt_id=e, model=[
      "structure": {"in_channels": 1, "out_channels": 4, "kernel_size": 3, "stride": 1, "padding": 1}},
     {"activation": None, "is_input": False, "l_type": "MaxPool2d", "structure": {"kernel_size": 2}},
     {"activation": None, "is_input": False, "l_type": "Flatten", "structure": {}},
-    {"activation": "softmax", "is_input": False, "l_type": "Linear",
+    {"activation": "log_softmax", "is_input": False, "l_type": "Linear",
      "structure": {"bias": True, "in_features": 4 * 16 * 16, "out_features": 10}},
 ])
 driver.runs.create(collab_id=c, project_id=p, expt_id=e, run_id=r, rounds=4, epochs=5, lr=0.2, batch_size=64,

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import InvalidRequest, NotFound
+from .preprocessing import (Preprocessing, Statistics, category_fill, frame_statistics, impute_numeric,
+                            scale_numeric, target_transform)
 from .schemas import check_tag
 
 Action = Literal["classify", "regress"]
@@ -48,6 +50,9 @@ class PreparedData:
     y_headers: list[str]
     schema: dict[str, str]
     metadata: dict[str, Any] = field(default_factory=dict)
+    # a regression target as the model sees it is (y - target_shift) / target_scale
+    target_shift: float = 0.0
+    target_scale: float = 1.0
 
     def headers(self) -> dict[str, list[str]]:
         """The headers the TTP aligns: `{"X": [...], "y": [...]}`."""
@@ -283,16 +288,10 @@ def _inferred_type(series: pd.Series) -> str:
     return "float64" if pd.api.types.is_float_dtype(series) else "object"
 
 
-def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action,
-                    schema: dict[str, str] | None = None) -> PreparedData:
-    """Concatenate `frames` and preprocess them locally into model-ready matrices.
-
-    Missing values are imputed (numeric median, all-missing numeric 0; categorical most
-    frequent), categories are one-hot encoded as `<col>_<value>`, feature names sorted, numeric
-    features min-max scaled to [0, 1] (a constant column becomes 0). Rows without a target are
-    dropped: inventing a label would invent ground truth. `schema` defaults to one inferred
-    from the dtypes.
-    """
+def _tabular_frame(frames: Sequence[pd.DataFrame], action: Action,
+                   schema: dict[str, str] | None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The frames concatenated, typed by `schema` (inferred from dtypes when None), rows without a
+    target dropped: inventing a label would invent ground truth."""
     if action not in ACTIONS:
         raise InvalidRequest(f"action must be one of {ACTIONS}", code="request.invalid")
     if not frames:
@@ -308,7 +307,49 @@ def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action,
     frame = frame[frame[TARGET].notna()].reset_index(drop=True)
     if frame.empty:
         raise InvalidRequest("the data has no row with a target value", code="dataset.invalid")
+    return frame, schema
+
+
+def _statistics_of(frame: pd.DataFrame, schema: dict[str, str], action: Action) -> Statistics:
+    numeric = [c for c in frame.columns if c != TARGET and schema[c] in NUMERIC_TYPES]
+    categorical = [c for c in frame.columns if c != TARGET and schema[c] not in NUMERIC_TYPES]
+    return frame_statistics(frame, numeric, categorical, TARGET if action == "regress" else None, _class_label)
+
+
+def tabular_statistics(frames: Sequence[pd.DataFrame], action: Action,
+                       schema: dict[str, str] | None = None) -> Statistics:
+    """The aggregates a party may report of these frames (its train split): counts, sums, sums of
+    squares, min, max per numeric column, counts per category; never a row."""
+    frame, schema = _tabular_frame(frames, action, schema)
+    return _statistics_of(frame, schema, action)
+
+
+def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action, schema: dict[str, str] | None = None,
+                    preprocessing: Preprocessing | None = None) -> PreparedData:
+    """Concatenate `frames` and preprocess them into model-ready matrices with `preprocessing`.
+
+    Missing values are imputed (numeric: the statistics' mean; categorical: their most frequent
+    category), categories are one-hot encoded as `<col>_<value>`, feature names sorted, numeric
+    features scaled as `preprocessing.scaling` says with its statistics (see
+    `synergos_core.preprocessing`), and a regression target standardised unless
+    `target_scaling` is `none`. Every split of a run gets the same `preprocessing`, so a raw value
+    becomes the same input in each; without one, these frames' own statistics are used (standard
+    scaling). A column the statistics do not know (no train split has it) falls back to these
+    frames' own. Rows without a target are dropped. `schema` defaults to one inferred from the dtypes.
+    """
+    frame, schema = _tabular_frame(frames, action, schema)
     metadata = _summary(frame, schema)
+    own: Statistics | None = None
+    if preprocessing is None:
+        own = _statistics_of(frame, schema, action)
+        preprocessing = Preprocessing(source="local", statistics=own)
+    stats = preprocessing.statistics
+
+    def fallback() -> Statistics:
+        nonlocal own
+        if own is None:
+            own = _statistics_of(frame, schema, action)
+        return own
 
     columns: dict[str, np.ndarray] = {}
     for col in frame.columns:
@@ -316,21 +357,20 @@ def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action,
             continue
         series = frame[col]
         if schema[col] in NUMERIC_TYPES:
-            values = pd.to_numeric(series, errors="coerce").astype("float64")
-            values = values.fillna(values.median() if values.notna().any() else 0.0).to_numpy()
-            low, high = values.min(), values.max()
+            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")
+            known = stats.numeric.get(col) or fallback().numeric.get(col)
             if col in columns:
                 raise InvalidRequest(f"feature name {col!r} is produced twice; rename a column",
                                      code="dataset.invalid")
-            columns[col] = (values - low) / (high - low) if high > low else np.zeros_like(values)
+            columns[col] = scale_numeric(impute_numeric(values, known), known, preprocessing.scaling)
         else:
-            labels = series.dropna().map(_class_label)
+            labels = series.map(_class_label, na_action="ignore")
+            fill = category_fill(stats.categorical.get(col)) or category_fill(fallback().categorical.get(col))
             # An all-missing category yields no indicator columns: after alignment the party
             # simply has zeros there, which is what "unknown" should mean.
-            if labels.empty:
+            if fill is None:
                 continue
-            fill = labels.mode().iloc[0]  # mode() is sorted, so ties resolve the same way everywhere
-            filled = series.map(_class_label, na_action="ignore").fillna(fill)
+            filled = labels.fillna(fill)
             for value in sorted(set(filled)):
                 name = f"{col}_{value}"
                 if name in columns:
@@ -343,8 +383,13 @@ def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action,
          else np.zeros((n_rows, 0))).astype(np.float32)
 
     y, y_headers = encode_targets(frame[TARGET], action)
+    shift, scale = (0.0, 1.0)
+    if action == "regress":
+        shift, scale = target_transform(preprocessing)
+        y = ((frame[TARGET].to_numpy(dtype="float64") - shift) / scale).reshape(-1, 1).astype(np.float32)
     return PreparedData(X=X, y=y, x_headers=x_headers, y_headers=y_headers,
-                        schema=dict(sorted(schema.items())), metadata=metadata)
+                        schema=dict(sorted(schema.items())), metadata=metadata,
+                        target_shift=shift, target_scale=scale)
 
 
 def encode_targets(target: pd.Series, action: Action) -> tuple[np.ndarray, list[str]]:
@@ -361,7 +406,7 @@ def encode_targets(target: pd.Series, action: Action) -> tuple[np.ndarray, list[
     return target.to_numpy(dtype="float64").reshape(-1, 1).astype(np.float32), [TARGET]
 
 
-def _load_tabular_meta(data_root: Path, directories: list[Path], action: Action) -> PreparedData:
+def _read_tabular_meta(data_root: Path, directories: list[Path]) -> tuple[list[pd.DataFrame], dict[str, str]]:
     frames: list[pd.DataFrame] = []
     schema: dict[str, str] = {}
     for directory in directories:
@@ -373,39 +418,39 @@ def _load_tabular_meta(data_root: Path, directories: list[Path], action: Action)
                                      code="dataset.invalid")
             schema.setdefault(col, dtype)
         frames.append(frame)
-    return prepare_tabular(frames, action, schema)
+    return frames, schema
 
 
-def _load_image_meta(data_root: Path, directories: list[Path], action: Action) -> PreparedData:
+def _load_tabular_meta(data_root: Path, directories: list[Path], action: Action,
+                       preprocessing: Preprocessing | None) -> PreparedData:
+    frames, schema = _read_tabular_meta(data_root, directories)
+    return prepare_tabular(frames, action, schema, preprocessing)
+
+
+def _load_image_meta(data_root: Path, directories: list[Path], action: Action,
+                     preprocessing: Preprocessing | None) -> PreparedData:
     from .data_media import load_image_meta  # Pillow is imported only when images are loaded
 
-    return load_image_meta(data_root, directories, action)
+    return load_image_meta(data_root, directories, action)  # pixels are in [0, 1] already
 
 
-def _load_text_meta(data_root: Path, directories: list[Path], action: Action) -> PreparedData:
+def _load_text_meta(data_root: Path, directories: list[Path], action: Action,
+                    preprocessing: Preprocessing | None) -> PreparedData:
     from .data_media import load_text_meta  # scikit-learn is imported only when texts are loaded
 
-    return load_text_meta(data_root, directories, action)
+    return load_text_meta(data_root, directories, action)  # word counts, as they are
 
 
-# One loader per datatype: (data_root, dataset directories of one meta, action) -> PreparedData.
-_LOADERS: dict[str, Callable[[Path, list[Path], Action], PreparedData]] = {
+# One loader per datatype: (data_root, dataset directories of one meta, action, preprocessing) -> PreparedData.
+# Tabular data is imputed and scaled with the run's statistics; images and texts have fixed encodings.
+_LOADERS: dict[str, Callable[[Path, list[Path], Action, Preprocessing | None], PreparedData]] = {
     "tabular": _load_tabular_meta,
     "image": _load_image_meta,
     "text": _load_text_meta,
 }
 
 
-def load_meta(data_root: Path, tags: list[list[str]], action: Action) -> PreparedData | None:
-    """Find every tag's dataset, load them, concatenate and prepare them; None when no tags.
-
-    All datasets of one meta must share a datatype (InvalidRequest `dataset.mixed` otherwise).
-    A dataset selected by two tags is loaded once, so its rows are not counted twice.
-    """
-    if action not in ACTIONS:
-        raise InvalidRequest(f"action must be one of {ACTIONS}", code="request.invalid")
-    if not tags:
-        return None
+def _meta_datasets(data_root: Path, tags: list[list[str]]) -> tuple[str, list[Path]]:
     directories: list[Path] = []
     for tag in tags:
         directory = find_dataset(data_root, tag)
@@ -416,10 +461,54 @@ def load_meta(data_root: Path, tags: list[list[str]], action: Action) -> Prepare
         raise InvalidRequest(f"the tags select datasets of different datatypes {sorted(datatypes)}",
                              code="dataset.mixed")
     datatype = datatypes.pop()
-    loader = _LOADERS.get(datatype)
-    if loader is None:
+    if datatype not in _LOADERS:
         raise InvalidRequest(f"datatype {datatype!r} is not supported yet", code="dataset.unsupported")
-    return loader(data_root, directories, action)
+    return datatype, directories
+
+
+def load_meta(data_root: Path, tags: list[list[str]], action: Action,
+              preprocessing: Preprocessing | None = None) -> PreparedData | None:
+    """Find every tag's dataset, load them, concatenate and prepare them; None when no tags.
+
+    All datasets of one meta must share a datatype (InvalidRequest `dataset.mixed` otherwise).
+    A dataset selected by two tags is loaded once, so its rows are not counted twice. Tabular data
+    is imputed and scaled with `preprocessing` (see `prepare_tabular`).
+    """
+    if action not in ACTIONS:
+        raise InvalidRequest(f"action must be one of {ACTIONS}", code="request.invalid")
+    if not tags:
+        return None
+    datatype, directories = _meta_datasets(data_root, tags)
+    return _LOADERS[datatype](data_root, directories, action, preprocessing)
+
+
+def train_statistics(data_root: Path, tags: list[list[str]], action: Action) -> Statistics | None:
+    """The aggregates of the tagged (train) data a party reports during alignment; None when there
+    are no tags or the data is not tabular (images and texts are encoded without statistics)."""
+    if action not in ACTIONS:
+        raise InvalidRequest(f"action must be one of {ACTIONS}", code="request.invalid")
+    if not tags:
+        return None
+    datatype, directories = _meta_datasets(data_root, tags)
+    if datatype != "tabular":
+        return None
+    frames, schema = _read_tabular_meta(data_root, directories)
+    return tabular_statistics(frames, action, schema)
+
+
+def align_columns(matrix: np.ndarray, headers: list[str], superset: list[str]) -> np.ndarray:
+    """The columns of `matrix` (named `headers`) placed at their positions in `superset`, zeros
+    where this party lacks a feature. A header outside the superset is feature drift (422)."""
+    if matrix.ndim != 2:
+        raise InvalidRequest("columns align on a 2-D matrix", code="alignment.invalid")
+    index = {name: i for i, name in enumerate(superset)}
+    unknown = [h for h in headers if h not in index]
+    if unknown:
+        raise InvalidRequest(f"feature drift: the data has {len(unknown)} feature(s) the project was not aligned "
+                             f"on, e.g. {unknown[:5]}", code="prediction.feature_drift")
+    out = np.zeros((matrix.shape[0], len(superset)), dtype=matrix.dtype)
+    out[:, [index[h] for h in headers]] = matrix
+    return out
 
 
 # ---- alignment on the Worker ----

@@ -18,12 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InvalidRequest
-from .model import SynergosModel, build_optimizer, compute_loss
-from .training import LocalTrainer
+from .model import Schedule, SynergosModel, compute_loss, output_kind
+from .training import LocalTrainer, lr_summary, run_epochs, run_steps_per_epoch
 from .wire import Layout
 
 _EPS = 1e-6
-_PROBABILITY_LAYERS = {"Sigmoid": "sigmoid", "Softmax": "softmax", "LogSoftmax": "log_softmax"}
 
 
 def split_index(spec: list[dict], hp: dict[str, Any]) -> int:
@@ -36,12 +35,6 @@ def split_index(spec: list[dict], hp: dict[str, Any]) -> int:
     if not 1 <= split < count:
         raise InvalidRequest(f"L must be between 1 and {count - 1} for this {count}-layer model", "run.invalid")
     return split
-
-
-def output_kind(spec: list[dict]) -> str | None:
-    """How the model's outputs are expressed: probabilities, log-probabilities or raw scores."""
-    last = spec[-1]
-    return _PROBABILITY_LAYERS.get(last.get("l_type")) or last.get("activation")
 
 
 def server_keys(model: SynergosModel, split: int) -> list[str]:
@@ -127,6 +120,8 @@ class GKTTrainer(LocalTrainer):
             torch.manual_seed(self.seed)
             self.head = (_ServerLayers(self.model, self.split) if self.head_is_server
                          else LocalHead(features[0].numel(), width, self.kind))
+        # the extractor's and head's optimizer and lr scheduler, kept for the whole run (see Schedule)
+        self.gkt_schedule: Schedule | None = None
 
     def extractor_state(self) -> dict[str, torch.Tensor]:
         state = {k: self.state[k] for k in extractor_keys(self.model, self.split)}
@@ -142,9 +137,14 @@ class GKTTrainer(LocalTrainer):
         started = time.perf_counter()
         hp = self.hp
         alpha, temperature = float(hp.get("alpha", 1.0)), float(hp.get("temperature", 3.0))
-        params = [p for i, layer in enumerate(self.model.layers) if i < self.split for p in layer.parameters()]
-        optimizer = build_optimizer(hp.get("optimizer", "SGD"), params + list(self.head.parameters()), hp)
         n, batch = len(split), int(hp.get("batch_size") or len(split))
+        if self.gkt_schedule is None:
+            params = [p for i, layer in enumerate(self.model.layers) if i < self.split for p in layer.parameters()]
+            self.gkt_schedule = Schedule.build(hp, params + list(self.head.parameters()),
+                                               run_steps_per_epoch(n, batch), run_epochs(hp, epochs))
+        schedule = self.gkt_schedule
+        optimizer = schedule.optimizer
+        self.lr_trace = []
         losses = []
         self.model.train()
         self.head.train()
@@ -153,22 +153,39 @@ class GKTTrainer(LocalTrainer):
             total = 0.0
             for start in range(0, n, batch):
                 idx = order[start:start + batch]
-                optimizer.zero_grad(set_to_none=True)
-                out = self.head(run_layers(self.model, split.X[idx], 0, self.split))
-                loss = compute_loss(self.criterion, self.criterion_name, out, split.y[idx], self.action)
-                if teacher is not None and alpha:
-                    loss = loss + alpha * distillation_loss(out, teacher[idx], self.kind, temperature)
-                loss.backward()
-                optimizer.step()
+
+                def closure(idx: torch.Tensor = idx) -> torch.Tensor:
+                    optimizer.zero_grad(set_to_none=True)
+                    out = self.head(run_layers(self.model, split.X[idx], 0, self.split))
+                    loss = compute_loss(self.criterion, self.criterion_name, out, split.y[idx], self.action,
+                                        kind=self.kind)
+                    if teacher is not None and alpha:
+                        loss = loss + alpha * distillation_loss(out, teacher[idx], self.kind, temperature)
+                    loss.backward()
+                    return loss
+
+                loss = _optimizer_step(optimizer, closure)
+                self.lr_trace.append(schedule.after_batch())
                 total += float(loss.detach()) * len(idx)
             losses.append(total / n)
+            schedule.after_epoch(losses[-1])
         with torch.no_grad():
             self.model.eval()
             self.head.eval()
             features = run_layers(self.model, split.X, 0, self.split).contiguous()
             local_out = self.head(features).contiguous()
         return {"n_samples": n, "epoch_losses": losses, "train_loss": losses[-1],
-                "compute_s": time.perf_counter() - started, "features": features, "local_out": local_out}
+                "compute_s": time.perf_counter() - started, "lrs": lr_summary(self.lr_trace),
+                "features": features, "local_out": local_out}
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, closure: Any) -> torch.Tensor:
+    """One optimizer step on `closure`'s loss (LBFGS re-evaluates the loss itself)."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return optimizer.step(closure)
+    loss = closure()
+    optimizer.step()
+    return loss
 
 
 class ServerModel(nn.Module):
@@ -178,6 +195,10 @@ class ServerModel(nn.Module):
         super().__init__()
         self.model = model
         self.split = split
+        # the server layers' optimizer and lr scheduler, built at the first round and kept for the
+        # whole run so the schedule continues across rounds (see Schedule)
+        self.schedule: Schedule | None = None
+        self.lr_trace: list[float] = []  # lr at each optimizer step of the last train_server()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return run_layers(self.model, h, self.split)
@@ -189,23 +210,36 @@ class ServerModel(nn.Module):
 
 def train_server(server: ServerModel, batches: list[tuple[torch.Tensor, torch.Tensor]], hp: dict[str, Any],
                  kind: str | None) -> float:
-    """Distil the parties' predictions into the server model; returns the last epoch's mean loss."""
+    """Distil the parties' predictions into the server model; returns the last epoch's mean loss.
+
+    Called once per round; each party's features are one batch, and the server's optimizer and
+    lr scheduler live on `server` so that its schedule runs over `rounds * server_epochs` epochs."""
     params = [p for i, layer in enumerate(server.model.layers) if i >= server.split for p in layer.parameters()]
     if not params:
         return 0.0
-    optimizer = build_optimizer(hp.get("optimizer", "SGD"), params, hp)
+    server_epochs = int(hp.get("server_epochs", 1))
+    if server.schedule is None:
+        server.schedule = Schedule.build(hp, params, len(batches), int(hp.get("rounds", 10)) * server_epochs)
+    schedule = server.schedule
+    optimizer = schedule.optimizer
+    server.lr_trace = []
     temperature = float(hp.get("temperature", 3.0))
     server.train()
     mean = 0.0
-    for _ in range(int(hp.get("server_epochs", 1))):
+    for _ in range(server_epochs):
         total, count = 0.0, 0
         for features, teacher in batches:
-            optimizer.zero_grad(set_to_none=True)
-            loss = distillation_loss(server(features), teacher, kind, temperature)
-            loss.backward()
-            optimizer.step()
+            def closure(features: torch.Tensor = features, teacher: torch.Tensor = teacher) -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                loss = distillation_loss(server(features), teacher, kind, temperature)
+                loss.backward()
+                return loss
+
+            loss = _optimizer_step(optimizer, closure)
+            server.lr_trace.append(schedule.after_batch())
             total += float(loss.detach()) * len(features)
             count += len(features)
         mean = total / max(count, 1)
+        schedule.after_epoch(mean)
     server.eval()
     return mean

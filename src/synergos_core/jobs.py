@@ -4,7 +4,9 @@ TTP needs (grids, tags, alignments, model, hyper-parameters), so TTPs hold no me
     {"job_id", "process": "preprocess" | "train" | "evaluate", "keys": {...},
      "grids": [[node, ...], ...], "parameters": {...}}
 
-A node is {participant_id, host, port, f_port, tags, alignment}; grid k is node k of every
+A node is {participant_id, host, port, f_port, tags, alignment, superset, preprocessing} (the last
+three from the project's stored alignment: spacers per meta, the aligned headers, and the
+statistics every split is preprocessed with); grid k is node k of every
 participant, so there are as many grids as the smallest number of nodes a participant registered.
 """
 from __future__ import annotations
@@ -33,7 +35,8 @@ def build_grids(registered: list[dict], alignments: list[dict]) -> list[list[dic
             aligned = spacers.get(pid, {})
             grid.append({"participant_id": pid, "host": node["host"], "port": int(node["port"]),
                          "f_port": int(node["f_port"]), "tags": entry["tags"],
-                         "alignment": {m: aligned[m] for m in METAS if isinstance(aligned.get(m), dict)}})
+                         "alignment": {m: aligned[m] for m in METAS if isinstance(aligned.get(m), dict)},
+                         "superset": aligned.get("superset"), "preprocessing": aligned.get("preprocessing")})
         grids.append(grid)
     return grids
 

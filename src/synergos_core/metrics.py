@@ -169,3 +169,46 @@ def aggregate_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
             else:
                 result[key] = [_finite(sum(x * w for x, w in zip(column, ws)) / sum(ws)) for column in columns]
     return result
+
+
+# ---- the per-round validation metric, pooled exactly across parties ----
+
+def predicted_classes(y_score: np.ndarray) -> np.ndarray:
+    """Class per row: p > 0.5 for one probability column, argmax otherwise."""
+    scores = np.asarray(y_score)
+    if scores.ndim == 1 or scores.shape[1] == 1:
+        return (scores.reshape(-1) > 0.5).astype(np.int64)
+    return np.argmax(scores, axis=1).astype(np.int64)
+
+
+def metric_parts(y_true: np.ndarray, y_score: np.ndarray, action: str) -> dict[str, float]:
+    """Sums from which the pooled metric is exact: correct predictions (classification) or the
+    squared error and the target's sum and sum of squares (regression, for R2). Aggregates only."""
+    labels = _labels(y_true)
+    if action == "classify":
+        correct = int(np.sum(predicted_classes(y_score) == labels.astype(np.int64)))
+        return {"n": int(labels.shape[0]), "correct": correct}
+    truth = labels.astype(np.float64)
+    pred = _labels(y_score).astype(np.float64)
+    return {"n": int(truth.shape[0]), "sse": _finite(np.sum((truth - pred) ** 2)),
+            "sum_y": _finite(np.sum(truth)), "sum_y2": _finite(np.sum(truth ** 2))}
+
+
+ROUND_METRICS = {"classify": "accuracy", "regress": "r2"}
+
+
+def pooled_metric(parts: list[dict[str, Any]], action: str) -> float | None:
+    """Accuracy or R2 of the pooled evaluate data from each party's `metric_parts`; None without data."""
+    usable = [p for p in parts if isinstance(p, dict) and _is_number(p.get("n")) and p["n"] > 0]
+    n = sum(int(p["n"]) for p in usable)
+    if not n:
+        return None
+    try:
+        if action == "classify":
+            return _finite(sum(float(p["correct"]) for p in usable) / n)
+        sse = sum(float(p["sse"]) for p in usable)
+        sum_y = sum(float(p["sum_y"]) for p in usable)
+        sst = sum(float(p["sum_y2"]) for p in usable) - sum_y * sum_y / n
+    except (KeyError, TypeError, ValueError):
+        return None
+    return _finite(1.0 - sse / sst) if n > 1 and sst > 0 else 0.0

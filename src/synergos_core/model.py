@@ -7,6 +7,7 @@ Validation builds on torch's `meta` device, so checking a 100 M parameter model 
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import threading
 from typing import Any, Callable, Iterable
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InvalidRequest
+
+log = logging.getLogger(__name__)
 
 _CONTAINERS = {"Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Container"}
 REFUSED_LOSSES = {"MarginRankingLoss", "CosineEmbeddingLoss", "TripletMarginLoss", "CTCLoss",
@@ -54,16 +57,44 @@ def _invalid(detail: str, code: str, path: str) -> InvalidRequest:
     return InvalidRequest(detail, code, fields=[{"path": path, "message": detail, "type": code}])
 
 
+# ---- how a model expresses its outputs ----
+
+# final layers that are activations in their own right (FedGKT writes each activation as a layer)
+_KIND_LAYERS = {"Sigmoid": "sigmoid", "Softmax": "softmax", "LogSoftmax": "log_softmax"}
+# layers that reshape without changing what the values mean
+_SHAPE_LAYERS = {"Flatten", "Unflatten", "Identity"}
+UNKNOWN_KIND = "unknown"  # "not told": distinct from None, which means raw scores
+
+
+def _kind(layers: Iterable[tuple[str | None, str | None]]) -> str | None:
+    for l_type, activation in reversed(list(layers)):
+        if activation:
+            return activation
+        if l_type in _KIND_LAYERS:
+            return _KIND_LAYERS[l_type]
+        if l_type not in _SHAPE_LAYERS:
+            return None
+    return None
+
+
+def output_kind(spec: Iterable[Any]) -> str | None:
+    """How the model's outputs are expressed: the final activation ("sigmoid", "softmax",
+    "log_softmax", ...) or None for raw scores. Derived from the layer list alone."""
+    return _kind((l_type, activation) for l_type, _, activation in map(_layer_fields, spec))
+
+
 class SynergosModel(nn.Module):
     """A model written as a layer list: each layer, then its activation, in order.
 
     Recurrent layers return tuples; the first element (the output sequence) flows on.
+    `output_kind` says how its outputs are expressed (see `output_kind()`).
     """
 
     def __init__(self, layers: list[nn.Module], activations: list[str | None]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.activations = list(activations)
+        self.output_kind = _kind((type(layer).__name__, a) for layer, a in zip(self.layers, self.activations))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.layers[0], (nn.Embedding, nn.EmbeddingBag)) and x.is_floating_point():
@@ -177,7 +208,15 @@ def build_optimizer(name: str, parameters: Iterable[torch.Tensor], hp: dict[str,
                        "optimizer") from None
 
 
-def build_scheduler(name: str | None, optimizer: torch.optim.Optimizer, hp: dict[str, Any]) -> Any:
+def build_scheduler(name: str | None, optimizer: torch.optim.Optimizer, hp: dict[str, Any],
+                    steps_per_epoch: int = 1, epochs: int | None = None) -> Any:
+    """The run's lr scheduler on `optimizer`, its arguments taken by name from the run.
+
+    `epochs` is how many epochs this optimizer trains for over the whole run (default: the run's
+    `rounds * epochs`) and `steps_per_epoch` its optimizer steps per epoch: OneCycleLR without a
+    `total_steps` gets `total_steps = epochs * steps_per_epoch` (a `steps_per_epoch` in the run
+    replaces the measured one), the whole run's steps, since its schedule spans the run.
+    """
     if not name or name.lower() == "none":  # "none" switches the scheduler off (null is the default's absence)
         return None
     if name not in SCHEDULERS:
@@ -189,6 +228,11 @@ def build_scheduler(name: str | None, optimizer: torch.optim.Optimizer, hp: dict
     if "lr_lambda" in params:
         decay = float(hp.get("lr_decay") or 0.0)
         kwargs["lr_lambda"] = _FateDecay(decay)
+    if cls is torch.optim.lr_scheduler.OneCycleLR and kwargs.get("total_steps") is None:
+        # torch's `epochs` is the run's own key (never passed on): derive the total from the run
+        run_epochs = epochs if epochs is not None else int(hp.get("rounds") or 10) * int(hp.get("epochs") or 100)
+        per_epoch = int(kwargs.pop("steps_per_epoch", None) or steps_per_epoch or 1)
+        kwargs["total_steps"] = max(1, int(run_epochs) * per_epoch)
     missing = [p.name for p in params.values()
                if p.default is inspect.Parameter.empty and p.name not in {"self", "optimizer"}
                and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in kwargs]
@@ -200,6 +244,80 @@ def build_scheduler(name: str | None, optimizer: torch.optim.Optimizer, hp: dict
     except (TypeError, ValueError, KeyError) as exc:
         raise _invalid(f"lr_scheduler {name} cannot be built from this run: {exc}", "run.invalid_scheduler",
                        "lr_scheduler") from None
+
+
+# schedulers torch defines per batch ("step should be called after a batch has been used for training");
+# CosineAnnealingWarmRestarts documents both and is stepped per batch with fractional epochs
+PER_BATCH_SCHEDULERS = (torch.optim.lr_scheduler.CyclicLR, torch.optim.lr_scheduler.OneCycleLR,
+                        torch.optim.lr_scheduler.CosineAnnealingWarmRestarts)
+
+
+def scheduler_steps_per_batch(scheduler: Any) -> bool:
+    """Whether `scheduler` steps after every optimizer step (else once per epoch)."""
+    return isinstance(scheduler, PER_BATCH_SCHEDULERS)
+
+
+class Schedule:
+    """An optimizer and its lr scheduler, built once and kept for the whole run, so that the
+    schedule (and the optimizer's own state, e.g. momentum) continues from round to round as in
+    uninterrupted local training. The one place that decides when the scheduler steps:
+
+    - CyclicLR, OneCycleLR: after every optimizer step (`after_batch`), as torch documents them;
+      a OneCycleLR whose `total_steps` runs out keeps its last lr instead of failing the run;
+    - CosineAnnealingWarmRestarts: after every optimizer step with the fractional epoch (torch's
+      per-batch form): batch i (from 0) of epoch e trains with the lr at epoch e + i / batches, so
+      `T_0` and `T_mult` count epochs and each epoch's first batch has the lr that stepping once
+      per epoch would give;
+    - ReduceLROnPlateau: once per epoch on that epoch's mean training loss (`after_epoch(loss)`);
+    - every other scheduler: once per epoch (`after_epoch`).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Any, steps_per_epoch: int) -> None:
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.per_batch = scheduler_steps_per_batch(scheduler)
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.epochs = 0  # epochs completed over the whole run
+        self.batch = 0   # optimizer steps in the current epoch
+
+    @classmethod
+    def build(cls, hp: dict[str, Any], parameters: Iterable[torch.Tensor], steps_per_epoch: int,
+              epochs: int | None = None) -> "Schedule":
+        """The run's optimizer over `parameters` and its scheduler; `epochs` is the optimizer's
+        epochs over the whole run (see `build_scheduler`)."""
+        optimizer = build_optimizer(hp.get("optimizer", "SGD"), parameters, hp)
+        scheduler = build_scheduler(hp.get("lr_scheduler"), optimizer, hp, steps_per_epoch, epochs)
+        return cls(optimizer, scheduler, steps_per_epoch)
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate of the first parameter group."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def after_batch(self) -> float:
+        """Call after each optimizer step; returns the lr that step used."""
+        used = self.lr
+        self.batch += 1
+        scheduler = self.scheduler
+        if self.per_batch:
+            if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts):
+                scheduler.step(self.epochs + self.batch / self.steps_per_epoch)
+            elif not (isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+                      and scheduler.last_epoch >= scheduler.total_steps):
+                scheduler.step()
+        return used
+
+    def after_epoch(self, loss: float) -> None:
+        """Call at the end of each epoch with its mean training loss."""
+        self.epochs += 1
+        self.batch = 0
+        scheduler = self.scheduler
+        if scheduler is None or self.per_batch:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(loss)
+        else:
+            scheduler.step()
 
 
 class _FateDecay:
@@ -268,9 +386,45 @@ def format_target(y: torch.Tensor, outputs: torch.Tensor, criterion: str, action
     return onehot.to(outputs.dtype)
 
 
+BINARY_INDEX_LOSSES = {"CrossEntropyLoss", "NLLLoss"}  # also train one output as a two-class model
+_PROB_EPS = 1e-7
+
+
+def _is_single_output(outputs: torch.Tensor) -> bool:
+    return outputs.dim() <= 2 and (outputs.dim() == 1 or outputs.shape[1] == 1)
+
+
+def binary_scores(outputs: torch.Tensor, criterion: str, kind: str | None) -> torch.Tensor:
+    """One output as the two-class scores NLLLoss / CrossEntropyLoss take.
+
+    A sigmoid output is p = P(class 1): its log-probabilities [log(1-p), log(p)] (NLL of these is
+    BCELoss of p; CrossEntropyLoss's own log_softmax leaves them unchanged). For CrossEntropyLoss a
+    raw score z is the logit of class 1: logits [0, z] (the same as BCEWithLogitsLoss of z).
+    """
+    column = outputs.reshape(-1, 1)
+    if kind == "sigmoid":
+        # clamped in the forward pass only: a confidently wrong p still gets a gradient, as with BCELoss
+        p = column + (column.clamp(_PROB_EPS, 1 - _PROB_EPS) - column).detach()
+        return torch.cat([torch.log1p(-p), torch.log(p)], dim=1)
+    if criterion == "CrossEntropyLoss" and kind not in {UNKNOWN_KIND, "softmax", "log_softmax"}:
+        return torch.cat([torch.zeros_like(column), column], dim=1)
+    if kind == UNKNOWN_KIND:
+        raise ValueError(f"{criterion} with one output trains a two-class model, which needs the model's output "
+                         "kind: pass kind=<the model's output_kind>")
+    raise ValueError(f"{criterion} with one output reads it as P(class 1) (a sigmoid output), or for "
+                     f"CrossEntropyLoss as the logit of class 1 (no activation); this model ends with {kind}")
+
+
 def compute_loss(criterion: nn.Module, name: str, outputs: torch.Tensor, labels: torch.Tensor,
-                 action: str) -> torch.Tensor:
-    """The criterion on outputs and labels shaped for it (GaussianNLLLoss gets a unit variance)."""
+                 action: str, *, kind: str | None = UNKNOWN_KIND) -> torch.Tensor:
+    """The criterion on outputs and labels shaped for it (GaussianNLLLoss gets a unit variance).
+
+    `kind` is the model's `output_kind`; it matters only for one output with NLLLoss or
+    CrossEntropyLoss, trained as a two-class model (see `binary_scores`); without it such a model
+    is refused here rather than trained on a guess.
+    """
+    if action == "classify" and name in BINARY_INDEX_LOSSES and _is_single_output(outputs):
+        outputs = binary_scores(outputs, name, kind)
     target = format_target(labels, outputs, name, action)
     if name == "GaussianNLLLoss":
         return criterion(outputs, target, torch.ones_like(outputs))
@@ -301,30 +455,74 @@ _CLASS_ONLY = {"CrossEntropyLoss", "NLLLoss", "MultiMarginLoss", "MultiLabelMarg
 _NEEDS_PROBABILITIES = {"BCELoss"}
 
 
-def _output_width(spec: list[dict]) -> tuple[int | None, str | None]:
+def _output_width(spec: list[dict]) -> int | None:
     for layer in reversed(spec):
         structure = layer.get("structure") or {}
         for key in ("out_features", "num_classes", "hidden_size", "out_channels"):
             if key in structure:
-                last = spec[-1]
-                activation = last.get("activation") or (last["l_type"].lower() if last["l_type"] in
-                                                        {"Sigmoid", "Softmax"} else None)
-                return int(structure[key]), activation
-    return None, spec[-1].get("activation") if spec else None
+                return int(structure[key])
+    return None
+
+
+_LOG_SOFTMAX_FIX = ("end the model with log_softmax for NLLLoss, or output logits (no activation) with "
+                    "CrossEntropyLoss")
+
+
+def _check_one_output(criterion: str, kind: str | None) -> None:
+    """One output for a two-class task with NLLLoss or CrossEntropyLoss (trained as `binary_scores` says)."""
+    if criterion == "NLLLoss" and kind != "sigmoid":
+        raise _invalid(f"NLLLoss with one output reads it as P(class 1), so it must end with a sigmoid; the model "
+                       f"ends with {kind or 'no activation'}: add a sigmoid, or use CrossEntropyLoss or "
+                       "BCEWithLogitsLoss for a raw score (auto_fix gives the last layer one output for two classes)",
+                       "run.invalid_combination", "criterion")
+    if kind in {"softmax", "log_softmax"}:
+        raise _invalid(f"a single {kind} output is constant, so {criterion} cannot train it: end with a sigmoid "
+                       "(P(class 1)) or no activation (the logit of class 1) (auto_fix gives the last layer one "
+                       "output for two classes)", "run.invalid_combination", "criterion")
+
+
+def _warn_if_dubious(criterion: str, kind: str | None, width: int | None) -> None:
+    """Recipes torch trains but whose result is doubtful: logged, not refused."""
+    several = width is None or width > 1
+    if criterion == "CrossEntropyLoss" and kind == "softmax":
+        log.warning("CrossEntropyLoss applies its own log_softmax: on softmax outputs that is a double softmax, "
+                    "which trains slowly towards squashed probabilities; output logits (no activation) instead")
+    elif criterion == "CrossEntropyLoss" and kind == "sigmoid" and several:
+        log.warning("CrossEntropyLoss applies its own log_softmax: on several sigmoid outputs the probabilities "
+                    "are squashed; output logits (no activation) instead")
+    elif criterion == "NLLLoss" and kind != "log_softmax" and several:
+        log.warning("NLLLoss expects log-probabilities, but the model ends with %s: its loss is not a likelihood "
+                    "(and unbounded below on raw scores); %s", kind or "no activation", _LOG_SOFTMAX_FIX)
+    elif criterion == "KLDivLoss" and kind not in {"log_softmax", "logsigmoid"}:
+        log.warning("KLDivLoss expects log-probabilities as its input, but the model ends with %s: end it with "
+                    "log_softmax", kind or "no activation")
+    elif criterion == "BCEWithLogitsLoss" and kind in {"sigmoid", "softmax"}:
+        log.warning("BCEWithLogitsLoss applies its own sigmoid: on %s outputs that squashes them twice; output "
+                    "logits (no activation), or use BCELoss", kind)
 
 
 def check_combination(spec: list[dict], hp: dict[str, Any], action: str, n_classes: int | None) -> None:
-    """Refuse a model/criterion/task combination that cannot train, saying why."""
+    """Refuse a model/criterion/task combination that cannot train, saying why; warn (log) about
+    one that trains but is doubtful."""
     criterion = hp.get("criterion", "BCELoss")
-    width, activation = _output_width(spec)
+    width, kind = _output_width(spec), output_kind(spec)
     if action == "regress" and criterion in _CLASS_ONLY:
         raise _invalid(f"{criterion} needs class labels, but the project is a regression", "run.invalid_combination",
                        "criterion")
+    if criterion == "NLLLoss" and kind == "softmax":
+        raise _invalid(f"NLLLoss expects log-probabilities, but the model ends with softmax (probabilities), so its "
+                       f"loss would be negative and meaningless: {_LOG_SOFTMAX_FIX}. auto_fix turns a final sigmoid "
+                       "into softmax for more than two classes: write log_softmax yourself for NLLLoss",
+                       "run.invalid_combination", "criterion")
     if action == "classify" and width is not None and n_classes is not None:
         classes = n_classes
         if criterion in _INDEX_LOSSES and width < 2:
-            raise _invalid(f"{criterion} needs one output per class ({classes}); the last layer gives {width}: "
-                           "use BCELoss for one output", "run.invalid_combination", "criterion")
+            if classes > 2 or criterion not in BINARY_INDEX_LOSSES:
+                fix = (f"set out_features={classes} or align with auto_fix" if classes > 2
+                       else "use BCELoss for one output")
+                raise _invalid(f"{criterion} needs one output per class ({classes}); the last layer gives {width}: "
+                               f"{fix}", "run.invalid_combination", "criterion")
+            _check_one_output(criterion, kind)
         if classes > 2 and width not in (classes,):
             raise _invalid(f"the last layer gives {width} outputs for {classes} classes; align with auto_fix or set "
                            f"out_features={classes}", "run.invalid_combination", "model")
@@ -336,6 +534,8 @@ def check_combination(spec: list[dict], hp: dict[str, Any], action: str, n_class
         raise _invalid("SparseAdam needs sparse gradients everywhere: use it only with Embedding(sparse=True) "
                        "layers", "run.invalid_combination", "optimizer")
     build_optimizer(optimizer, meta.parameters(), hp)  # e.g. Muon takes 2-D weights only
-    if criterion in _NEEDS_PROBABILITIES and activation not in {"sigmoid", "softmax"}:
+    if criterion in _NEEDS_PROBABILITIES and kind not in {"sigmoid", "softmax"}:
         raise _invalid(f"{criterion} needs probabilities: end the model with a sigmoid or softmax activation, or use "
                        "BCEWithLogitsLoss", "run.invalid_combination", "criterion")
+    if action == "classify":
+        _warn_if_dubious(criterion, kind, width)

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .preprocessing import Preprocessing
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$")
 METAS = ("train", "evaluate", "predict")
@@ -115,6 +117,11 @@ class MetaAlignment(Strict):
     y: list[int] = Field(default_factory=list)
 
 
+class Superset(Strict):
+    X: list[str] = Field(default_factory=list)
+    y: list[str] = Field(default_factory=list)
+
+
 class InitialiseRequest(Strict):
     """Everything a Worker needs to serve one run: its data, the aligned layout and the run's recipe."""
 
@@ -125,3 +132,7 @@ class InitialiseRequest(Strict):
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     token: str = Field(min_length=16, max_length=256)
     participant_id: str = Field(pattern=ID_PATTERN)
+    # the project's aligned layout by name and the statistics every split is preprocessed with;
+    # without them the Worker places columns by spacers and scales with its own train split
+    superset: Superset | None = None
+    preprocessing: Preprocessing | None = None

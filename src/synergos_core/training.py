@@ -14,7 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import build_criterion, build_model, build_optimizer, build_scheduler, compute_loss, proximal_terms
+from .model import (BINARY_INDEX_LOSSES, UNKNOWN_KIND, Schedule, build_criterion, build_model, compute_loss,
+                    proximal_terms)
+from .metrics import metric_parts
 from .wire import Layout
 
 _LOGIT_LOSSES = {"BCEWithLogitsLoss", "CrossEntropyLoss", "MultiLabelSoftMarginLoss", "SoftMarginLoss"}
@@ -24,10 +26,28 @@ _LOG_PROB_LOSSES = {"NLLLoss", "KLDivLoss", "PoissonNLLLoss", "GaussianNLLLoss"}
 @dataclass
 class Split:
     X: torch.Tensor
-    y: torch.Tensor  # class indices (classify) or values (regress)
+    y: torch.Tensor  # class indices (classify) or values (regress), as the model sees them
+    # a regression target in original units is y * target_scale + target_shift
+    target_shift: float = 0.0
+    target_scale: float = 1.0
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
+
+
+def run_steps_per_epoch(n: int, batch: int) -> int:
+    """Optimizer steps in one epoch over `n` samples in batches of `batch`."""
+    return max(1, -(-n // max(1, batch)))
+
+
+def run_epochs(hp: dict[str, Any], epochs: int) -> int:
+    """A party's local epochs over the whole run: `rounds * epochs` (as the TTP defaults them)."""
+    return int(hp.get("rounds", 10)) * int(hp.get("epochs") or epochs)
+
+
+def lr_summary(trace: list[float]) -> list[float]:
+    """[first, last] lr of a round, small enough for the reply header (the full trace stays here)."""
+    return [trace[0], trace[-1]] if trace else []
 
 
 class LocalTrainer:
@@ -42,6 +62,11 @@ class LocalTrainer:
         self.criterion_name = self.hp.get("criterion", "BCELoss")
         self.criterion = build_criterion(self.criterion_name, self.hp)
         self.generator = torch.Generator().manual_seed(self.seed)
+        # optimizer and lr scheduler: built at the first train() and kept for the whole run, so the
+        # schedule (and e.g. momentum) continues from round to round; the global weights are written
+        # into the same parameter tensors (`self.state` shares their storage)
+        self.schedule: Schedule | None = None
+        self.lr_trace: list[float] = []  # lr of param group 0 at each optimizer step of the last train()
 
     # -- training --
     def train(self, epochs: int, round_index: int) -> dict[str, Any]:
@@ -54,10 +79,14 @@ class LocalTrainer:
         mu = float(hp.get("mu") or 0.0) if hp.get("algorithm", "FedProx") == "FedProx" else 0.0
         l1, l2 = float(hp.get("l1_lambda") or 0.0), float(hp.get("l2_lambda") or 0.0)
         global_params = [p.detach().clone() for p in self.model.parameters()] if mu else None
-        optimizer = build_optimizer(hp.get("optimizer", "SGD"), self.model.parameters(), hp)
-        scheduler = build_scheduler(hp.get("lr_scheduler"), optimizer, hp)
         n = len(split)
         batch = int(hp.get("batch_size") or n)
+        if self.schedule is None:
+            self.schedule = Schedule.build(hp, self.model.parameters(), run_steps_per_epoch(n, batch),
+                                           run_epochs(hp, epochs))
+        schedule = self.schedule
+        optimizer = schedule.optimizer
+        self.lr_trace = []
         patience, delta = int(hp.get("patience") or 0), float(hp.get("delta") or 0.0)
         best, stale = float("inf"), 0
         losses: list[float] = []
@@ -74,7 +103,8 @@ class LocalTrainer:
                 def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
                     optimizer.zero_grad(set_to_none=True)
                     out = self.model(xb)
-                    loss = compute_loss(self.criterion, self.criterion_name, out, yb, self.action)
+                    loss = compute_loss(self.criterion, self.criterion_name, out, yb, self.action,
+                                        kind=self.model.output_kind)
                     extra = proximal_terms(self.model, global_params, mu, l1, l2)
                     if extra is not None:
                         loss = loss + extra
@@ -86,14 +116,11 @@ class LocalTrainer:
                 else:
                     loss = closure()
                     optimizer.step()
+                self.lr_trace.append(schedule.after_batch())
                 total += float(loss.detach()) * xb.shape[0]
             epoch_loss = total / n
             losses.append(epoch_loss)
-            if scheduler is not None:
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(epoch_loss)
-                else:
-                    scheduler.step()
+            schedule.after_epoch(epoch_loss)
             if patience:
                 if epoch_loss < best - delta:
                     best, stale = epoch_loss, 0
@@ -102,7 +129,7 @@ class LocalTrainer:
                     if stale >= patience:
                         break
         return {"n_samples": n, "epoch_losses": losses, "train_loss": losses[-1],
-                "compute_s": time.perf_counter() - started}
+                "compute_s": time.perf_counter() - started, "lrs": lr_summary(self.lr_trace)}
 
     # -- evaluation --
     @torch.no_grad()
@@ -113,7 +140,7 @@ class LocalTrainer:
             return None, 0
         self.model.eval()
         out = self.model(split.X)
-        loss = compute_loss(self.criterion, self.criterion_name, out, split.y, self.action)
+        loss = compute_loss(self.criterion, self.criterion_name, out, split.y, self.action, kind=self.model.output_kind)
         return float(loss), len(split)
 
     @torch.no_grad()
@@ -125,14 +152,36 @@ class LocalTrainer:
         self.model.eval()
         out = self.model(split.X)
         if self.action == "classify":
-            out = to_probabilities(out, self.criterion_name)
-        return split.y.numpy(), out.numpy()
+            out = to_probabilities(out, self.criterion_name, kind=self.model.output_kind)
+            return split.y.numpy(), out.numpy()
+        # predictions and labels in the target's original units
+        shift, scale = split.target_shift, split.target_scale
+        return (split.y.double() * scale + shift).numpy(), (out.double() * scale + shift).numpy()
+
+    def assess(self) -> dict[str, Any]:
+        """The current (global) weights on this party's data: the losses on `train` and `evaluate`
+        with their counts, and the sums from which the pooled evaluate metric is exact."""
+        train_loss, train_n = self.evaluate("train")
+        eval_loss, eval_n = self.evaluate("evaluate")
+        result = self.infer("evaluate")
+        return {"train_loss": train_loss, "train_samples": train_n, "eval_loss": eval_loss,
+                "eval_samples": eval_n, "metric": metric_parts(*result, self.action) if result else None}
 
 
-def to_probabilities(out: torch.Tensor, criterion: str) -> torch.Tensor:
-    """Turn model outputs into class probabilities, whatever form the criterion trained them in."""
+def to_probabilities(out: torch.Tensor, criterion: str, kind: str | None = UNKNOWN_KIND) -> torch.Tensor:
+    """Turn model outputs into class probabilities, whatever form the criterion trained them in.
+
+    `kind` is the model's `output_kind`. One output trained with NLLLoss or CrossEntropyLoss is a
+    two-class model (see `model.binary_scores`): its P(class 1), one column as for BCELoss.
+    """
     if out.dim() == 1:
         out = out.unsqueeze(1)
+    if kind != UNKNOWN_KIND and out.shape[1] == 1 and criterion in BINARY_INDEX_LOSSES:
+        return out.clamp(0, 1) if kind == "sigmoid" else torch.sigmoid(out)
+    if kind == "softmax" and out.shape[1] > 1:
+        return out  # a distribution already, whatever the criterion made of it
+    if kind == "log_softmax" and out.shape[1] > 1:
+        return out.exp()
     if criterion in _LOG_PROB_LOSSES and out.shape[1] > 1:
         return out.exp()
     if criterion in _LOGIT_LOSSES:

@@ -12,6 +12,7 @@ from synergos_core.contract.store import Store
 from synergos_core.errors import InvalidRequest, UpstreamError
 from synergos_core.jobs import build_grids, make_job
 from synergos_core.model import check_combination
+from synergos_core.preprocessing import PreprocessingOptions
 from synergos_core.settings import DirectorSettings
 from synergos_mq.connection import BrokerAddress, parse_queue_flag
 from synergos_mq.consumer import CompletedConsumer
@@ -114,9 +115,10 @@ class QueueOrchestrator:
             self._finished(other.job_id, "failed", f"a job it depended on failed ({job_id})")
 
     # -- phase 2A --
-    async def align(self, collab_id: str, project_id: str, auto_align: bool = True, auto_fix: bool = True
-                    ) -> list[dict]:
+    async def align(self, collab_id: str, project_id: str, auto_align: bool = True, auto_fix: bool = True,
+                    preprocessing: dict[str, Any] | None = None) -> list[dict]:
         project = self.store.get_project(collab_id, project_id)
+        options = PreprocessingOptions.resolve(project, preprocessing)
         keys = {"collab_id": collab_id, "project_id": project_id}
         build_grids(self.store.project_grid(collab_id, project_id), [])  # refuse a project nobody joined, now
 
@@ -124,7 +126,8 @@ class QueueOrchestrator:
             experiments = {e["key"]["expt_id"]: e["model"] for e in self.store.list_experiments(collab_id, project_id)}
             grids = build_grids(self.store.project_grid(collab_id, project_id), [])
             return make_job("preprocess", keys, grids, {"action": project["action"], "auto_fix": auto_fix,
-                                                        "experiments": experiments})
+                                                        "experiments": experiments,
+                                                        "preprocessing": options.model_dump()})
         mark = ("alignment", collab_id, project_id)
         return [self._submit(collab_id, "preprocess", "alignment", keys, build, [mark], [mark])]
 

@@ -67,12 +67,18 @@ def tags_of(tags: Mapping[str, Any] | None) -> dict[str, str]:
     return {param_key(k): tag_value(v) for k, v in (tags or {}).items()}
 
 
+LOSS_PHASES = frozenset({"train", "evaluate", "server"})
+
+
 def training_metrics(history: Mapping[str, Any] | None,
                      local_history: Mapping[str, Any] | None) -> list[list[Any]]:
-    """`[name, value, step]` for `global_<phase>_loss` and `<participant>_local_loss` per round."""
+    """`[name, value, step]` per round: `global_<phase>_loss` for the loss histories (`train`,
+    `evaluate`, FedGKT's `server`), `global_<name>` for the others (e.g. `global_evaluate_accuracy`,
+    `global_evaluate_r2`) and `<participant>_local_loss`."""
     out: list[list[Any]] = []
     for phase, series in (history or {}).items():
-        out += [[metric_name("global", phase, "loss"), v, step] for step, v in _rounds(series, phase)]
+        name = metric_name("global", phase, "loss") if phase in LOSS_PHASES else metric_name("global", phase)
+        out += [[name, v, step] for step, v in _rounds(series, phase)]
     for participant, series in (local_history or {}).items():
         name = metric_name(participant, "local_loss")
         out += [[name, v, step] for step, v in _rounds(series, participant)]

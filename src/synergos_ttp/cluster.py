@@ -11,6 +11,7 @@ import httpx
 
 from synergos_core.alignment import fix_model_io
 from synergos_core.errors import SynergosError
+from synergos_core.preprocessing import PreprocessingOptions
 from synergos_core.settings import TTPSettings
 
 from . import operations
@@ -59,13 +60,15 @@ class JobRunner:
         limits = self.settings.federation
         async with httpx.AsyncClient(timeout=httpx.Timeout(self.settings.http_timeout_s, connect=5.0)) as http:
             if job["process"] == "preprocess":
-                alignment, _ = await operations.align(http, nodes, c, p, params["action"])
+                alignment, polled = await operations.align(http, nodes, c, p, params["action"])
+                options = PreprocessingOptions.resolve(params.get("preprocessing"))
                 experiments = {}
                 if params.get("auto_fix", True):
                     width, classes = len(alignment.superset["X"]), len(alignment.superset["y"])
                     experiments = {e: fix_model_io(model, width, classes, params["action"])
                                    for e, model in params.get("experiments", {}).items()}
-                return {"alignments": operations.alignment_records(alignment), "experiments": experiments}
+                return {"alignments": operations.alignment_records(alignment, polled, options),
+                        "experiments": experiments}
             run_keys = (c, p, keys["expt_id"], keys["run_id"])
             if job["process"] == "train":
                 return await operations.train_run(http, limits, run_keys, nodes, params["action"], params["model"],

@@ -25,6 +25,7 @@ from synergos_core.aggregation import EarlyStopping, fold_slices, sample_weights
 from synergos_core.checkpoints import StateFileWriter, save_state
 from synergos_core.errors import FederationError
 from synergos_core.federation import iter_shards, send_state
+from synergos_core.metrics import ROUND_METRICS, pooled_metric
 from synergos_core.model import build_model
 from synergos_core.wire import Layout
 
@@ -50,6 +51,8 @@ class TrainingOutcome:
     rounds_completed: int
     stopped_early: bool
     timings: list[RoundTiming] = field(default_factory=list)
+    # the closing assessment of the final model, included in the last round's timing
+    final_evaluate_s: float = 0.0
 
 
 def _weighted(values: dict[str, tuple[float | None, int]]) -> float | None:
@@ -121,9 +124,8 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
         sent = await grid.broadcast("train", r, state, participants=trainers, epochs=epochs, evaluate=r > 0)
         replies = await grid.replies(sent, "update")
         if r > 0:
-            loss = _weighted({p: (h.get("eval_loss"), h.get("eval_samples", 0)) for p, h in replies.items()})
-            if loss is not None:
-                history["evaluate"][r - 1] = loss
+            # the parties assessed the weights they received: round r - 1's global model
+            loss = record_assessment(history, r - 1, replies, grid.action, progress, rounds)
             if stopper.step(loss):
                 stopped = True
                 await _drain(grid, replies, layout)
@@ -135,7 +137,6 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
         await _aggregate(grid, replies, weights, layout, state, out_dir, files)
         for pid, h in replies.items():
             local_history[pid][r] = float(h.get("train_loss"))
-        history["train"][r] = _weighted({p: (h.get("train_loss"), h.get("n_samples", 0)) for p, h in replies.items()})
         completed = r + 1
         # written in the background while the next round broadcasts and the parties train: until the
         # next _aggregate, which waits for it, nothing writes into `state`
@@ -143,28 +144,42 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
         timings.append(RoundTiming(r, time.perf_counter() - started,
                                    {p: float(h.get("compute_s", 0.0)) for p, h in replies.items()},
                                    2 * state_bytes * len(trainers)))
-        if progress:
-            progress(round=completed, rounds=rounds, train_loss=history["train"][r],
-                     evaluate_loss=history["evaluate"].get(r - 1))
+    final_s = 0.0
     if not stopped:
         started = time.perf_counter()
-        loss = await evaluate_loss(grid, state, completed)
-        if loss is not None:
-            history["evaluate"][completed - 1] = loss
+        replies = await assess(grid, state, completed)
+        final_s = time.perf_counter() - started
+        record_assessment(history, completed - 1, replies, grid.action, progress, rounds)
         if timings:
-            timings[-1].wall_s += time.perf_counter() - started
+            timings[-1].wall_s += final_s
             timings[-1].bytes_moved += state_bytes * len(grid.channels)
         _write_json(out_dir / "global_loss_history.json", history)
+    return TrainingOutcome(state, history, local_history, completed, stopped, timings, final_s)
+
+
+def record_assessment(history: dict[str, dict[int, float]], round_index: int, replies: dict[str, dict],
+                      action: str, progress: Progress | None = None, rounds: int | None = None) -> float | None:
+    """Pool the parties' assessments of round `round_index`'s global model into the history:
+    `train` and `evaluate` losses (sample-weighted) and the evaluate metric (`evaluate_accuracy`
+    or `evaluate_r2`, exact over the pooled data); report progress; return the evaluate loss."""
+    assessed = {p: h.get("assessment") or {} for p, h in replies.items()}
+    train_loss = _weighted({p: (a.get("train_loss"), a.get("train_samples", 0)) for p, a in assessed.items()})
+    eval_loss = _weighted({p: (a.get("eval_loss"), a.get("eval_samples", 0)) for p, a in assessed.items()})
+    metric = pooled_metric([a.get("metric") for a in assessed.values() if a.get("metric")], action)
+    name = f"evaluate_{ROUND_METRICS[action]}"
+    for key, value in (("train", train_loss), ("evaluate", eval_loss), (name, metric)):
+        if value is not None:
+            history.setdefault(key, {})[round_index] = value
     if progress:
-        progress(round=completed, rounds=rounds, train_loss=history["train"].get(completed - 1),
-                 evaluate_loss=history["evaluate"].get(completed - 1))
-    return TrainingOutcome(state, history, local_history, completed, stopped, timings)
+        progress(round=round_index + 1, rounds=rounds, train_loss=train_loss, evaluate_loss=eval_loss,
+                 **{name: metric})
+    return eval_loss
 
 
-async def evaluate_loss(grid: GridRun, state: dict[str, torch.Tensor], round_index: int) -> float | None:
-    sent = await grid.broadcast("evaluate", round_index, state, meta="evaluate")
-    replies = await grid.replies(sent, "loss")
-    return _weighted({p: (h.get("loss"), h.get("n_samples", 0)) for p, h in replies.items()})
+async def assess(grid: GridRun, state: dict[str, torch.Tensor], round_index: int) -> dict[str, dict]:
+    """Every party's assessment of `state` on its own train and evaluate data."""
+    sent = await grid.broadcast("evaluate", round_index, state, meta="evaluate", assess=True)
+    return await grid.replies(sent, "loss")
 
 
 async def infer(grid: GridRun, state: dict[str, torch.Tensor], meta: str,

@@ -22,7 +22,7 @@ from synergos_core.federation import recv_tensors, send_header, send_state, send
 from synergos_core.gkt import ServerModel, output_kind, split_index, train_server
 from synergos_core.model import build_model
 
-from .federated import Progress, RoundTiming, TrainingOutcome, _checkpoint, _weighted, _write_json
+from .federated import Progress, RoundTiming, TrainingOutcome, _checkpoint, _write_json, record_assessment
 from .grid import GridRun
 
 
@@ -65,16 +65,12 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
         del batches, results
         for pid, h in replies.items():
             local_history[pid][r] = float(h["train_loss"])
-        history["train"][r] = _weighted({p: (h.get("train_loss"), h.get("n_samples", 0)) for p, h in replies.items()})
-        loss = await evaluate_loss(grid, server.state(), r)
-        if loss is not None:
-            history["evaluate"][r] = loss
+        # each party's full model (its extractor, the new server layers) on its train and evaluate data
+        loss = record_assessment(history, r, await assess(grid, server.state(), r), grid.action, progress, rounds)
         completed = r + 1
         _checkpoint(out_dir, r, server.state(), json.dumps(history))
         timings.append(RoundTiming(r, time.perf_counter() - started,
                                    {p: float(h.get("compute_s", 0.0)) for p, h in replies.items()}, 0))
-        if progress:
-            progress(round=completed, rounds=rounds, train_loss=history["train"][r], evaluate_loss=loss)
         if stopper.step(loss):
             stopped = True
             break
@@ -91,15 +87,14 @@ def _extractor_names(server: ServerModel, split: int) -> list[str]:
     return names + ["head.linear.weight", "head.linear.bias"]  # absent when the head is the server part
 
 
-async def evaluate_loss(grid: GridRun, server_state: dict[str, torch.Tensor], round_index: int) -> float | None:
-    async def one(pid: str) -> tuple[float | None, int]:
-        request = grid.header("gkt_evaluate", round_index, meta="evaluate")
+async def assess(grid: GridRun, server_state: dict[str, torch.Tensor], round_index: int) -> dict[str, dict]:
+    """Every party's assessment of its full model with `server_state` as the server layers."""
+    async def one(pid: str) -> dict:
+        request = grid.header("gkt_evaluate", round_index, meta="evaluate", assess=True)
         await send_state(grid.channels[pid], request, server_state, grid.limits.shard_bytes)
-        header = await grid.reply(pid, request, "loss")
-        return header.get("loss"), int(header.get("n_samples", 0))
+        return await grid.reply(pid, request, "loss")
     pids = sorted(grid.channels)
-    losses = await asyncio.gather(*(one(pid) for pid in pids))
-    return _weighted(dict(zip(pids, losses)))
+    return dict(zip(pids, await asyncio.gather(*(one(pid) for pid in pids))))
 
 
 def participant_states(out_dir: Path, server_state: dict[str, torch.Tensor], pids: list[str]

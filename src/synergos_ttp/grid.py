@@ -34,6 +34,8 @@ class GridNode:
     f_port: int
     tags: dict[str, list]
     alignment: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    superset: dict[str, list[str]] | None = None
+    preprocessing: dict[str, Any] | None = None
 
     @property
     def rest(self) -> str:
@@ -110,7 +112,8 @@ class GridRun:
     async def _initialise(self, node: GridNode) -> None:
         body = {"action": self.action, "tags": node.tags, "alignments": node.alignment, "model": self.model,
                 "hyperparameters": self.hyperparameters, "token": self.token,
-                "participant_id": node.participant_id}
+                "participant_id": node.participant_id, "superset": node.superset,
+                "preprocessing": node.preprocessing}
         data = await worker_call(self.http, node, "/worker/initialise/" + "/".join(self.keys), body)
         self._initialised.append(node)
         self.counts[node.participant_id] = data.get("counts", {})

@@ -11,7 +11,11 @@ import httpx
 
 from synergos_core.alignment import Alignment, align_headers
 from synergos_core.checkpoints import load_state, save_state
-from synergos_core.errors import InvalidRequest
+from pydantic import ValidationError
+
+from synergos_core.errors import InvalidRequest, UpstreamError
+from synergos_core.preprocessing import Preprocessing, PreprocessingOptions, Statistics
+from synergos_core.preprocessing import plan as plan_preprocessing
 from synergos_core.metrics import aggregate_statistics
 from synergos_core.settings import FederationLimits
 
@@ -32,9 +36,35 @@ async def poll_headers(http: httpx.AsyncClient, nodes: list[GridNode], collab_id
     return {node.participant_id: result for node, result in zip(nodes, results)}
 
 
-def alignment_records(alignment: Alignment) -> dict[str, dict]:
-    """Per participant: spacers per meta plus the superset they align to."""
-    return {pid: {**spacers, "superset": alignment.superset} for pid, spacers in alignment.spacers.items()}
+def alignment_records(alignment: Alignment, polled: dict[str, dict] | None = None,
+                      options: PreprocessingOptions | None = None) -> dict[str, dict]:
+    """Per participant: spacers per meta, the superset they align to, and the preprocessing
+    (options and statistics, fitted on the train splits' aggregates) every split is prepared with."""
+    records = {pid: {**spacers, "superset": alignment.superset} for pid, spacers in alignment.spacers.items()}
+    if polled is None:
+        return records
+    for pid, plan in preprocessing_plans(polled, options or PreprocessingOptions()).items():
+        if pid in records:
+            records[pid]["preprocessing"] = plan.model_dump()
+    return records
+
+
+def preprocessing_plans(polled: dict[str, dict], options: PreprocessingOptions) -> dict[str, Preprocessing]:
+    """The parties' reported train aggregates, checked, combined as `options` says; {} when no party
+    reported any (images, texts)."""
+    parties: dict[str, Statistics | None] = {}
+    for pid, result in polled.items():
+        raw = result.get("statistics")
+        if raw is None:
+            parties[pid] = None
+            continue
+        try:
+            parties[pid] = Statistics.model_validate(raw)
+        except ValidationError:
+            raise UpstreamError(f"{pid} reported malformed train statistics", "worker.bad_statistics") from None
+    if not any(s is not None for s in parties.values()):
+        return {}
+    return plan_preprocessing(options, parties)
 
 
 async def align(http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, project_id: str,

@@ -11,6 +11,7 @@ from synergos_core.alignment import fix_model_io
 from synergos_core.model import check_combination
 from synergos_core.jobs import build_grids
 from synergos_core.errors import Forbidden, InvalidRequest, NotFound
+from synergos_core.preprocessing import PreprocessingOptions
 from synergos_core.settings import TTPSettings
 from synergos_mlops.records import RunRecorder
 
@@ -48,15 +49,17 @@ class Orchestrator:
         return nodes
 
     # -- phase 2A --
-    async def align(self, collab_id: str, project_id: str, auto_align: bool = True, auto_fix: bool = True
-                    ) -> list[dict]:
+    async def align(self, collab_id: str, project_id: str, auto_align: bool = True, auto_fix: bool = True,
+                    preprocessing: dict[str, Any] | None = None) -> list[dict]:
         project = self.store.get_project(collab_id, project_id)
+        options = PreprocessingOptions.resolve(project, preprocessing)
         job = self.jobs.start("alignment", {"collab_id": collab_id, "project_id": project_id})
         with self.jobs.failing(job):
             if auto_align:
                 nodes = self.grid_nodes(collab_id, project_id)
-                alignment, _ = await operations.align(self.http, nodes, collab_id, project_id, project["action"])
-                for pid, details in operations.alignment_records(alignment).items():
+                alignment, polled = await operations.align(self.http, nodes, collab_id, project_id,
+                                                           project["action"])
+                for pid, details in operations.alignment_records(alignment, polled, options).items():
                     self.store.put_alignment(collab_id, project_id, pid, details)
                 if auto_fix:
                     width, classes = len(alignment.superset["X"]), len(alignment.superset["y"])

@@ -144,19 +144,22 @@ class FederationServer:
         async with session.lock:
             await self._receive_weights(ws, session, header)
             if op == "train":
-                eval_loss, eval_n = (await self._in_thread(trainer.evaluate, "evaluate")
-                                     if header.get("evaluate") else (None, 0))
+                # the weights received are the previous round's global model: how it does on this
+                # party's data is that round's honest history
+                assessment = await self._in_thread(trainer.assess) if header.get("evaluate") else None
                 try:
                     result = await self._in_thread(trainer.train, int(header.get("epochs", 1)),
                                                    int(header.get("round", 0)))
                 except ValueError as exc:
                     raise SynergosError(str(exc), "worker.no_train_data") from None
-                reply = {**self._reply(header, "update"), **result, "eval_loss": eval_loss,
-                         "eval_samples": eval_n}
+                reply = {**self._reply(header, "update"), **result, "assessment": assessment}
                 await send_state(ws, reply, trainer.state, self.limits.shard_bytes)
             elif op == "evaluate":
-                loss, n = await self._in_thread(trainer.evaluate, header.get("meta", "evaluate"))
-                await send_header(ws, {**self._reply(header, "loss"), "loss": loss, "n_samples": n})
+                meta = header.get("meta", "evaluate")
+                loss, n = await self._in_thread(trainer.evaluate, meta)
+                assessment = await self._in_thread(trainer.assess) if header.get("assess") else None
+                await send_header(ws, {**self._reply(header, "loss"), "loss": loss, "n_samples": n,
+                                       "assessment": assessment})
             else:
                 meta = header.get("meta", "evaluate")
                 if meta not in {"train", "evaluate", "predict"}:

@@ -32,6 +32,8 @@ async def serve(ws: Any, trainer: Any, header: dict, reply: dict, limits: Federa
         await recv_into(ws, int(header.get("shards", 0)), trainer.server_layout, trainer.state,
                         limits.round_timeout_s)
         loss, n = await asyncio.to_thread(trainer.evaluate, header.get("meta", "evaluate"))
-        await send_header(ws, {**reply, "op": "loss", "loss": loss, "n_samples": n})
+        # the party's full model (its extractor, the server's layers) on its train and evaluate data
+        assessment = await asyncio.to_thread(trainer.assess) if header.get("assess") else None
+        await send_header(ws, {**reply, "op": "loss", "loss": loss, "n_samples": n, "assessment": assessment})
     else:
         await send_tensors(ws, {**reply, "op": "gkt_extractor"}, trainer.extractor_state(), limits.shard_bytes)

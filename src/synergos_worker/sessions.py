@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from synergos_core.data import apply_spacers, class_indices, load_meta
+from synergos_core.data import align_columns, apply_spacers, class_indices, load_meta, train_statistics
+from synergos_core.preprocessing import Preprocessing
 from synergos_core.errors import InvalidRequest, NotFound
 from synergos_core.schemas import METAS, InitialiseRequest
 from synergos_core.gkt import GKTTrainer
@@ -37,15 +38,30 @@ class RunSession:
         return presented is not None and hmac.compare_digest(presented.encode(), self.token.encode())
 
 
-def load_split(data_root: Path, meta: str, request: InitialiseRequest) -> Split | None:
-    """Load one meta's data, aligned to the federation's superset layout."""
+def run_preprocessing(data_root: Path, request: InitialiseRequest) -> Preprocessing | None:
+    """The statistics every split of this run is preprocessed with: the project's, as the TTP sent
+    them, else (a run aligned without statistics) this party's own train split's."""
+    if request.preprocessing is not None:
+        return request.preprocessing
+    own = train_statistics(data_root, request.tags.train, request.action)
+    return Preprocessing(source="local", statistics=own) if own is not None else None
+
+
+def load_split(data_root: Path, meta: str, request: InitialiseRequest,
+               preprocessing: Preprocessing | None = None) -> Split | None:
+    """Load one meta's data, preprocessed with the run's statistics and aligned to the superset."""
     tags = getattr(request.tags, meta)
-    prepared = load_meta(data_root, tags, request.action)
+    prepared = load_meta(data_root, tags, request.action, preprocessing)
     if prepared is None:
         return None
     X, y = prepared.X, prepared.y
     spacers = request.alignments.get(meta)
-    if spacers is not None:
+    if request.superset is not None and X.ndim == 2 and request.superset.X:
+        # by name: imputing with the project's most frequent category can add an indicator column
+        # this split did not have when its headers were polled
+        X = align_columns(X, prepared.x_headers, request.superset.X)
+        y = align_columns(y, prepared.y_headers, request.superset.y) if request.action == "classify" else y
+    elif spacers is not None:
         X = apply_spacers(X, spacers.X)
         y = apply_spacers(y, spacers.y)
     if X.ndim == 2 and not np.isfinite(X).all():
@@ -54,7 +70,8 @@ def load_split(data_root: Path, meta: str, request: InitialiseRequest) -> Split 
         target = torch.from_numpy(class_indices(y).astype(np.int64))
     else:
         target = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).reshape(len(y), -1)
-    return Split(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), target)
+    return Split(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), target,
+                 target_shift=prepared.target_shift, target_scale=prepared.target_scale)
 
 
 class SessionRegistry:
@@ -79,8 +96,9 @@ class SessionRegistry:
         existing = self._sessions.get(key)
         if existing is not None and existing.authorised(request.token):
             return existing, False
+        preprocessing = run_preprocessing(self.data_root, request)
         data = {meta: split for meta in METAS
-                if (split := load_split(self.data_root, meta, request)) is not None}
+                if (split := load_split(self.data_root, meta, request, preprocessing)) is not None}
         if "train" not in data and "evaluate" not in data and "predict" not in data:
             raise InvalidRequest("no data selected by this participant's tags", "dataset.empty")
         trainer_class = GKTTrainer if request.hyperparameters.get("algorithm") == "FedGKT" else LocalTrainer

@@ -99,7 +99,8 @@ def test_same_seed_same_model_bit_for_bit_and_concurrent_runs_do_not_interfere(g
 
 
 @pytest.mark.parametrize("model, run, code", [
-    (_layer(1, "sigmoid"), {"criterion": "CrossEntropyLoss"}, "run.invalid_combination"),
+    (_layer(2, "softmax"), {"criterion": "NLLLoss"}, "run.invalid_combination"),  # log-probabilities needed
+    (_layer(1, None), {"criterion": "NLLLoss"}, "run.invalid_combination"),  # one output must be P(class 1)
     (_layer(1, None), {"criterion": "BCELoss"}, "run.invalid_combination"),
 ])
 def test_recipes_that_cannot_train_are_refused_and_leave_nothing(grid, model, run, code):

@@ -155,9 +155,13 @@ def test_classify_preprocessing(root: Path) -> None:
     assert data.y_headers == ["target_0", "target_1", "target_2"]
     assert data.X.dtype == np.float32 and data.y.dtype == np.float32
     assert data.X.shape == (4, 4) and data.y.shape == (4, 3)
-    np.testing.assert_allclose(data.X[:, 0], [0, 1 / 3, 2 / 3, 1], rtol=1e-6)
-    # chol's missing value is imputed with the median (250.5), then scaled.
-    np.testing.assert_allclose(data.X[2, 1], (250.5 - 200) / 100, rtol=1e-6)
+    # Without the project's statistics, the data's own: z-scores with the population std.
+    age = np.array([40, 50, 60, 70], dtype=float)
+    np.testing.assert_allclose(data.X[:, 0], (age - age.mean()) / age.std(), rtol=1e-6)
+    # chol's missing value is imputed with the mean of the present values, then scaled.
+    present = np.array([200.0, 250.5, 300.0])
+    chol = np.array([200.0, 250.5, present.mean(), 300.0])
+    np.testing.assert_allclose(data.X[:, 1], (chol - present.mean()) / present.std(), rtol=1e-5, atol=1e-6)
     # sex's missing value becomes the most frequent category, M.
     np.testing.assert_array_equal(data.X[:, 2:], [[0, 1], [1, 0], [0, 1], [0, 1]])
     np.testing.assert_array_equal(class_indices(data.y), [0, 1, 2, 1])
@@ -179,7 +183,9 @@ def test_regress_target_and_constant_column(tmp_path: Path) -> None:
     data = prepare_tabular([frame], "regress", {"a": "float64", "b": "float64", "target": "float64"})
     assert data.y_headers == ["target"]
     assert data.y.shape == (3, 1)
-    np.testing.assert_allclose(data.y[:, 0], [1.5, 2.5, 3.5])
+    # the target is standardised; its shift and scale give the original units back
+    np.testing.assert_allclose(data.y[:, 0], [-np.sqrt(1.5), 0, np.sqrt(1.5)], rtol=1e-6)
+    np.testing.assert_allclose(data.y[:, 0] * data.target_scale + data.target_shift, [1.5, 2.5, 3.5], rtol=1e-6)
     np.testing.assert_array_equal(data.X, np.zeros((3, 2), dtype=np.float32))
     assert "target" not in data.x_headers
 

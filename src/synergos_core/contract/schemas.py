@@ -13,12 +13,13 @@ from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from synergos_core.errors import InvalidRequest
+from synergos_core.preprocessing import Scaling, Source, TargetScalingOption
 from synergos_core.schemas import (ID_PATTERN, Connection, Layer, NodeInfo, RunHyperparameters, Strict, TagList,
                                    TagsCreate, check_tag)
 
 from .store import AGGREGATE
 
-__all__ = ["CollaborationCreate", "CollaborationUpdate", "ProjectCreate", "ProjectUpdate", "ExperimentCreate",
+__all__ = ["PreprocessingChoice", "CollaborationCreate", "CollaborationUpdate", "ProjectCreate", "ProjectUpdate", "ExperimentCreate",
            "ExperimentUpdate", "RunCreate", "RunUpdate", "ParticipantCreate", "ParticipantUpdate",
            "RegistrationCreate", "RegistrationUpdate", "TagsCreate", "TagsUpdate", "invalid_body", "recheck"]
 
@@ -74,14 +75,24 @@ class CollaborationUpdate(Strict):
 
 # ---- projects ----
 
-class ProjectCreate(BaseModel):
+class PreprocessingChoice(BaseModel):
+    """Optional preprocessing options (see `synergos_core.preprocessing`); null keeps the default."""
+
+    scaling: Scaling | None = Field(default=None, description="standard (default), minmax or none")
+    statistics: Source | None = Field(default=None, description="global (default: the parties' train splits "
+                                                              "pooled) or local (each party's own)")
+    target_scaling: TargetScalingOption | None = Field(default=None, description="regression target: standard "
+                                                                               "(default) or none")
+
+
+class ProjectCreate(PreprocessingChoice):
     model_config = ConfigDict(extra="allow")  # the original also takes universe_alignment, start_at
     project_id: Identifier
     action: Literal["classify", "regress"]
     incentives: dict[str, Any] = Field(default_factory=dict)
 
 
-class ProjectUpdate(BaseModel):
+class ProjectUpdate(PreprocessingChoice):
     model_config = ConfigDict(extra="allow")
     project_id: Identifier | None = None
     action: Literal["classify", "regress"] | None = None

@@ -1,13 +1,14 @@
-"""POST /worker/poll/{c}/{p}: headers, schemas and summary metadata of the tagged data; never rows."""
+"""POST /worker/poll/{c}/{p}: headers, schemas, summary metadata and train-split aggregates of the
+tagged data; never rows."""
 from __future__ import annotations
 
-from typing import Annotated
-
 import asyncio
+from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from synergos_core.data import load_meta
+from synergos_core.data import load_meta, train_statistics
 from synergos_core.envelope import envelope
 from synergos_core.schemas import ID_PATTERN, METAS, PollRequest
 
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/worker")
 Id = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
-def _describe(data_dir, body: PollRequest) -> dict:  # type: ignore[no-untyped-def]
+def _describe(data_dir: Path, body: PollRequest) -> dict:
     headers, schemas, metadata = {}, {}, {}
     for meta in METAS:
         prepared = load_meta(data_dir, getattr(body.tags, meta), body.action)
@@ -26,7 +27,10 @@ def _describe(data_dir, body: PollRequest) -> dict:  # type: ignore[no-untyped-d
         headers[meta] = {"X": prepared.x_headers, "y": prepared.y_headers}
         schemas[meta] = prepared.schema
         metadata[meta] = prepared.metadata
-    return {"headers": headers, "schemas": schemas, "metadata": metadata}
+    # aggregates of the train split only, from which the project's preprocessing is fitted
+    statistics = train_statistics(data_dir, body.tags.train, body.action)
+    return {"headers": headers, "schemas": schemas, "metadata": metadata,
+            "statistics": statistics.model_dump() if statistics is not None else None}
 
 
 @router.post("/poll/{collab_id}/{project_id}", name="poll")

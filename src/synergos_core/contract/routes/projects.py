@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 from synergos_core.envelope import envelope
 
 from ..deps import CollabId, ProjectId, SlashRouter, StoreDep, agree_with_url
+from synergos_core.preprocessing import OPTION_FIELDS
+
 from ..schemas import ProjectCreate, ProjectUpdate, recheck
 
 router = SlashRouter(prefix="/ttp/connect/collaborations/{collab_id}", tags=["projects"])
@@ -21,7 +23,8 @@ def read_projects(request: Request, store: StoreDep, collab_id: CollabId) -> JSO
 
 @router.post("/projects", name="projects", status_code=201)
 def create_project(request: Request, store: StoreDep, collab_id: CollabId, body: ProjectCreate) -> JSONResponse:
-    details = agree_with_url(request, body.model_dump(mode="json", exclude={"project_id"}))
+    unset = {name for name in OPTION_FIELDS if getattr(body, name) is None}  # the defaults apply
+    details = agree_with_url(request, body.model_dump(mode="json", exclude={"project_id"} | unset))
     return envelope(request, store.create_project(collab_id, body.project_id, details), 201)
 
 

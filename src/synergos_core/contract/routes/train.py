@@ -10,10 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synergos_core.envelope import envelope
 from synergos_core.errors import NotFound
+from synergos_core.preprocessing import OPTION_FIELDS
 from synergos_core.schemas import ID_PATTERN
 
 from ..deps import StoreDep
 from ..orchestration import Orchestrator
+from ..schemas import PreprocessingChoice
 
 router = APIRouter(prefix="/ttp/train/collaborations/{collab_id}/projects/{project_id}")
 Id = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -31,10 +33,15 @@ def accepted(orch: Orchestrator) -> int:
     return 202 if getattr(orch, "queued", False) else 201
 
 
-class AlignmentRequest(BaseModel):
+class AlignmentRequest(PreprocessingChoice):
+    """Options given here override the project's for this alignment (and the runs trained on it)."""
+
     model_config = ConfigDict(extra="allow")
     auto_align: bool = True
     auto_fix: bool = True
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in OPTION_FIELDS if getattr(self, name) is not None}
 
 
 class TrainRequest(BaseModel):
@@ -52,7 +59,7 @@ def _found(records: list[dict], what: str) -> list[dict]:
 @router.post("/alignments/", name="alignments", include_in_schema=False)
 async def create_alignments(request: Request, body: AlignmentRequest, orch: OrchestratorDep,
                             collab_id: Id, project_id: Id) -> object:
-    records = await orch.align(collab_id, project_id, body.auto_align, body.auto_fix)
+    records = await orch.align(collab_id, project_id, body.auto_align, body.auto_fix, body.preprocessing())
     return envelope(request, records, accepted(orch))
 
 
