@@ -78,9 +78,9 @@ class JobRunner:
                 for node in nodes:
                     node.alignment["predict"] = await operations.predict_spacers(
                         http, node, c, p, params["action"], params["superset"])
-            results = await operations.infer_run(http, limits, run_keys, nodes, params["action"], params["model"],
+            inference = await operations.infer_run(http, limits, run_keys, nodes, params["action"], params["model"],
                                                  params["hyperparameters"], self.settings.outputs_dir, meta)
-            return {"meta": meta, "results": results, "aggregate": operations.aggregate(results, meta),
+            return {"meta": meta, "results": inference.results, "aggregate": inference.aggregate(meta),
                     "spacers": {n.participant_id: n.alignment.get("predict") for n in nodes}}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from synergos_core.errors import InvalidRequest, UpstreamError
 from synergos_core.preprocessing import Preprocessing, PreprocessingOptions, Statistics
 from synergos_core.preprocessing import plan as plan_preprocessing
-from synergos_core.metrics import aggregate_statistics
+from synergos_core.metrics import aggregate_statistics, pooled_metric
 from synergos_core.settings import FederationLimits
 
 from . import federated, fedgkt
@@ -123,9 +124,32 @@ async def train_run(http: httpx.AsyncClient, limits: FederationLimits, keys: Run
     }
 
 
+@dataclass
+class Inference:
+    """Per participant: `results` ({meta: {statistics, res_path}}, what is stored) and `parts`, the
+    sums from which pooled metrics are exact (used for the aggregate, not stored)."""
+
+    results: dict[str, dict] = field(default_factory=dict)
+    parts: dict[str, dict] = field(default_factory=dict)
+
+    def aggregate(self, meta: str) -> dict | None:
+        """The sample-weighted aggregate of the parties' statistics; a regression's R2 is that of the
+        pooled data (a mean of the parties' own R2 would measure each against its own mean)."""
+        stats = [r[meta]["statistics"] for r in self.results.values() if r.get(meta)]
+        if not stats:
+            return None
+        combined = aggregate_statistics(stats)
+        parts = [p for p in self.parts.values() if isinstance(p, dict)]
+        if "R2" in combined and parts and len(parts) == len(stats):
+            pooled = pooled_metric(parts, "regress")
+            if pooled is not None:
+                combined["R2"] = pooled
+        return {meta: {"statistics": combined, "participants": sorted(self.results)}}
+
+
 async def infer_run(http: httpx.AsyncClient, limits: FederationLimits, keys: RunKeys, nodes: list[GridNode],
                     action: str, model: list[dict], hyperparameters: dict[str, Any], outputs: Path,
-                    meta: str) -> dict[str, dict]:
+                    meta: str) -> Inference:
     """Run the trained global model on each node's own `meta` data; statistics per participant."""
     state = load_state(run_dir(outputs, keys) / "global_model.safetensors")
     async with GridRun(keys, nodes, action, model, hyperparameters, limits, http) as grid:
@@ -134,14 +158,9 @@ async def infer_run(http: httpx.AsyncClient, limits: FederationLimits, keys: Run
             replies = await federated.infer_each(grid, states, meta)
         else:
             replies = await federated.infer(grid, state, meta)
-    results = {}
+    inference = Inference()
     for pid, reply in replies.items():
         if reply.get("statistics") is not None:
-            results[pid] = {meta: {"statistics": reply["statistics"], "res_path": reply.get("res_path")}}
-    return results
-
-
-def aggregate(results: dict[str, dict], meta: str) -> dict | None:
-    parts = [r[meta]["statistics"] for r in results.values() if r.get(meta)]
-    return {meta: {"statistics": aggregate_statistics(parts), "participants": sorted(results)}} if parts else None
-
+            inference.results[pid] = {meta: {"statistics": reply["statistics"], "res_path": reply.get("res_path")}}
+            inference.parts[pid] = reply.get("parts")
+    return inference

@@ -125,12 +125,13 @@ class Orchestrator:
             if not self.store.list_models(*keys):
                 raise InvalidRequest(f"run {keys[3]!r} has no trained model yet; train it first", "model.not_trained")
             with self.jobs.failing(self.jobs.start("validation", _keys(keys))) as job:
-                results = await operations.infer_run(self.http, self.limits, keys, nodes, project["action"],
-                                                     _layers(expt), _hyperparameters(run),
-                                                     self.settings.outputs_dir, "evaluate")
+                inference = await operations.infer_run(self.http, self.limits, keys, nodes, project["action"],
+                                                       _layers(expt), _hyperparameters(run),
+                                                       self.settings.outputs_dir, "evaluate")
+            results = inference.results
             for pid, details in results.items():
                 records.append(self.store.put_validation(*keys, pid, details))
-            summary = operations.aggregate(results, "evaluate")
+            summary = inference.aggregate("evaluate")
             if summary and not participant_id:
                 records.append(self.store.put_validation(*keys, "aggregate", summary))
             self.mlflow.validated(self.mlflow.uri(self.store.get_collaboration(collab_id)), _keys(keys), results,
@@ -160,9 +161,9 @@ class Orchestrator:
                     continue
                 job = self.jobs.start("prediction", {**_keys(keys), "participant_id": participant_id})
                 with self.jobs.failing(job):
-                    results = await operations.infer_run(self.http, self.limits, keys, nodes, project["action"],
-                                                         _layers(expt), _hyperparameters(run),
-                                                         self.settings.outputs_dir, "predict")
+                    results = (await operations.infer_run(self.http, self.limits, keys, nodes, project["action"],
+                                                          _layers(expt), _hyperparameters(run),
+                                                          self.settings.outputs_dir, "predict")).results
                 self.jobs.finish(job, "completed")
                 if participant_id in results:
                     records.append(self.store.put_prediction(participant_id, *keys, results[participant_id]))

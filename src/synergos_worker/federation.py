@@ -19,7 +19,7 @@ from websockets.http11 import Request, Response
 from synergos_core.errors import FederationError, SynergosError
 from synergos_core.federation import (WS_PATH_PREFIX, ReplayGuard, new_nonce, recv_header, recv_into,
                                       run_name, send_header, send_state)
-from synergos_core.metrics import classification_statistics, regression_statistics
+from synergos_core.metrics import classification_statistics, metric_parts, predicted_classes, regression_statistics
 from synergos_core.settings import FederationLimits
 
 from . import gkt
@@ -175,7 +175,7 @@ class FederationServer:
         labels, scores = result
         if session.action == "classify":
             statistics = classification_statistics(labels, scores)
-            predicted = (scores[:, 0] > 0.5).astype(int) if scores.shape[1] == 1 else scores.argmax(1)
+            predicted = predicted_classes(scores)
         else:
             statistics = regression_statistics(labels.reshape(-1), scores.reshape(-1))
             predicted = scores.reshape(-1)
@@ -186,4 +186,6 @@ class FederationServer:
         np.savetxt(out_dir / f"inference_scores_{meta}.txt", scores)
         (out_dir / f"inference_statistics_{meta}.json").write_text(json.dumps(statistics, indent=2))
         session.results[meta] = {"statistics": statistics, "res_path": str(rel)}
-        return {"meta": meta, "statistics": statistics, "n_samples": int(len(labels)), "res_path": str(rel)}
+        # sums from which the TTP pools metrics exactly across parties (e.g. R2 of the pooled data)
+        return {"meta": meta, "statistics": statistics, "n_samples": int(len(labels)), "res_path": str(rel),
+                "parts": metric_parts(labels, scores, session.action)}

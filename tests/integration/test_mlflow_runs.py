@@ -114,6 +114,10 @@ def test_training_survives_mlflow_going_away_and_the_metrics_arrive_when_it_retu
     history = _api(mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"],
                    metric_key="global_evaluate_loss")["metrics"]
     assert len(history) == 3
+    accuracy = _api(mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"],
+                    metric_key="global_evaluate_accuracy")["metrics"]
+    recorded = model["global"]["loss_history"]["evaluate_accuracy"]
+    assert sorted((m["step"], m["value"]) for m in accuracy) == sorted((int(k), v) for k, v in recorded.items())
 
 
 def test_a_failed_run_ends_failed_not_running(grid, mlflow_server):

@@ -111,16 +111,25 @@ def test_regression_reports_r2_mse_mae(grid):
     assert max(train.values()) < 1.0, train
     # every party's metrics and predictions are in the target's original units: recomputed with
     # scikit-learn from the raw evaluate CSV and the predictions kept on the Worker
+    pooled_truth, pooled_predicted = [], []
     for i, name in enumerate(("worker_1", "worker_2"), start=1):
         truth = pd.concat(pd.read_csv(p) for p in sorted((grid.workspace / name / "data" / "diabetes" /
                                                            "evaluate").glob("*.csv")))["target"].to_numpy()
         predicted = np.loadtxt(grid.workspace / name / "outputs" / collab / project / "linear" / "run_1" /
                                "evaluate" / "inference_predictions_evaluate.txt")
+        pooled_truth.append(truth)
+        pooled_predicted.append(predicted)
         stats = validations[f"{collab}_participant_{i}"]["evaluate"]["statistics"]
         assert stats["MSE"] == pytest.approx(mean_squared_error(truth, predicted), rel=1e-6)
         assert stats["MAE"] == pytest.approx(mean_absolute_error(truth, predicted), rel=1e-6)
         assert stats["R2"] == pytest.approx(r2_score(truth, predicted), rel=1e-6, abs=1e-9)
         assert abs(predicted.mean() - truth.mean()) < truth.std()  # diabetes progression is ~25-346
+    # the aggregate is the pooled evaluate data's: R2 against the pooled mean, not a mean of R2s
+    truth, predicted = np.concatenate(pooled_truth), np.concatenate(pooled_predicted)
+    assert agg["R2"] == pytest.approx(r2_score(truth, predicted), rel=1e-6)
+    assert agg["MSE"] == pytest.approx(mean_squared_error(truth, predicted), rel=1e-6)
+    history_r2 = model["global"]["loss_history"]["evaluate_r2"]
+    assert history_r2[str(len(history_r2) - 1)] == pytest.approx(agg["R2"], rel=1e-6)
 
 
 def test_progress_is_readable_after_training(grid):
@@ -133,3 +142,9 @@ def test_progress_is_readable_after_training(grid):
     assert {"alignment", "training", "validation"} <= kinds
     training = next(j for j in jobs if j["kind"] == "training")
     assert training["state"] == "completed" and training["round"] == training["rounds"] == 4
+    # the progress line shows the final global model's losses and validation accuracy
+    metrics = training["metrics"]
+    assert set(metrics) >= {"train_loss", "evaluate_loss", "evaluate_accuracy"} and 0.5 < metrics["evaluate_accuracy"] <= 1
+    from synergos_driver._progress import format_job
+
+    assert "evaluate accuracy" in format_job(training)
