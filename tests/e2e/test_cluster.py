@@ -104,6 +104,11 @@ def test_the_guides_cluster_script_runs_against_the_director(cluster):
     validations = httpx.get(f"{BASE}/ttp/evaluate/collaborations/collaboration_1/projects/project_1/validations/"
                             "experiment_1/run_1").json()["data"]
     assert {v["key"]["participant_id"] for v in validations} == {"participant_1", "participant_2", "aggregate"}
+    # the cluster TTP fitted the project's preprocessing on the parties' pooled train aggregates
+    alignments = httpx.get(f"{BASE}{c}/alignments").json()["data"]
+    statistics = [a["preprocessing"]["statistics"] for a in alignments]
+    assert len(alignments) == 2 and statistics[0] == statistics[1] and statistics[0]["rows"] > 0
+    assert model["global"]["loss_history"]["evaluate_accuracy"]
     predictions = httpx.get(f"{BASE}/ttp/evaluate/participants/participant_1/collaborations/collaboration_1/"
                             "predictions").json()["data"]
     assert predictions and predictions[0]["predict"]["statistics"]["n_samples"] > 0
