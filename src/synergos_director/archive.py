@@ -5,8 +5,8 @@ import logging
 import threading
 from typing import Callable
 
-from synergos_core.contract.jobs import JobBoard
-from synergos_core.contract.store import Store
+from synergos_contract.jobs import JobBoard
+from synergos_contract.store import Store
 from synergos_mlops.records import RunRecorder
 
 log = logging.getLogger("synergos_director")

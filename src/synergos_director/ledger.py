@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from synergos_core.contract.jobs import Job
+from synergos_contract.jobs import Job
 
 Mark = tuple[str, ...]
 

@@ -7,8 +7,8 @@ import threading
 import uuid
 from typing import Any, Callable
 
-from synergos_core.contract.jobs import JobBoard
-from synergos_core.contract.store import Store
+from synergos_contract.jobs import JobBoard
+from synergos_contract.store import Store
 from synergos_core.errors import InvalidRequest, UpstreamError
 from synergos_core.jobs import build_grids, make_job
 from synergos_core.model import check_combination

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from synergos_core.contract.app import create_contract_app
+from synergos_contract.app import create_contract_app
 from synergos_core.settings import TTPSettings
 
 from .orchestrator import Orchestrator

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from synergos_core.envelope import API_VERSION, envelope, install_error_handlers
+from synergos_contract.envelope import API_VERSION, envelope, install_error_handlers
 from synergos_core.errors import SynergosError
 from synergos_core.settings import TTPSettings
 from synergos_mq.connection import parse_queue_flag

@@ -17,8 +17,8 @@ from synergos_mlops.records import RunRecorder
 
 from . import operations
 from .grid import GridNode
-from synergos_core.contract.jobs import JobBoard, failure_reason
-from synergos_core.contract.store import Store
+from synergos_contract.jobs import JobBoard, failure_reason
+from synergos_contract.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 
-from synergos_core.envelope import BodyLimitMiddleware, envelope, install_error_handlers
+from synergos_contract.envelope import BodyLimitMiddleware, envelope, install_error_handlers
 from synergos_core.settings import WorkerSettings
 
 from .federation import FederationServer

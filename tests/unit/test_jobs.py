@@ -1,7 +1,7 @@
 """Job progress: whatever fails inside a job, the job ends failed with a readable reason."""
 import pytest
 
-from synergos_core.contract.jobs import JobBoard
+from synergos_contract.jobs import JobBoard
 from synergos_core.errors import UpstreamError
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from synergos_core.data import load_meta, train_statistics
-from synergos_core.envelope import envelope
+from synergos_contract.envelope import envelope
 from synergos_core.schemas import ID_PATTERN, METAS, PollRequest
 
 from ..deps import SettingsDep

@@ -7,7 +7,7 @@ import asyncio
 
 from fastapi import APIRouter, Path, Request
 
-from synergos_core.envelope import envelope
+from synergos_contract.envelope import envelope
 from synergos_core.federation import run_path
 from synergos_core.schemas import ID_PATTERN, InitialiseRequest
 

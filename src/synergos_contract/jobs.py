@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from synergos_core.envelope import now_iso
+from synergos_contract.envelope import now_iso
 
 
 @dataclass

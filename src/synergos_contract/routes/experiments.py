@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from synergos_core.envelope import envelope
+from synergos_contract.envelope import envelope
 from synergos_core.model import validate_model_spec
 
 from ..deps import CollabId, ExptId, ProjectId, SlashRouter, StoreDep, agree_with_url

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from synergos_core.envelope import envelope
+from synergos_contract.envelope import envelope
 from synergos_core.errors import InvalidRequest
 
 from ..deps import CollabId, ParticipantId, ProjectId, SlashRouter, StoreDep, agree_with_url

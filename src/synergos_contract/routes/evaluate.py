@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synergos_core.envelope import envelope
+from synergos_contract.envelope import envelope
 from synergos_core.errors import NotFound
 from synergos_core.schemas import ID_PATTERN, check_tag
 

@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from ..envelope import API_VERSION, BodyLimitMiddleware, envelope, install_error_handlers
-from ..settings import ServiceSettings
+from .envelope import API_VERSION, BodyLimitMiddleware, envelope, install_error_handlers
+from synergos_core.settings import ServiceSettings
 from .jobs import JobBoard
 from .orchestration import Orchestrator
 from .routes import ROUTERS

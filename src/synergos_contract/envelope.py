@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import SynergosError
+from synergos_core.errors import SynergosError
 
 API_VERSION = "0.1.0"
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from synergos_core.envelope import envelope
+from synergos_contract.envelope import envelope
 
 from ..deps import CollabId, ProjectId, SlashRouter, StoreDep, agree_with_url
 from synergos_core.preprocessing import OPTION_FIELDS

@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from synergos_core.envelope import envelope
+from synergos_contract.envelope import envelope
 
 from ..deps import CollabId, SlashRouter, StoreDep, agree_with_url
 from ..schemas import CollaborationCreate, CollaborationUpdate, recheck

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from synergos_core.envelope import envelope
+from synergos_contract.envelope import envelope
 
 router = APIRouter(prefix="/ttp/status")
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from synergos_core.envelope import envelope
+from synergos_contract.envelope import envelope
 from synergos_core.errors import NotFound
 from synergos_core.preprocessing import OPTION_FIELDS
 from synergos_core.schemas import ID_PATTERN
