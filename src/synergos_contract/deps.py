@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
 
 from synergos_core.errors import InvalidRequest
 from synergos_core.schemas import ID_PATTERN
 from synergos_core.settings import TTPSettings
 
-from .store import Store
+from .envelope import envelope
+from .store import Store, created_status
 
 ID_FIELDS = ("collab_id", "project_id", "expt_id", "run_id", "participant_id")
 RESERVED_FIELDS = ("key", "created_at", "relations")
@@ -22,6 +24,11 @@ def get_store(request: Request) -> Store:
 
 def get_settings(request: Request) -> TTPSettings:
     return request.app.state.settings
+
+
+def created(request: Request, record: dict) -> JSONResponse:
+    """A create's answer: 201 with the new record, or 200 with the same one already there."""
+    return envelope(request, record, created_status(record))
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

@@ -23,7 +23,16 @@ from synergos_core.errors import Conflict, NotFound
 from .tables import (AGGREGATE, CASCADES, DELETE_ORDER, KINDS, TABLES, Base, Kind, Registration,
                              RegistrationNode, Tag, utcnow)
 
-__all__ = ["Store", "AGGREGATE"]
+__all__ = ["Store", "AGGREGATE", "Existing", "created_status"]
+
+
+class Existing(dict):  # type: ignore[type-arg]
+    """A record a create found already there with the same details (answered 200, not 201)."""
+
+
+def created_status(record: dict) -> int:
+    """201 for a record a create made, 200 for one it found (an idempotent re-run)."""
+    return 200 if isinstance(record, Existing) else 201
 
 RESERVED = frozenset({"key", "created_at", "relations"})
 METAS = ("train", "evaluate", "predict")
@@ -200,8 +209,9 @@ class Store:
         key = _reg(collab_id, project_id, participant_id)
         kind = KINDS["Registration"]
         with self._write() as s:
-            if s.get(Registration, key) is not None:
-                raise Conflict(f"{describe(kind, key)} already exists", "registration.exists")
+            existing = s.get(Registration, key)
+            if existing is not None:
+                return self._again(s, kind, key, existing, {"role": role}, nodes)
             self._require_lineage(s, kind, key)
             row = Registration(**key, details={"role": role}, created_at=utcnow())
             s.add(row)
@@ -348,13 +358,29 @@ class Store:
     def _create(self, name: str, key: dict[str, str], details: dict[str, Any]) -> dict:
         kind = KINDS[name]
         with self._write() as s:
-            if s.get(kind.table, key) is not None:
-                raise Conflict(f"{describe(kind, key)} already exists", f"{kind.code}.exists")
+            existing = s.get(kind.table, key)
+            if existing is not None:
+                return self._again(s, kind, key, existing, _clean(kind, details))
             self._require_lineage(s, kind, key)
             row = kind.table(**key, details=_clean(kind, details), created_at=utcnow())
             s.add(row)
             self._flush(s, kind, key)
             return self._record(s, kind, row)
+
+    def _again(self, s: Session, kind: Kind, key: dict[str, str], row: Any, details: dict[str, Any],
+               nodes: list[dict[str, Any]] | None = None) -> "Existing":
+        """A create of a record that exists: the same body is the existing record (re-running a
+        script works), a different one a 409 that says how to change it."""
+        record = self._record(s, kind, row)
+        same = row.details == details
+        if nodes is not None:
+            stored = [record.get(f"node_{i}") or {} for i in range(int(record.get("n_count", 0)))]
+            same = same and len(stored) == len(nodes) and all(
+                {k: old.get(k) for k in new} == dict(new) for old, new in zip(stored, nodes))
+        if not same:
+            raise Conflict(f"{describe(kind, key)} already exists with other details: use update to change it "
+                           "(PUT, or the Driver's update), or delete it first", f"{kind.code}.exists")
+        return Existing(record)
 
     def _get(self, name: str, key: dict[str, str]) -> dict:
         kind = KINDS[name]

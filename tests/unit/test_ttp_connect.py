@@ -247,21 +247,41 @@ def test_deletes_cascade_at_every_level(client: TestClient, settings: TTPSetting
 
 # ---- conflicts and unknown ids ----
 
-def test_duplicate_posts_are_conflicts(client: TestClient) -> None:
+def test_reposting_the_same_body_answers_the_existing_record(client: TestClient) -> None:
+    phase1(client)
+    again = [
+        (C, {"collab_id": "collaboration_1", "mq": MQ}),
+        (P, {"project_id": "project_1", "action": "classify", "incentives": {"tier_1": [], "tier_2": [], "tier_3": []}}),
+        (E, {"expt_id": "experiment_1", "model": TABULAR_MODEL}),
+        (R, RUN_1),
+        (f"{CONNECT}/participants", {"id": "participant_1"}),
+        (registration_url("participant_1"), {"role": "guest", "n_count": 1, "node_0": node("172.19.152.154")}),
+        (registration_url("participant_1") + "/tags", GUIDE_TAGS),
+    ]
+    for url, body in again:  # re-running the guide's script works
+        response = client.post(url, json=body)
+        assert response.status_code == 200, (url, response.json())
+        record = response.json()["data"]
+        assert record["created_at"] and record["key"]
+    assert table_counts(client.app.state.settings)["runs"] == 1
+
+
+def test_reposting_a_different_body_is_a_conflict_naming_update(client: TestClient) -> None:
     phase1(client)
     duplicates = [
         (C, {"collab_id": "collaboration_1"}, "collaboration.exists"),
         (P, {"project_id": "project_1", "action": "regress"}, "project.exists"),
-        (E, {"expt_id": "experiment_1", "model": TABULAR_MODEL}, "experiment.exists"),
-        (R, RUN_1, "run.exists"),
-        (f"{CONNECT}/participants", {"id": "participant_1"}, "participant.exists"),
+        (E, {"expt_id": "experiment_1", "model": [dict(TABULAR_MODEL[0], activation=None)]},
+         "experiment.exists"),
+        (R, {**RUN_1, "rounds": 3}, "run.exists"),
+        (f"{CONNECT}/participants", {"id": "participant_1", "category": "hospital"}, "participant.exists"),
         (registration_url("participant_1"), {"role": "host", "n_count": 1, "node_0": node("h")},
          "registration.exists"),
-        (registration_url("participant_1") + "/tags", GUIDE_TAGS, "tag.exists"),
+        (registration_url("participant_1") + "/tags", {"train": [["other"]]}, "tag.exists"),
     ]
     for url, body, code in duplicates:
         error = failed(client.post(url, json=body), 409, code)
-        assert error["detail"]
+        assert "update" in error["detail"]
     assert ok(client.get(f"{P}/project_1"))["action"] == "classify"  # unchanged by the refused POST
 
 
@@ -497,3 +517,23 @@ def test_store_results_upsert_list_and_cascade(client: TestClient) -> None:
     store.set_experiment_model(*keys, "experiment_1", TABULAR_MODEL[:1])
     ok(client.delete(f"{R}/run_1"))
     assert store.list_models(*keys) == [] and store.list_validations(*keys) == []
+
+
+# ---- reads of scopes that have no records yet ----
+
+def test_an_empty_scope_reads_as_an_empty_list_and_unknown_ids_stay_404(client: TestClient) -> None:
+    phase1(client)
+    train = "/ttp/train/collaborations/collaboration_1/projects/project_1"
+    evaluate = "/ttp/evaluate/collaborations/collaboration_1/projects/project_1"
+    predictions = "/ttp/evaluate/participants/participant_1/collaborations/collaboration_1/predictions"
+    for url in (f"{train}/alignments", f"{train}/models", f"{train}/models/experiment_1/run_1",
+                f"{train}/models/experiment_1/optimizations", f"{evaluate}/validations",
+                f"{evaluate}/validations/experiment_1/run_1", f"{evaluate}/validations/experiment_1/run_1/participant_1",
+                predictions, f"{predictions}/project_1/experiment_1/run_1"):
+        # scripts written for the original Synergos poll `read` until data appears
+        assert ok(client.get(url)) == [], url
+    for url, code in ((f"{train}/models/experiment_9", "experiment.not_found"),
+                      (f"{evaluate}/validations/experiment_1/run_9", "run.not_found"),
+                      ("/ttp/train/collaborations/collaboration_1/projects/nothing/alignments", "project.not_found"),
+                      (predictions.replace("participant_1", "participant_9"), "participant.not_found")):
+        failed(client.get(url), 404, code)

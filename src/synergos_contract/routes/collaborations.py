@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from synergos_contract.envelope import envelope
 
-from ..deps import CollabId, SlashRouter, StoreDep, agree_with_url
+from ..deps import created, CollabId, SlashRouter, StoreDep, agree_with_url
 from ..schemas import CollaborationCreate, CollaborationUpdate, recheck
 
 router = SlashRouter(prefix="/ttp/connect", tags=["collaborations"])
@@ -22,7 +22,7 @@ def read_collaborations(request: Request, store: StoreDep) -> JSONResponse:
 @router.post("/collaborations", name="collaborations", status_code=201)
 def create_collaboration(request: Request, store: StoreDep, body: CollaborationCreate) -> JSONResponse:
     details = body.model_dump(mode="json", exclude={"collab_id"}, exclude_none=True)
-    return envelope(request, store.create_collaboration(body.collab_id, details), 201)
+    return created(request, store.create_collaboration(body.collab_id, details))
 
 
 @router.get("/collaborations/{collab_id}", name="collaboration")

@@ -7,7 +7,6 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synergos_contract.envelope import envelope
-from synergos_core.errors import NotFound
 from synergos_core.schemas import ID_PATTERN, check_tag
 
 from ..deps import StoreDep
@@ -50,8 +49,6 @@ async def read_validations(request: Request, store: StoreDep, collab_id: Id, pro
                            participant_id: str | None = None) -> object:
     store.get_project(collab_id, project_id)
     records = store.list_validations(collab_id, project_id, expt_id, run_id, participant_id)
-    if not records:
-        raise NotFound("no validations in this scope yet", "validation.not_found")
     return envelope(request, records)
 
 
@@ -71,8 +68,6 @@ async def read_predictions(request: Request, store: StoreDep, participant_id: Id
                            project_id: str | None = None, expt_id: str | None = None,
                            run_id: str | None = None) -> object:
     records = store.list_predictions(participant_id, collab_id, project_id, expt_id, run_id)
-    if not records:
-        raise NotFound("no predictions in this scope yet", "prediction.not_found")
     return envelope(request, records)
 
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from synergos_contract.envelope import envelope
 from synergos_core.model import validate_model_spec
 
-from ..deps import CollabId, ExptId, ProjectId, SlashRouter, StoreDep, agree_with_url
+from ..deps import created, CollabId, ExptId, ProjectId, SlashRouter, StoreDep, agree_with_url
 from ..schemas import ExperimentCreate, ExperimentUpdate, recheck
 
 router = SlashRouter(prefix="/ttp/connect/collaborations/{collab_id}/projects/{project_id}", tags=["experiments"])
@@ -29,7 +29,7 @@ def create_experiment(request: Request, store: StoreDep, collab_id: CollabId, pr
                       body: ExperimentCreate) -> JSONResponse:
     validate_model_spec(body.model)
     details = agree_with_url(request, body.model_dump(mode="json", exclude={"expt_id"}))
-    return envelope(request, store.create_experiment(collab_id, project_id, body.expt_id, details), 201)
+    return created(request, store.create_experiment(collab_id, project_id, body.expt_id, details))
 
 
 @router.get("/experiments/{expt_id}", name="experiment")

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from synergos_contract.envelope import envelope
 
-from ..deps import ParticipantId, SlashRouter, StoreDep, agree_with_url
+from ..deps import created, ParticipantId, SlashRouter, StoreDep, agree_with_url
 from ..schemas import ParticipantCreate, ParticipantUpdate, recheck
 
 router = SlashRouter(prefix="/ttp/connect", tags=["participants"])
@@ -22,7 +22,7 @@ def read_participants(request: Request, store: StoreDep) -> JSONResponse:
 @router.post("/participants", name="participants", status_code=201)
 def create_participant(request: Request, store: StoreDep, body: ParticipantCreate) -> JSONResponse:
     details = body.model_dump(mode="json", exclude={"id"})
-    return envelope(request, store.create_participant(body.id, details), 201)
+    return created(request, store.create_participant(body.id, details))
 
 
 @router.get("/participants/{participant_id}", name="participant")

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from synergos_contract.envelope import envelope
 
-from ..deps import CollabId, ProjectId, SlashRouter, StoreDep, agree_with_url
+from ..deps import created, CollabId, ProjectId, SlashRouter, StoreDep, agree_with_url
 from synergos_core.preprocessing import OPTION_FIELDS
 
 from ..schemas import ProjectCreate, ProjectUpdate, recheck
@@ -25,7 +25,7 @@ def read_projects(request: Request, store: StoreDep, collab_id: CollabId) -> JSO
 def create_project(request: Request, store: StoreDep, collab_id: CollabId, body: ProjectCreate) -> JSONResponse:
     unset = {name for name in OPTION_FIELDS if getattr(body, name) is None}  # the defaults apply
     details = agree_with_url(request, body.model_dump(mode="json", exclude={"project_id"} | unset))
-    return envelope(request, store.create_project(collab_id, body.project_id, details), 201)
+    return created(request, store.create_project(collab_id, body.project_id, details))
 
 
 @router.get("/projects/{project_id}", name="project")

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from synergos_contract.envelope import envelope
 from synergos_core.errors import InvalidRequest
 
-from ..deps import CollabId, ParticipantId, ProjectId, SlashRouter, StoreDep, agree_with_url
+from ..deps import created, CollabId, ParticipantId, ProjectId, SlashRouter, StoreDep, agree_with_url
 from ..schemas import RegistrationCreate, RegistrationUpdate, TagsCreate, TagsUpdate, recheck
 
 router = SlashRouter(prefix="/ttp/connect", tags=["registrations"])
@@ -64,7 +64,7 @@ def create_registration(request: Request, store: StoreDep, collab_id: CollabId, 
                         participant_id: ParticipantId, body: RegistrationCreate) -> JSONResponse:
     nodes = [node.model_dump(mode="json") for node in body.nodes()]
     record = store.create_registration(collab_id, project_id, participant_id, body.role, nodes)
-    return envelope(request, record, 201)
+    return created(request, record)
 
 
 @router.put(_REGISTRATION, name="registration")
@@ -105,7 +105,7 @@ def read_tags(request: Request, store: StoreDep, collab_id: CollabId, project_id
 def create_tags(request: Request, store: StoreDep, collab_id: CollabId, project_id: ProjectId,
                 participant_id: ParticipantId, body: TagsCreate) -> JSONResponse:
     details = agree_with_url(request, body.model_dump(mode="json"))
-    return envelope(request, store.create_tags(collab_id, project_id, participant_id, details), 201)
+    return created(request, store.create_tags(collab_id, project_id, participant_id, details))
 
 
 @router.put(_TAGS, name="tags")

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from synergos_contract.envelope import envelope
 from synergos_core.model import check_combination, validate_run
 
-from ..deps import CollabId, ExptId, ProjectId, RunId, SlashRouter, StoreDep, agree_with_url
+from ..deps import created, CollabId, ExptId, ProjectId, RunId, SlashRouter, StoreDep, agree_with_url
 from ..schemas import RunCreate, RunUpdate, recheck
 
 router = SlashRouter(prefix="/ttp/connect/collaborations/{collab_id}/projects/{project_id}/experiments/{expt_id}",
@@ -35,7 +35,7 @@ def create_run(request: Request, store: StoreDep, collab_id: CollabId, project_i
     experiment = store.get_experiment(collab_id, project_id, expt_id)
     check_combination(experiment["model"], hyperparameters, project["action"], None)
     record = store.create_run(collab_id, project_id, expt_id, body.run_id, hyperparameters)
-    return envelope(request, record, 201)
+    return created(request, record)
 
 
 @router.get("/runs/{run_id}", name="run")

@@ -49,12 +49,6 @@ class TrainRequest(BaseModel):
     auto_align: bool = True
 
 
-def _found(records: list[dict], what: str) -> list[dict]:
-    if not records:
-        raise NotFound(f"no {what} in this scope yet", f"{what.rstrip('s')}.not_found")
-    return records
-
-
 @router.post("/alignments", name="alignments")
 @router.post("/alignments/", name="alignments", include_in_schema=False)
 async def create_alignments(request: Request, body: AlignmentRequest, orch: OrchestratorDep,
@@ -67,7 +61,7 @@ async def create_alignments(request: Request, body: AlignmentRequest, orch: Orch
 @router.get("/alignments/", name="alignments", include_in_schema=False)
 async def read_alignments(request: Request, store: StoreDep, collab_id: Id, project_id: Id) -> object:
     store.get_project(collab_id, project_id)
-    return envelope(request, _found(store.list_alignments(collab_id, project_id), "alignments"))
+    return envelope(request, store.list_alignments(collab_id, project_id))
 
 
 MODEL_PATHS = ["/models", "/models/", "/models/{expt_id}", "/models/{expt_id}/{run_id}"]
@@ -83,7 +77,7 @@ async def create_models(request: Request, body: TrainRequest, orch: Orchestrator
 async def read_models(request: Request, store: StoreDep, collab_id: Id, project_id: Id,
                       expt_id: str | None = None, run_id: str | None = None) -> object:
     store.get_project(collab_id, project_id)
-    return envelope(request, _found(store.list_models(collab_id, project_id, expt_id, run_id), "models"))
+    return envelope(request, store.list_models(collab_id, project_id, expt_id, run_id))
 
 
 
@@ -118,7 +112,7 @@ async def read_optimizations(request: Request, store: StoreDep, collab_id: Id, p
         if run["key"]["run_id"].startswith("optim_run_"):
             aggregate = store.list_validations(collab_id, project_id, expt_id, run["key"]["run_id"], "aggregate")
             trials.append({**run, "validation": aggregate[0]["evaluate"]["statistics"] if aggregate else None})
-    return envelope(request, _found(trials, "optimizations"))
+    return envelope(request, trials)
 
 
 @router.get("/models/{expt_id}/champion", name="champion")
