@@ -345,12 +345,60 @@ def build_criterion(name: str, hp: dict[str, Any]) -> nn.Module:
                        "criterion") from None
 
 
+# Synergos options a run may carry besides RunHyperparameters' fields: FedGKT's split and distillation
+# settings, and OneCycleLR's steps per epoch (consumed when its total is derived)
+SYNERGOS_OPTIONS = frozenset({"L", "temperature", "alpha", "server_epochs", "steps_per_epoch"})
+
+
+def _constructor_names(cls: type | None, skip: set[str]) -> set[str]:
+    if cls is None:
+        return set()
+    return {name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def accepted_hyperparameters(hp: dict[str, Any]) -> set[str]:
+    """Every name this run may carry: Synergos' own options and the arguments of the constructors
+    it chose (optimizer, lr scheduler, criterion)."""
+    from .schemas import RunHyperparameters  # the run's own fields, defaults in one place
+
+    scheduler = hp.get("lr_scheduler")
+    return (set(RunHyperparameters.model_fields) | RUN_KEYS | SYNERGOS_OPTIONS
+            | _constructor_names(OPTIMIZERS.get(hp.get("optimizer", "SGD")), {"self", "params"})
+            | _constructor_names(SCHEDULERS.get(scheduler) if isinstance(scheduler, str) else None,
+                                 {"self", "optimizer", "lr_lambda", "schedulers"})
+            | _constructor_names(LOSSES.get(hp.get("criterion", "BCELoss")), {"self"}))
+
+
+def check_known_hyperparameters(hp: dict[str, Any], ignore: Iterable[str] = ()) -> None:
+    """422 for a name no constructor of the run and no Synergos option accepts (it would be stored and
+    silently ignored), naming the closest accepted one."""
+    import difflib
+
+    accepted = accepted_hyperparameters(hp) | set(ignore)
+    unknown = sorted(name for name in hp if name not in accepted)
+    if not unknown:
+        return
+    fields, hints = [], []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(accepted), n=1, cutoff=0.6)
+        hint = f"{name!r}: did you mean {close[0]!r}?" if close else f"{name!r}"
+        hints.append(hint)
+        fields.append({"path": name, "message": f"no option and no constructor of this run accepts {name!r}"
+                       + (f"; did you mean {close[0]!r}?" if close else ""), "type": "run.unknown_parameter"})
+    raise InvalidRequest(f"unknown hyper-parameter(s) {'; '.join(hints)}: no Synergos option and no argument "
+                         "of the run's optimizer, lr_scheduler or criterion has that name, so it would be ignored",
+                         "run.unknown_parameter", fields=fields)
+
+
 def validate_run(hp: dict[str, Any]) -> None:
-    """Build the run's optimizer, scheduler and criterion on a dummy parameter; 422 if any fails."""
+    """Build the run's optimizer, scheduler and criterion on a dummy parameter; 422 if any fails or
+    if the run names a hyper-parameter nothing accepts."""
     dummy = nn.Parameter(torch.zeros(1, 1))
     optimizer = build_optimizer(hp.get("optimizer", "SGD"), [dummy], hp)
     build_scheduler(hp.get("lr_scheduler"), optimizer, hp)
     build_criterion(hp.get("criterion", "BCELoss"), hp)
+    check_known_hyperparameters(hp)  # after the names themselves are known to be right
     for key in ("lr", "mu", "l1_lambda", "l2_lambda"):
         value = hp.get(key)
         if isinstance(value, float) and not math.isfinite(value):

@@ -12,13 +12,32 @@ import uuid
 from typing import Any
 
 from synergos_core.errors import InvalidRequest
+from synergos_core.model import accepted_hyperparameters, check_known_hyperparameters
 
 log = logging.getLogger("synergos_director")
 SAMPLERS = ("choice", "uniform", "loguniform", "randint")
 MINIMISED = {"MSE", "MAE", "loss", "FPRs", "FNRs", "FDRs"}
 
 
+def _candidates(space: dict[str, Any], name: str, default: Any) -> list[Any]:
+    value = space.get(name, default)
+    if isinstance(value, dict) and value.get("_type") == "choice" and isinstance(value.get("_value"), list):
+        return list(value["_value"])
+    return [value]
+
+
 def check_search_space(space: dict[str, Any]) -> None:
+    """422 for a malformed sampler, or a name no trial's optimizer, scheduler, criterion or Synergos
+    option would accept (it would be silently ignored by every trial)."""
+    accepted: set[str] = set()
+    for optimizer in _candidates(space, "optimizer", "SGD"):
+        for scheduler in _candidates(space, "lr_scheduler", "CyclicLR"):
+            for criterion in _candidates(space, "criterion", "BCELoss"):
+                accepted |= accepted_hyperparameters({"optimizer": optimizer, "lr_scheduler": scheduler,
+                                                      "criterion": criterion})
+    unknown = {name: None for name in space if name not in accepted}
+    if unknown:
+        check_known_hyperparameters({**unknown, "optimizer": "SGD"}, ignore=accepted)
     for name, value in space.items():
         if isinstance(value, dict) and "_type" in value:
             kind, args = value.get("_type"), value.get("_value")

@@ -18,11 +18,13 @@ from ._exceptions import (
     Conflict,
     ConnectionFailed,
     Forbidden,
+    JobFailed,
     NotFound,
     RequestInvalid,
     ResponseError,
     ServerError,
     SynergosError,
+    WaitTimeout,
 )
 from ._registration import RegistrationTask, TagTask
 from ._train import AlignmentTask, ModelTask, OptimizationTask
@@ -46,6 +48,8 @@ __all__ = [
     "PredictionTask",
     "SynergosError",
     "ConnectionFailed",
+    "JobFailed",
+    "WaitTimeout",
     "ResponseError",
     "RequestInvalid",
     "Forbidden",

@@ -5,6 +5,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._session import Envelope, Session
+from ._wait import wait_for
+
+DEFAULT_WAIT_S = 600.0
 
 
 def compact(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -54,3 +57,22 @@ class BaseTask:
         """POST work that may run for hours: no read timeout, progress shown while it runs."""
         with self._session.watch(collab_id, project_id):
             return self._session.request("POST", path, json=dict(body), timeout=self._session.long_timeout)
+
+    def _read(
+        self,
+        path: str,
+        *,
+        wait: bool,
+        timeout: float,
+        what: str,
+        kinds: frozenset[str],
+        scope: Mapping[str, str | None],
+        **options: Any,
+    ) -> Envelope:
+        """GET `path`; with `wait`, until its records are there and no job of `kinds` in `scope`
+        is queued or running (see `_wait.wait_for`)."""
+        if not wait:
+            return self._get(path)
+        where = "/".join(v for v in scope.values() if v is not None)
+        return wait_for(self._session, path, what=f"{what} of {where}", kinds=kinds, scope=scope,
+                        timeout=timeout, **options)

@@ -5,7 +5,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _endpoints as routes
-from ._base import BaseTask, tag_lists
+from ._base import DEFAULT_WAIT_S, BaseTask, tag_lists
 from ._session import Envelope
 
 
@@ -38,8 +38,17 @@ class ValidationTask(BaseTask):
         expt_id: str | None = None,
         run_id: str | None = None,
         participant_id: str | None = None,
+        *,
+        wait: bool = False,
+        timeout: float = DEFAULT_WAIT_S,
     ) -> Envelope:
-        return self._get(routes.validations(collab_id, project_id, expt_id, run_id, participant_id))
+        """The validations in scope. With `wait=True`, until they are there and no validation of
+        the scope is still queued or running (a Director answers at once and validates later);
+        raises `JobFailed` with the reason if it failed, `WaitTimeout` after `timeout` seconds."""
+        scope = {"collab_id": collab_id, "project_id": project_id, "expt_id": expt_id, "run_id": run_id,
+                 "participant_id": participant_id}
+        return self._read(routes.validations(collab_id, project_id, expt_id, run_id, participant_id), wait=wait,
+                          timeout=timeout, what="validations", kinds=frozenset({"validation"}), scope=scope)
 
 
 class PredictionTask(BaseTask):
@@ -79,5 +88,12 @@ class PredictionTask(BaseTask):
         project_id: str | None = None,
         expt_id: str | None = None,
         run_id: str | None = None,
+        *,
+        wait: bool = False,
+        timeout: float = DEFAULT_WAIT_S,
     ) -> Envelope:
-        return self._get(routes.predictions(participant_id, collab_id, project_id, expt_id, run_id))
+        """The participant's predictions in scope; `wait` and `timeout` as for validations."""
+        scope = {"collab_id": collab_id, "project_id": project_id, "expt_id": expt_id, "run_id": run_id,
+                 "participant_id": participant_id}
+        return self._read(routes.predictions(participant_id, collab_id, project_id, expt_id, run_id), wait=wait,
+                          timeout=timeout, what="predictions", kinds=frozenset({"prediction"}), scope=scope)

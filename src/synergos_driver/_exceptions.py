@@ -3,6 +3,10 @@
     SynergosError              every Driver error: .status, .code, .title, .detail, .fields
     ├── ConnectionFailed       no answer from the address (refused, unreachable, timed out);
     │                          .address names what was tried, .reason the underlying cause
+    ├── JobFailed              read(..., wait=True): the queued work failed; .job is the job,
+    │                          .reason its public reason
+    ├── WaitTimeout            read(..., wait=True): the work did not finish within the timeout;
+    │                          .waited_for names the scope, .jobs the jobs still open
     └── ResponseError          the server answered with `success: 0` or a non-2xx status;
         │                      .response holds the parsed envelope (or None)
         ├── RequestInvalid     400, 413, 422   request.invalid, <thing>.invalid (.fields)
@@ -24,6 +28,8 @@ from typing import Any
 __all__ = [
     "SynergosError",
     "ConnectionFailed",
+    "JobFailed",
+    "WaitTimeout",
     "ResponseError",
     "RequestInvalid",
     "Forbidden",
@@ -89,6 +95,32 @@ class ConnectionFailed(SynergosError):
         )
         self.address = address
         self.reason = reason
+
+
+class JobFailed(SynergosError):
+    """The work a `read(..., wait=True)` waited for ended failed; `.job` is the job as the server
+    reported it, `.reason` why."""
+
+    def __init__(self, job: Any, waited_for: str) -> None:
+        reason = str(job.get("detail") or "no reason given") if isinstance(job, dict) else "no reason given"
+        kind = job.get("kind", "job") if isinstance(job, dict) else "job"
+        super().__init__(f"{kind} for {waited_for} failed: {reason}", code="job.failed", title="Job failed")
+        self.job = job
+        self.reason = reason
+        self.waited_for = waited_for
+
+
+class WaitTimeout(SynergosError):
+    """A `read(..., wait=True)` gave up after its timeout; `.jobs` are the jobs still open."""
+
+    def __init__(self, waited_for: str, timeout: float, jobs: list[Any]) -> None:
+        from ._wait import describe_open
+
+        super().__init__(f"waited {timeout:g} s for {waited_for}; {describe_open(jobs)}", code="wait.timeout",
+                         title="Timed out waiting")
+        self.waited_for = waited_for
+        self.timeout = timeout
+        self.jobs = jobs
 
 
 class ResponseError(SynergosError):

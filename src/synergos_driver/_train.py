@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import _endpoints as routes
-from ._base import BaseTask, compact
+from ._base import DEFAULT_WAIT_S, BaseTask, compact
 from ._session import Envelope
 
 
@@ -22,8 +22,11 @@ class AlignmentTask(BaseTask):
             routes.alignments(collab_id, project_id), body, collab_id=collab_id, project_id=project_id
         )
 
-    def read(self, collab_id: str, project_id: str) -> Envelope:
-        return self._get(routes.alignments(collab_id, project_id))
+    def read(self, collab_id: str, project_id: str, *, wait: bool = False, timeout: float = DEFAULT_WAIT_S) -> Envelope:
+        """The project's alignments; with `wait=True`, until they are there and its alignment job is
+        done (`JobFailed` if it failed, `WaitTimeout` after `timeout` seconds)."""
+        return self._read(routes.alignments(collab_id, project_id), wait=wait, timeout=timeout, what="alignments",
+                          kinds=frozenset({"alignment"}), scope={"collab_id": collab_id, "project_id": project_id})
 
 
 class ModelTask(BaseTask):
@@ -49,9 +52,20 @@ class ModelTask(BaseTask):
         )
 
     def read(
-        self, collab_id: str, project_id: str, expt_id: str | None = None, run_id: str | None = None
+        self,
+        collab_id: str,
+        project_id: str,
+        expt_id: str | None = None,
+        run_id: str | None = None,
+        *,
+        wait: bool = False,
+        timeout: float = DEFAULT_WAIT_S,
     ) -> Envelope:
-        return self._get(routes.models(collab_id, project_id, expt_id, run_id))
+        """The trained models in scope; with `wait=True`, until they are there and no training of the
+        scope is queued or running (`JobFailed` if it failed, `WaitTimeout` after `timeout` seconds)."""
+        scope = {"collab_id": collab_id, "project_id": project_id, "expt_id": expt_id, "run_id": run_id}
+        return self._read(routes.models(collab_id, project_id, expt_id, run_id), wait=wait, timeout=timeout,
+                          what="models", kinds=frozenset({"training"}), scope=scope)
 
 
 class OptimizationTask(BaseTask):
@@ -98,8 +112,18 @@ class OptimizationTask(BaseTask):
             routes.optimizations(collab_id, project_id, expt_id), body, collab_id=collab_id, project_id=project_id
         )
 
-    def read(self, collab_id: str, project_id: str, expt_id: str) -> Envelope:
-        return self._get(routes.optimizations(collab_id, project_id, expt_id))
+    def read(
+        self, collab_id: str, project_id: str, expt_id: str, *, wait: bool = False, timeout: float = DEFAULT_WAIT_S
+    ) -> Envelope:
+        """The optimization trials of an experiment with their validation statistics; with
+        `wait=True`, until there are trials, every one validated, and none of their trainings or
+        validations is queued or running (`JobFailed`, `WaitTimeout` as for models). Trials Ray has
+        not started yet are not known here: read again to see later batches."""
+        scope = {"collab_id": collab_id, "project_id": project_id, "expt_id": expt_id}
+        return self._read(routes.optimizations(collab_id, project_id, expt_id), wait=wait, timeout=timeout,
+                          what="optimization trials", kinds=frozenset({"training", "validation"}), scope=scope,
+                          ready=lambda trials: bool(trials) and all(t.get("validation") for t in trials),
+                          run_filter=lambda run_id: run_id.startswith("optim_run_"))
 
     def champion(self, collab_id: str, project_id: str, expt_id: str) -> Envelope:
         """The registered model version (in MLflow) of the best trial: `{registered_model, version, run_id}`."""

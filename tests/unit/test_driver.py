@@ -25,13 +25,15 @@ from synergos_driver import (
     ConnectionFailed,
     Driver,
     Forbidden,
+    JobFailed,
     NotFound,
     RequestInvalid,
     ResponseError,
     ServerError,
     SynergosError,
+    WaitTimeout,
 )
-from synergos_driver import _progress, _session
+from synergos_driver import _progress, _session, _wait
 
 HOST, PORT = "0.0.0.0", 15000
 C, P, E, R = "collaboration_1", "project_1", "experiment_1", "run_1"
@@ -711,3 +713,83 @@ def test_import_stays_light() -> None:
             "heavy = [m for m in ('torch', 'ray', 'pika', 'synergos_core', 'synergos_ttp', 'synergos_worker') "
             "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+# ---- waiting for queued work ----
+
+VALIDATIONS = f"/ttp/evaluate/collaborations/{C}/projects/{P}/validations/{E}/{R}"
+
+
+@pytest.fixture
+def fast_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_wait, "FIRST_INTERVAL_S", 0.01)
+    monkeypatch.setattr(_wait, "MAX_INTERVAL_S", 0.02)
+
+
+def validation_job(state: str, detail: str | None = None, at: str = "2026-01-01T00:00:01") -> dict:
+    return {"job_id": "validation-1", "kind": "validation", "keys": {"collab_id": C, "project_id": P,
+                                                                   "expt_id": E, "run_id": R},
+            "state": state, "round": None, "rounds": None, "detail": detail, "metrics": None, "updated_at": at}
+
+
+def test_without_wait_an_empty_scope_reads_as_an_empty_list(server: FakeServer, driver: Driver) -> None:
+    server.routes[("GET", VALIDATIONS)] = lambda request: envelope(request, [])
+    assert driver.validations.read(C, P, E, R)["data"] == []
+
+
+def test_wait_returns_once_the_records_are_there_and_the_job_is_done(server: FakeServer, driver: Driver,
+                                                                      fast_wait: None) -> None:
+    reads: list[int] = []
+
+    def validations(request: httpx.Request) -> httpx.Response:
+        reads.append(1)
+        return envelope(request, [{"key": {"participant_id": "aggregate"}}] if len(reads) >= 4 else [])
+
+    def status(request: httpx.Request) -> httpx.Response:
+        return envelope(request, [validation_job("completed" if len(reads) >= 5 else "running")])
+
+    server.routes[("GET", VALIDATIONS)] = validations
+    server.routes[("GET", STATUS)] = status
+    answer = driver.validations.read(C, P, E, R, wait=True, timeout=10)
+    assert answer["data"] == [{"key": {"participant_id": "aggregate"}}]
+    assert len(reads) == 5  # records at the 4th read, but the job was still running until the 5th
+
+
+def test_wait_raises_the_reason_of_a_failed_job(server: FakeServer, driver: Driver, fast_wait: None) -> None:
+    server.routes[("GET", VALIDATIONS)] = lambda request: envelope(request, [])
+    server.routes[("GET", STATUS)] = lambda request: envelope(request, [
+        validation_job("completed", at="2026-01-01T00:00:01"),
+        validation_job("failed", "participant_2's node at 10.0.0.2:5000 is unreachable", at="2026-01-01T00:00:09")])
+    with pytest.raises(JobFailed) as failed:
+        driver.validations.read(C, P, E, R, wait=True, timeout=10)
+    assert failed.value.reason == "participant_2's node at 10.0.0.2:5000 is unreachable"
+    assert failed.value.job["kind"] == "validation" and "unreachable" in str(failed.value)
+
+
+def test_wait_times_out_naming_the_scope_and_the_open_jobs(server: FakeServer, driver: Driver,
+                                                          fast_wait: None) -> None:
+    server.routes[("GET", VALIDATIONS)] = lambda request: envelope(request, [])
+    server.routes[("GET", STATUS)] = lambda request: envelope(request, [validation_job("queued")])
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as timed_out:
+        driver.validations.read(C, P, E, R, wait=True, timeout=0.2)
+    assert time.monotonic() - started < 2
+    assert f"validations of {C}/{P}/{E}/{R}" in str(timed_out.value)
+    assert "1 job(s) still open" in str(timed_out.value) and "queued" in str(timed_out.value)
+
+
+def test_wait_keeps_polling_an_old_servers_404_for_an_empty_scope_but_not_an_unknown_id(
+        server: FakeServer, driver: Driver, fast_wait: None) -> None:
+    reads: list[int] = []
+
+    def validations(request: httpx.Request) -> httpx.Response:
+        reads.append(1)
+        if len(reads) < 3:
+            return error(404, "validation.not_found", "no validations in this scope yet")(request)
+        return envelope(request, [{"key": {}}])
+
+    server.routes[("GET", VALIDATIONS)] = validations
+    assert driver.validations.read(C, P, E, R, wait=True, timeout=10)["data"] == [{"key": {}}]
+    server.routes[("GET", VALIDATIONS)] = error(404, "run.not_found", "run 'run_1' does not exist")
+    with pytest.raises(NotFound):
+        driver.validations.read(C, P, E, R, wait=True, timeout=10)

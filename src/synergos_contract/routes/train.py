@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synergos_contract.envelope import envelope
 from synergos_core.errors import NotFound
@@ -94,6 +94,17 @@ class OptimizationRequest(BaseModel):
     trial_concurrency: int | None = Field(default=None, ge=1, le=64)
     max_exec_duration: str | None = None
     auto_align: bool = True
+    # the original Driver's spellings
+    max_trial_num: int | None = Field(default=None, ge=1, le=1000, exclude=True)
+    searcher: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _original_spellings(self) -> "OptimizationRequest":
+        if self.max_trial_num is not None and "n_samples" not in self.model_fields_set:
+            self.n_samples = self.max_trial_num
+        if self.searcher is not None and self.tuner is None:
+            self.tuner = self.searcher
+        return self
 
 
 @router.post("/models/{expt_id}/optimizations", name="optimizations")
