@@ -1,10 +1,11 @@
-# Synergos: `make demo` runs the guide's flow on this machine, `make test` runs the full suite.
+# Synergos: `make demo` runs the guide's flow on this machine, `make lint` runs ruff and mypy,
+# `make test` runs lint and then the full suite.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.synergos-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench clean
 
 install: $(STAMP)
 
@@ -25,11 +26,21 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/python -m synergos_local.demo
 
-test: install
+# Every linter runs, so one report shows all of them; the target fails if any of them failed.
+# ruff checks src and tests (`ruff format --diff src tests` shows the formatter's changes);
+# mypy checks src (its `files` in pyproject.toml), strict for synergos_core and synergos_driver.
+lint: install
+	status=0; \
+	$(BIN)/ruff check src tests || status=1; \
+	$(BIN)/ruff format --check --output-format concise src tests || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python bench/grid_round.py
 
 clean:
-	rm -rf demo_workspace .pytest_cache
+	rm -rf demo_workspace .pytest_cache .mypy_cache .ruff_cache

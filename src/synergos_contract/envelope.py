@@ -10,9 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from synergos_core.errors import SynergosError
+from synergos_core.errors import ErrorCode, ServiceError, new_correlation_id, report
 
 API_VERSION = "0.1.0"
+CORRELATION_HEADER = "X-Correlation-ID"
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +36,9 @@ def envelope(request: Request, data: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def error_envelope(request: Request, status: int, error: dict) -> JSONResponse:
+def error_envelope(request: Request, status: int, error: dict, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error response: the envelope with `success: 0` and `error: {code, title, detail,
+    correlation_id}`; the id is also in the `X-Correlation-ID` header."""
     body = {
         "apiVersion": API_VERSION,
         "success": 0,
@@ -45,7 +48,15 @@ def error_envelope(request: Request, status: int, error: dict) -> JSONResponse:
         "data": None,
         "error": error,
     }
-    return JSONResponse(body, status_code=status)
+    cid = error.get("correlation_id")
+    headers = {**(headers or {}), **({CORRELATION_HEADER: cid} if cid else {})}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _catalogued(code: ErrorCode, detail: str, **extra: Any) -> dict:
+    """The error object for a code the translator picks itself (not from a ServiceError)."""
+    return {"code": str(code), "title": code.public_title, "detail": detail,
+            "correlation_id": new_correlation_id(), **extra}
 
 
 def now_iso() -> str:
@@ -61,34 +72,41 @@ def _field_errors(exc: RequestValidationError) -> list[dict]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Translate every failure into the envelope; nothing a client sends can produce a traceback."""
+    """Translate every failure into the envelope; nothing a client sends can produce a traceback.
 
-    @app.exception_handler(SynergosError)
-    async def _synergos(request: Request, exc: SynergosError) -> JSONResponse:
-        if exc.status >= 500:
-            log.warning("%s: %s", exc.code, exc.detail)
-        return error_envelope(request, exc.status, exc.public())
+    Every error carries a correlation id, in the body and the `X-Correlation-ID` header, and the
+    log line about it carries the same id. An unexpected exception is logged with its traceback
+    and answered 500 `internal.error` with the public text only.
+    """
+
+    def where(request: Request) -> str:
+        return f"{request.method} {request.url.path}"
+
+    @app.exception_handler(ServiceError)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_envelope(request, exc.status, report(exc, log, where(request)))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         fields = _field_errors(exc)
         detail = "; ".join(f"{f['path']}: {f['message']}" for f in fields)
-        return error_envelope(
-            request, 422, {"code": "request.invalid", "title": "Invalid request", "detail": detail, "fields": fields}
-        )
+        error = _catalogued(ErrorCode.REQUEST_INVALID, detail, fields=fields)
+        log.debug("%s: %s [%s]", where(request), error["code"], error["correlation_id"])
+        return error_envelope(request, 422, error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "route.not_found", 405: "method.not_allowed", 413: "request.too_large"}.get(
-            exc.status_code, "request.error")
-        return error_envelope(request, exc.status_code, {"code": code, "title": str(exc.detail), "detail": str(exc.detail)})
+        code = _HTTP_CODES.get(exc.status_code, ErrorCode.REQUEST_ERROR)
+        error = _catalogued(code, str(exc.detail))
+        log.debug("%s: %d %s [%s]", where(request), exc.status_code, code, error["correlation_id"])
+        return error_envelope(request, exc.status_code, error, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error while serving %s %s", request.method, request.url.path)
-        return error_envelope(
-            request, 500, {"code": "internal.error", "title": "Internal error",
-                           "detail": "the service failed to process this request; see its logs"})
+        return error_envelope(request, 500, report(exc, log, f"while serving {where(request)}"))
+
+
+_HTTP_CODES = {404: ErrorCode.ROUTE_NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.REQUEST_TOO_LARGE}
 
 
 class BodyLimitMiddleware:
@@ -142,11 +160,13 @@ class BodyLimitMiddleware:
 async def _send_413(send: Any, limit: int) -> None:
     import json
 
+    error = _catalogued(ErrorCode.REQUEST_TOO_LARGE, f"request bodies are limited to {limit} bytes")
+    log.debug("a request body over %d bytes refused [%s]", limit, error["correlation_id"])
     body = json.dumps({
         "apiVersion": API_VERSION, "success": 0, "status": 413, "method": "request", "params": {}, "data": None,
-        "error": {"code": "request.too_large", "title": "Request too large",
-                  "detail": f"request bodies are limited to {limit} bytes"},
+        "error": error,
     }).encode()
     await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (CORRELATION_HEADER.lower().encode(), error["correlation_id"].encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -68,6 +68,11 @@ class JobBoard:
 
 
 def failure_reason(exc: BaseException) -> str:
-    """The public text of a failure: a SynergosError's detail, else the exception's type and message."""
-    detail = getattr(exc, "detail", None)
-    return detail if isinstance(detail, str) else f"{type(exc).__name__}: {exc}"
+    """The public text of a failure, as `GET /ttp/status/jobs` shows it: a ServiceError's detail;
+    for anything else `internal.error`'s public text with a correlation id, the exception itself
+    logged under that id (never shown)."""
+    import logging
+
+    from synergos_core.errors import report
+
+    return str(report(exc, logging.getLogger(__name__), "a job failed")["detail"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import FederationError
+from .errors import ErrorCode, FederationError
 
 
 def fold_slices(target: dict[str, torch.Tensor], per_party: list[tuple[str, float, list[tuple[str, int, torch.Tensor]]]]
@@ -21,7 +21,7 @@ def fold_slices(target: dict[str, torch.Tensor], per_party: list[tuple[str, floa
     for pid, _, slices in per_party[1:]:
         if [(n, o, t.numel()) for n, o, t in slices] != [(n, o, t.numel()) for n, o, t in first]:
             raise FederationError(f"{pid}'s update is laid out differently from {first_pid}'s",
-                                  "federation.bad_update")
+                                  ErrorCode.FEDERATION_BAD_UPDATE)
     with torch.no_grad():
         for index, (name, offset, _) in enumerate(first):
             out = target[name].view(-1)[offset: offset + first[index][2].numel()]
@@ -40,13 +40,14 @@ def fold_slices(target: dict[str, torch.Tensor], per_party: list[tuple[str, floa
             if not torch.isfinite(out.sum()):
                 for pid, _, slices in per_party:
                     if not torch.isfinite(slices[index][2]).all():
-                        raise FederationError(f"{pid} sent non-finite weights for {name}", "federation.bad_update")
+                        raise FederationError(f"{pid} sent non-finite weights for {name}",
+                                              ErrorCode.FEDERATION_BAD_UPDATE)
 
 
 def sample_weights(counts: dict[str, int]) -> dict[str, float]:
     total = sum(counts.values())
     if total <= 0:
-        raise FederationError("no participant reported training samples", "federation.no_samples")
+        raise FederationError("no participant reported training samples", ErrorCode.FEDERATION_NO_SAMPLES)
     return {pid: n / total for pid, n in counts.items()}
 
 

@@ -14,7 +14,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidRequest
+from .errors import ErrorCode, InvalidRequest
 
 HeaderSets = dict[str, dict[str, dict[str, list[str]]]]
 Spacers = dict[str, dict[str, dict[str, list[int]]]]
@@ -36,10 +36,10 @@ def _header_list(value: Any, where: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
-        raise InvalidRequest(f"headers of {where} must be a list of names", code="alignment.invalid")
+        raise InvalidRequest(f"headers of {where} must be a list of names", code=ErrorCode.ALIGNMENT_INVALID)
     if len(set(value)) != len(value):
         # A repeated header would make one party's columns shift against the superset.
-        raise InvalidRequest(f"headers of {where} repeat a name", code="alignment.invalid")
+        raise InvalidRequest(f"headers of {where} repeat a name", code=ErrorCode.ALIGNMENT_INVALID)
     return value
 
 
@@ -52,18 +52,19 @@ def align_headers(headers: HeaderSets) -> Alignment:
     columns in superset order.
     """
     if not isinstance(headers, dict):
-        raise InvalidRequest("headers must map participants to metas", code="alignment.invalid")
+        raise InvalidRequest("headers must map participants to metas", code=ErrorCode.ALIGNMENT_INVALID)
     present: dict[str, dict[str, dict[str, set[str]]]] = {}
     union: dict[str, set[str]] = {axis: set() for axis in AXES}
     for participant, metas in headers.items():
         if not isinstance(metas, dict):
-            raise InvalidRequest(f"headers of {participant!r} must map metas to headers", code="alignment.invalid")
+            raise InvalidRequest(f"headers of {participant!r} must map metas to headers",
+                                 code=ErrorCode.ALIGNMENT_INVALID)
         for meta, axes in metas.items():
             if not axes:
                 continue
             if not isinstance(axes, dict):
                 raise InvalidRequest(f"headers of {participant!r}/{meta!r} must be {{'X': [...], 'y': [...]}}",
-                                     code="alignment.invalid")
+                                     code=ErrorCode.ALIGNMENT_INVALID)
             lists = {axis: _header_list(axes.get(axis), f"{participant!r}/{meta!r}/{axis}") for axis in AXES}
             if not any(lists.values()):
                 continue
@@ -97,19 +98,19 @@ def fix_model_io(model: list[dict], x_width: int, n_classes: int, action: str) -
     (e.g. after Flatten) are never touched. The input list is not mutated.
     """
     if action not in ("classify", "regress"):
-        raise InvalidRequest("action must be 'classify' or 'regress'", code="request.invalid")
+        raise InvalidRequest("action must be 'classify' or 'regress'", code=ErrorCode.REQUEST_INVALID)
     if not isinstance(x_width, int) or x_width < 1:
-        raise InvalidRequest("the aligned data has no feature column", code="alignment.invalid")
+        raise InvalidRequest("the aligned data has no feature column", code=ErrorCode.ALIGNMENT_INVALID)
     if action == "classify" and (not isinstance(n_classes, int) or n_classes < 1):
-        raise InvalidRequest("the aligned data has no class", code="alignment.invalid")
+        raise InvalidRequest("the aligned data has no class", code=ErrorCode.ALIGNMENT_INVALID)
     fixed = copy.deepcopy(model)
     if not fixed:
         return fixed
     for layer in fixed:
         if not isinstance(layer, dict):
-            raise InvalidRequest("every layer must be an object", code="request.invalid")
+            raise InvalidRequest("every layer must be an object", code=ErrorCode.REQUEST_INVALID)
         if not isinstance(layer.get("structure") or {}, dict):
-            raise InvalidRequest("a layer's structure must be an object", code="request.invalid")
+            raise InvalidRequest("a layer's structure must be an object", code=ErrorCode.REQUEST_INVALID)
         layer["structure"] = dict(layer.get("structure") or {})
 
     first = next((layer for layer in fixed if layer.get("is_input")), fixed[0])

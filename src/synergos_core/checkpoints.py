@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import InvalidRequest
+from .errors import ErrorCode, InvalidRequest
 from .wire import Layout, _DTYPE_NAMES, _prod
 
 
@@ -60,5 +60,5 @@ def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise InvalidRequest(f"model file {path.name} is missing; train the run first", "model.not_trained")
+        raise InvalidRequest(f"model file {path.name} is missing; train the run first", ErrorCode.MODEL_NOT_TRAINED)
     return load_file(str(path))

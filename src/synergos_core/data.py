@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InvalidRequest, NotFound
+from .errors import ErrorCode, InvalidRequest, NotFound
 from .preprocessing import (Preprocessing, Statistics, category_fill, frame_statistics, impute_numeric,
                             scale_numeric, target_transform)
 from .schemas import check_tag
@@ -69,7 +69,7 @@ def _checked_tokens(tag: list[str]) -> list[str]:
     try:
         check_tag(tag)
     except ValueError as exc:
-        raise InvalidRequest(str(exc), code="tag.invalid") from exc
+        raise InvalidRequest(str(exc), code=ErrorCode.TAG_INVALID) from exc
     # check_tag already rejects separators; repeat the path-safety rules here so that this
     # module stays safe even if the token pattern is ever loosened (e.g. "a..b" passes it).
     for token in tag:
@@ -78,7 +78,7 @@ def _checked_tokens(tag: list[str]) -> list[str]:
             or PurePosixPath(token).is_absolute() or PureWindowsPath(token).is_absolute()
             or PureWindowsPath(token).drive
         ):
-            raise InvalidRequest(f"tag token {token!r} is not a plain name", code="tag.invalid")
+            raise InvalidRequest(f"tag token {token!r} is not a plain name", code=ErrorCode.TAG_INVALID)
     return list(tag)
 
 
@@ -142,31 +142,33 @@ def find_dataset(data_root: Path, tag: list[str]) -> Path:
     tokens = set(_checked_tokens(tag))
     root = Path(data_root).resolve()
     if not root.is_dir():
-        raise NotFound(f"no dataset matches tag {tag!r}: the data directory does not exist", code="tag.not_found")
+        raise NotFound(f"no dataset matches tag {tag!r}: the data directory does not exist",
+                       code=ErrorCode.TAG_NOT_FOUND)
     for parts, directory, escapes in sorted(_walk_datasets(root), key=lambda item: item[0]):
         if not tokens <= set(parts):
             continue
         real = directory.resolve()
         if escapes or not _inside(real, root) or not _inside((real / "metadata.json").resolve(), root):
-            raise InvalidRequest(f"tag {tag!r} selects a dataset outside the data directory", code="tag.invalid")
+            raise InvalidRequest(f"tag {tag!r} selects a dataset outside the data directory",
+                                 code=ErrorCode.TAG_INVALID)
         return real
-    raise NotFound(f"no dataset matches tag {tag!r}", code="tag.not_found")
+    raise NotFound(f"no dataset matches tag {tag!r}", code=ErrorCode.TAG_NOT_FOUND)
 
 
 def _read_json(path: Path, root: Path, what: str) -> Any:
     real = path.resolve()
     if not _inside(real, root):
         raise InvalidRequest(f"{what} of dataset {path.parent.name!r} points outside the data directory",
-                             code="dataset.invalid")
+                             code=ErrorCode.DATASET_INVALID)
     if not real.is_file():
-        raise InvalidRequest(f"dataset {path.parent.name!r} has no {what}", code="dataset.invalid")
+        raise InvalidRequest(f"dataset {path.parent.name!r} has no {what}", code=ErrorCode.DATASET_INVALID)
     if real.stat().st_size > _MAX_DESCRIPTOR_BYTES:
-        raise InvalidRequest(f"{what} of dataset {path.parent.name!r} is too large", code="dataset.invalid")
+        raise InvalidRequest(f"{what} of dataset {path.parent.name!r} is too large", code=ErrorCode.DATASET_INVALID)
     try:
         return json.loads(real.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"{what} of dataset {path.parent.name!r} is not valid JSON",
-                             code="dataset.invalid") from exc
+                             code=ErrorCode.DATASET_INVALID) from exc
 
 
 def read_metadata(data_root: Path, directory: Path) -> dict[str, Any]:
@@ -174,13 +176,13 @@ def read_metadata(data_root: Path, directory: Path) -> dict[str, Any]:
     meta = _read_json(Path(directory) / "metadata.json", Path(data_root).resolve(), "metadata.json")
     if not isinstance(meta, dict) or not isinstance(meta.get("datatype"), str):
         raise InvalidRequest(f"metadata.json of dataset {Path(directory).name!r} needs a string 'datatype'",
-                             code="dataset.invalid")
+                             code=ErrorCode.DATASET_INVALID)
     operations = meta.get("operations")
     if operations is None:
         operations = {}
     if not isinstance(operations, dict):
         raise InvalidRequest(f"metadata.json of dataset {Path(directory).name!r}: 'operations' must be an object",
-                             code="dataset.invalid")
+                             code=ErrorCode.DATASET_INVALID)
     return {"datatype": meta["datatype"], "operations": operations}
 
 
@@ -201,29 +203,29 @@ def read_tabular(data_root: Path, directory: Path) -> tuple[pd.DataFrame, dict[s
     directory = Path(directory)
     name = directory.name
     if not _inside(directory.resolve(), root):
-        raise InvalidRequest(f"dataset {name!r} is outside the data directory", code="dataset.invalid")
+        raise InvalidRequest(f"dataset {name!r} is outside the data directory", code=ErrorCode.DATASET_INVALID)
     raw_schema = _read_json(directory / "schema.json", root, "schema.json")
     if not isinstance(raw_schema, dict) or not all(
         isinstance(k, str) and v in NUMERIC_TYPES + CATEGORICAL_TYPES for k, v in raw_schema.items()
     ):
         raise InvalidRequest(f"schema.json of dataset {name!r} must map columns to one of "
-                             f"{', '.join(NUMERIC_TYPES + CATEGORICAL_TYPES)}", code="dataset.invalid")
+                             f"{', '.join(NUMERIC_TYPES + CATEGORICAL_TYPES)}", code=ErrorCode.DATASET_INVALID)
     schema: dict[str, str] = dict(raw_schema)
     csvs = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".csv")
     if not csvs:
-        raise InvalidRequest(f"dataset {name!r} holds no CSV file", code="dataset.invalid")
+        raise InvalidRequest(f"dataset {name!r} holds no CSV file", code=ErrorCode.DATASET_INVALID)
     frames = []
     for csv in csvs:
         real = csv.resolve()
         if not _inside(real, root) or not real.is_file():
             raise InvalidRequest(f"{csv.name} of dataset {name!r} is not a file inside the data directory",
-                                 code="dataset.invalid")
+                                 code=ErrorCode.DATASET_INVALID)
         try:
             # Read as text first: typing happens below so that errors name the column, never a cell.
             frame = pd.read_csv(real, dtype=str)
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             raise InvalidRequest(f"{csv.name} of dataset {name!r} is not a readable CSV",
-                                 code="dataset.invalid") from exc
+                                 code=ErrorCode.DATASET_INVALID) from exc
         frames.append(_typed(frame, schema, f"{csv.name} of dataset {name!r}"))
     combined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     used = {col: schema[col] for col in combined.columns}
@@ -232,10 +234,10 @@ def read_tabular(data_root: Path, directory: Path) -> tuple[pd.DataFrame, dict[s
 
 def _typed(frame: pd.DataFrame, schema: dict[str, str], where: str) -> pd.DataFrame:
     if TARGET not in frame.columns:
-        raise InvalidRequest(f"{where} has no '{TARGET}' column", code="dataset.invalid")
+        raise InvalidRequest(f"{where} has no '{TARGET}' column", code=ErrorCode.DATASET_INVALID)
     untyped = [col for col in frame.columns if col not in schema]
     if untyped:
-        raise InvalidRequest(f"{where}: columns {untyped} have no type in schema.json", code="dataset.invalid")
+        raise InvalidRequest(f"{where}: columns {untyped} have no type in schema.json", code=ErrorCode.DATASET_INVALID)
     typed: dict[str, pd.Series] = {}
     for col in frame.columns:
         if schema[col] in NUMERIC_TYPES:
@@ -244,7 +246,7 @@ def _typed(frame: pd.DataFrame, schema: dict[str, str], where: str) -> pd.DataFr
             except (ValueError, TypeError):
                 # pandas' message quotes the offending cell; a row value must not leave the Worker.
                 raise InvalidRequest(f"{where}: column {col!r} is typed {schema[col]} but holds "
-                                     f"non-numeric values", code="dataset.invalid") from None
+                                     f"non-numeric values", code=ErrorCode.DATASET_INVALID) from None
         else:
             typed[col] = frame[col].astype(object).where(frame[col].notna(), np.nan)
     return pd.DataFrame(typed, index=frame.index)
@@ -293,20 +295,20 @@ def _tabular_frame(frames: Sequence[pd.DataFrame], action: Action,
     """The frames concatenated, typed by `schema` (inferred from dtypes when None), rows without a
     target dropped: inventing a label would invent ground truth."""
     if action not in ACTIONS:
-        raise InvalidRequest(f"action must be one of {ACTIONS}", code="request.invalid")
+        raise InvalidRequest(f"action must be one of {ACTIONS}", code=ErrorCode.REQUEST_INVALID)
     if not frames:
-        raise InvalidRequest("no data to prepare", code="dataset.invalid")
+        raise InvalidRequest("no data to prepare", code=ErrorCode.DATASET_INVALID)
     frame = pd.concat(list(frames), ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     if TARGET not in frame.columns:
-        raise InvalidRequest(f"the data has no '{TARGET}' column", code="dataset.invalid")
+        raise InvalidRequest(f"the data has no '{TARGET}' column", code=ErrorCode.DATASET_INVALID)
     if schema is None:
         schema = {col: _inferred_type(frame[col]) for col in frame.columns}
     schema = {col: schema.get(col, "object") for col in frame.columns}
     if action == "regress" and schema[TARGET] not in NUMERIC_TYPES:
-        raise InvalidRequest("regression needs a numeric target", code="dataset.invalid")
+        raise InvalidRequest("regression needs a numeric target", code=ErrorCode.DATASET_INVALID)
     frame = frame[frame[TARGET].notna()].reset_index(drop=True)
     if frame.empty:
-        raise InvalidRequest("the data has no row with a target value", code="dataset.invalid")
+        raise InvalidRequest("the data has no row with a target value", code=ErrorCode.DATASET_INVALID)
     return frame, schema
 
 
@@ -361,7 +363,7 @@ def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action, schema: dict
             known = stats.numeric.get(col) or fallback().numeric.get(col)
             if col in columns:
                 raise InvalidRequest(f"feature name {col!r} is produced twice; rename a column",
-                                     code="dataset.invalid")
+                                     code=ErrorCode.DATASET_INVALID)
             columns[col] = scale_numeric(impute_numeric(values, known), known, preprocessing.scaling)
         else:
             labels = series.map(_class_label, na_action="ignore")
@@ -375,7 +377,7 @@ def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action, schema: dict
                 name = f"{col}_{value}"
                 if name in columns:
                     raise InvalidRequest(f"feature name {name!r} is produced twice; rename a column",
-                                         code="dataset.invalid")
+                                         code=ErrorCode.DATASET_INVALID)
                 columns[name] = (filled == value).to_numpy(dtype="float64")
     x_headers = sorted(columns)
     n_rows = len(frame)
@@ -415,7 +417,7 @@ def _read_tabular_meta(data_root: Path, directories: list[Path]) -> tuple[list[p
             known = schema.get(col)
             if known is not None and (known in NUMERIC_TYPES) != (dtype in NUMERIC_TYPES):
                 raise InvalidRequest(f"column {col!r} is numeric in one dataset and categorical in another",
-                                     code="dataset.invalid")
+                                     code=ErrorCode.DATASET_INVALID)
             schema.setdefault(col, dtype)
         frames.append(frame)
     return frames, schema
@@ -459,10 +461,10 @@ def _meta_datasets(data_root: Path, tags: list[list[str]]) -> tuple[str, list[Pa
     datatypes = {read_datatype(data_root, d) for d in directories}
     if len(datatypes) > 1:
         raise InvalidRequest(f"the tags select datasets of different datatypes {sorted(datatypes)}",
-                             code="dataset.mixed")
+                             code=ErrorCode.DATASET_MIXED)
     datatype = datatypes.pop()
     if datatype not in _LOADERS:
-        raise InvalidRequest(f"datatype {datatype!r} is not supported yet", code="dataset.unsupported")
+        raise InvalidRequest(f"datatype {datatype!r} is not supported yet", code=ErrorCode.DATASET_UNSUPPORTED)
     return datatype, directories
 
 
@@ -475,7 +477,7 @@ def load_meta(data_root: Path, tags: list[list[str]], action: Action,
     is imputed and scaled with `preprocessing` (see `prepare_tabular`).
     """
     if action not in ACTIONS:
-        raise InvalidRequest(f"action must be one of {ACTIONS}", code="request.invalid")
+        raise InvalidRequest(f"action must be one of {ACTIONS}", code=ErrorCode.REQUEST_INVALID)
     if not tags:
         return None
     datatype, directories = _meta_datasets(data_root, tags)
@@ -486,7 +488,7 @@ def train_statistics(data_root: Path, tags: list[list[str]], action: Action) -> 
     """The aggregates of the tagged (train) data a party reports during alignment; None when there
     are no tags or the data is not tabular (images and texts are encoded without statistics)."""
     if action not in ACTIONS:
-        raise InvalidRequest(f"action must be one of {ACTIONS}", code="request.invalid")
+        raise InvalidRequest(f"action must be one of {ACTIONS}", code=ErrorCode.REQUEST_INVALID)
     if not tags:
         return None
     datatype, directories = _meta_datasets(data_root, tags)
@@ -500,12 +502,12 @@ def align_columns(matrix: np.ndarray, headers: list[str], superset: list[str]) -
     """The columns of `matrix` (named `headers`) placed at their positions in `superset`, zeros
     where this party lacks a feature. A header outside the superset is feature drift (422)."""
     if matrix.ndim != 2:
-        raise InvalidRequest("columns align on a 2-D matrix", code="alignment.invalid")
+        raise InvalidRequest("columns align on a 2-D matrix", code=ErrorCode.ALIGNMENT_INVALID)
     index = {name: i for i, name in enumerate(superset)}
     unknown = [h for h in headers if h not in index]
     if unknown:
         raise InvalidRequest(f"feature drift: the data has {len(unknown)} feature(s) the project was not aligned "
-                             f"on, e.g. {unknown[:5]}", code="prediction.feature_drift")
+                             f"on, e.g. {unknown[:5]}", code=ErrorCode.PREDICTION_FEATURE_DRIFT)
     out = np.zeros((matrix.shape[0], len(superset)), dtype=matrix.dtype)
     out[:, [index[h] for h in headers]] = matrix
     return out
@@ -527,13 +529,13 @@ def apply_spacers(matrix: np.ndarray, spacers: list[int]) -> np.ndarray:
     if matrix.ndim > 2:
         if not list(spacers):
             return matrix
-        raise InvalidRequest("image parties disagree on size/colour", code="alignment.image_mismatch")
+        raise InvalidRequest("image parties disagree on size/colour", code=ErrorCode.ALIGNMENT_IMAGE_MISMATCH)
     if matrix.ndim != 2:
-        raise InvalidRequest("spacers apply to a 2-D matrix", code="alignment.invalid")
+        raise InvalidRequest("spacers apply to a 2-D matrix", code=ErrorCode.ALIGNMENT_INVALID)
     result = matrix
     for index in sorted(int(i) for i in spacers):
         if not 0 <= index <= result.shape[1]:
-            raise InvalidRequest(f"spacer index {index} is outside the aligned width", code="alignment.invalid")
+            raise InvalidRequest(f"spacer index {index} is outside the aligned width", code=ErrorCode.ALIGNMENT_INVALID)
         result = np.insert(result, index, 0, axis=1)
     return result if result is not matrix else matrix.copy()
 
@@ -542,5 +544,5 @@ def class_indices(y_onehot_aligned: np.ndarray) -> np.ndarray:
     """Class index per row (argmax over aligned one-hot columns), int64, shape (N,)."""
     if y_onehot_aligned.ndim != 2 or y_onehot_aligned.shape[1] == 0:
         raise InvalidRequest("class indices need a one-hot matrix with at least one column",
-                             code="alignment.invalid")
+                             code=ErrorCode.ALIGNMENT_INVALID)
     return np.argmax(y_onehot_aligned, axis=1).astype(np.int64)

@@ -34,7 +34,7 @@ from .data import (
     encode_targets,
     read_metadata,
 )
-from .errors import InvalidRequest
+from .errors import ErrorCode, InvalidRequest
 
 IMAGE_MAPPING = "mapping.csv"
 IMAGE_COLUMN = "image"
@@ -56,7 +56,7 @@ def _operations(data_root: Path, directories: list[Path], datatype: str) -> dict
     found = [read_metadata(data_root, d)["operations"] for d in directories]
     if any(ops != found[0] for ops in found[1:]):
         raise InvalidRequest(f"the {datatype} datasets selected for one meta declare different operations",
-                             code="dataset.invalid")
+                             code=ErrorCode.DATASET_INVALID)
     return found[0]
 
 
@@ -65,19 +65,19 @@ def _checked_directory(data_root: Path, directory: Path) -> tuple[Path, Path]:
     real = Path(directory).resolve()
     if not _inside(real, root):
         raise InvalidRequest(f"dataset {Path(directory).name!r} is outside the data directory",
-                             code="dataset.invalid")
+                             code=ErrorCode.DATASET_INVALID)
     return root, real
 
 
 def _read_csv(path: Path, root: Path, where: str) -> pd.DataFrame:
     real = path.resolve()
     if not _inside(real, root) or not real.is_file():
-        raise InvalidRequest(f"{where} is not a file inside the data directory", code="dataset.invalid")
+        raise InvalidRequest(f"{where} is not a file inside the data directory", code=ErrorCode.DATASET_INVALID)
     try:
         # keep_default_na=False: an empty text is an empty text, not a float NaN.
         return pd.read_csv(real, dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise InvalidRequest(f"{where} is not a readable CSV", code="dataset.invalid") from exc
+        raise InvalidRequest(f"{where} is not a readable CSV", code=ErrorCode.DATASET_INVALID) from exc
 
 
 def _typed_target(raw: pd.Series, action: Action, where: str) -> pd.Series:
@@ -89,7 +89,7 @@ def _typed_target(raw: pd.Series, action: Action, where: str) -> pd.Series:
     if bool((numeric.notna() == values.notna()).all()):
         return numeric.astype("float64")
     if action == "regress":
-        raise InvalidRequest(f"{where}: regression needs a numeric target", code="dataset.invalid")
+        raise InvalidRequest(f"{where}: regression needs a numeric target", code=ErrorCode.DATASET_INVALID)
     return values.astype(object)
 
 
@@ -122,7 +122,7 @@ def image_options(operations: dict[str, Any]) -> tuple[str, tuple[int, int]]:
     if isinstance(color, str) and color.upper() in COLORS:
         color = color.upper()
     else:
-        raise InvalidRequest(f"operations.color must be one of {sorted(COLORS)}", code="dataset.invalid")
+        raise InvalidRequest(f"operations.color must be one of {sorted(COLORS)}", code=ErrorCode.DATASET_INVALID)
     size = operations.get("size")
     if size is None:
         return color, DEFAULT_IMAGE_SIZE
@@ -131,14 +131,14 @@ def image_options(operations: dict[str, Any]) -> tuple[str, tuple[int, int]]:
         or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_IMAGE_SIDE for n in size)
     ):
         raise InvalidRequest(f"operations.size must be [height, width], integers from 1 to {MAX_IMAGE_SIDE}",
-                             code="dataset.invalid")
+                             code=ErrorCode.DATASET_INVALID)
     return color, (int(size[0]), int(size[1]))
 
 
 def _image_path(directory: Path, name: Any, row: int) -> Path:
     """The image file named on `row` of mapping.csv: a plain file name inside `directory`."""
     refused = InvalidRequest(f"row {row} of {IMAGE_MAPPING} does not name a plain image file inside the dataset",
-                             code="dataset.invalid")
+                             code=ErrorCode.DATASET_INVALID)
     if not isinstance(name, str):
         raise refused
     name = name.strip()
@@ -166,7 +166,7 @@ def _read_image(path: Path, color: str, size: tuple[int, int], row: int) -> np.n
             width, height = image.size
             if width * height > MAX_SOURCE_PIXELS:
                 raise InvalidRequest(f"the image on row {row} of {IMAGE_MAPPING} is too large",
-                                     code="dataset.invalid")
+                                     code=ErrorCode.DATASET_INVALID)
             converted = image.convert(color)
             if converted.size != (size[1], size[0]):
                 converted = converted.resize((size[1], size[0]), resample=Image.Resampling.BILINEAR)
@@ -175,7 +175,7 @@ def _read_image(path: Path, color: str, size: tuple[int, int], row: int) -> np.n
         raise
     except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise InvalidRequest(f"the image on row {row} of {IMAGE_MAPPING} is not a readable image",
-                             code="dataset.invalid") from exc
+                             code=ErrorCode.DATASET_INVALID) from exc
     if pixels.ndim == 2:
         pixels = pixels[None, :, :]
     else:
@@ -193,7 +193,7 @@ def read_images(data_root: Path, directory: Path, color: str, size: tuple[int, i
     missing = [col for col in (IMAGE_COLUMN, TARGET) if col not in mapping.columns]
     if missing:
         raise InvalidRequest(f"{IMAGE_MAPPING} of dataset {name!r} has no {missing} column(s)",
-                             code="dataset.invalid")
+                             code=ErrorCode.DATASET_INVALID)
     target = _typed_target(mapping[TARGET], action, f"{IMAGE_MAPPING} of dataset {name!r}")
     keep = target.notna().to_numpy()
     rows = np.flatnonzero(keep)
@@ -212,7 +212,7 @@ def load_image_meta(data_root: Path, directories: list[Path], action: Action) ->
     X = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     target = pd.concat([p[1] for p in parts], ignore_index=True) if len(parts) > 1 else parts[0][1]
     if len(target) == 0:
-        raise InvalidRequest("the data has no row with a target value", code="dataset.invalid")
+        raise InvalidRequest("the data has no row with a target value", code=ErrorCode.DATASET_INVALID)
     y, y_headers = encode_targets(target, action)
     channels = COLORS[color]
     metadata = {
@@ -234,13 +234,13 @@ def text_options(operations: dict[str, Any]) -> dict[str, Any]:
         or not 1 <= max_features <= MAX_FEATURES_LIMIT
     ):
         raise InvalidRequest(f"operations.max_features must be an integer from 1 to {MAX_FEATURES_LIMIT}",
-                             code="dataset.invalid")
+                             code=ErrorCode.DATASET_INVALID)
     lowercase = operations.get("lowercase", True)
     if not isinstance(lowercase, bool):
-        raise InvalidRequest("operations.lowercase must be true or false", code="dataset.invalid")
+        raise InvalidRequest("operations.lowercase must be true or false", code=ErrorCode.DATASET_INVALID)
     stop_words = operations.get("stop_words")
     if stop_words not in (None, "english"):
-        raise InvalidRequest("operations.stop_words must be \"english\" or null", code="dataset.invalid")
+        raise InvalidRequest("operations.stop_words must be \"english\" or null", code=ErrorCode.DATASET_INVALID)
     ngram = operations.get("ngram_range", [1, 1])
     if (
         not isinstance(ngram, (list, tuple)) or len(ngram) != 2
@@ -248,7 +248,7 @@ def text_options(operations: dict[str, Any]) -> dict[str, Any]:
         or not 1 <= ngram[0] <= ngram[1] <= MAX_NGRAM
     ):
         raise InvalidRequest(f"operations.ngram_range must be [min, max] with 1 <= min <= max <= {MAX_NGRAM}",
-                             code="dataset.invalid")
+                             code=ErrorCode.DATASET_INVALID)
     return {"max_features": max_features, "lowercase": lowercase, "stop_words": stop_words,
             "ngram_range": (int(ngram[0]), int(ngram[1]))}
 
@@ -259,14 +259,14 @@ def read_texts(data_root: Path, directory: Path, action: Action) -> tuple[list[s
     name = Path(directory).name
     csvs = sorted(p for p in real.iterdir() if p.suffix.lower() == ".csv")
     if not csvs:
-        raise InvalidRequest(f"dataset {name!r} holds no CSV file", code="dataset.invalid")
+        raise InvalidRequest(f"dataset {name!r} holds no CSV file", code=ErrorCode.DATASET_INVALID)
     texts: list[str] = []
     targets: list[pd.Series] = []
     for csv in csvs:
         where = f"{csv.name} of dataset {name!r}"
         frame = _read_csv(csv, root, where)
         if TARGET not in frame.columns:
-            raise InvalidRequest(f"{where} has no '{TARGET}' column", code="dataset.invalid")
+            raise InvalidRequest(f"{where} has no '{TARGET}' column", code=ErrorCode.DATASET_INVALID)
         others = [c for c in frame.columns if c != TARGET]
         if TEXT_COLUMN in frame.columns:
             column = TEXT_COLUMN
@@ -274,7 +274,7 @@ def read_texts(data_root: Path, directory: Path, action: Action) -> tuple[list[s
             column = others[0]
         else:
             raise InvalidRequest(f"{where} needs a '{TEXT_COLUMN}' column or exactly one column besides "
-                                 f"'{TARGET}'", code="dataset.invalid")
+                                 f"'{TARGET}'", code=ErrorCode.DATASET_INVALID)
         target = _typed_target(frame[TARGET], action, where)
         keep = target.notna().to_numpy()
         texts.extend(str(t) for t in frame[column].to_numpy()[keep])
@@ -296,12 +296,13 @@ def load_text_meta(data_root: Path, directories: list[Path], action: Action) -> 
         targets.append(part_target)
     target = pd.concat(targets, ignore_index=True)
     if not texts:
-        raise InvalidRequest("the data has no row with a target value", code="dataset.invalid")
+        raise InvalidRequest("the data has no row with a target value", code=ErrorCode.DATASET_INVALID)
     vectorizer = CountVectorizer(dtype=np.float32, **options)
     try:
         counts = vectorizer.fit_transform(texts)
     except ValueError as exc:  # "empty vocabulary": no text holds a word
-        raise InvalidRequest("the texts hold no word to build a vocabulary from", code="dataset.invalid") from exc
+        raise InvalidRequest("the texts hold no word to build a vocabulary from",
+                             code=ErrorCode.DATASET_INVALID) from exc
     words = [str(w) for w in vectorizer.get_feature_names_out()]
     order = sorted(range(len(words)), key=lambda i: words[i])
     x_headers = [words[i] for i in order]

@@ -1,23 +1,13 @@
-"""The TTP ⇄ Worker federation protocol, shared by both ends.
+"""The TTP ⇄ Worker federation channel, shared by both ends: paths, tokens, replay guard, and
+the streaming of control messages and tensor shards.
 
 One WebSocket per (participant node, run) at `ws://<host>:<port>/federation/<c>/<p>/<e>/<r>`,
-authenticated by the run token the TTP handed over in `initialise` (`Authorization: Bearer`).
-The TTP is the client and speaks first; every request gets exactly one reply.
-
-Requests (TTP -> Worker), each a control header, then `shards` tensor frames (global weights):
-    {"op": "train", "round": r, "epochs": E, "evaluate": bool}   -> "update"
-        load the global weights; if `evaluate`, first report their loss on the `evaluate` data;
-        then train locally for E epochs and send back the local weights.
-    {"op": "evaluate", "round": r, "meta": m}                    -> "loss"
-    {"op": "infer", "round": r, "meta": m}                       -> "metrics"
-        predict on meta m, keep the predictions in the Worker's outputs, and return only the
-        statistics computed against the Worker's own labels.
-    {"op": "close"}                                              -> "closed"
-Replies (Worker -> TTP): "update" (+ shards: local weights), "loss", "metrics", "closed", or
-    {"op": "error", "code": ..., "detail": ...}.
-
-Every header carries `run` ("c/p/e/r"), `round`, a fresh `nonce` and, on replies, `reply_to`;
-each side accepts a nonce once and never a round older than the last one it saw.
+authenticated by the run token the TTP handed over in `initialise` (`Authorization: Bearer`) and
+versioned (`Synergos-Protocol`). The TTP is the client and speaks first; every request gets
+exactly one reply. The messages themselves, their fields and op names are `protocol`'s; this
+module sends a message's header (`as_header`) followed by the tensor frames it announces, and
+fills in `shards` (and `layout`, for tensors the receiver cannot know in advance) as it plans
+them. Each side accepts a nonce once and never a round older than the last one it saw.
 """
 from __future__ import annotations
 
@@ -27,10 +17,16 @@ from collections import deque
 from typing import Any, AsyncIterator
 
 import torch
+from pydantic import BaseModel
 
 from .errors import FederationError
+from .protocol import GktExtractor, GktFeatures, GktTrain, ReplyMessage, RequestMessage, as_header, new_nonce
 from .wire import (Layout, decode_control, decode_shard, describe_layout, encode_control, encode_shard, parse_layout,
                    write_slices)
+
+__all__ = ["WS_PATH_PREFIX", "run_path", "run_name", "new_nonce", "new_token", "ReplayGuard", "recv_frame",
+           "recv_header", "iter_shards", "recv_into", "send_header", "send_message", "send_state",
+           "broadcast_state", "send_tensors", "recv_tensors"]
 
 WS_PATH_PREFIX = "/federation/"
 
@@ -41,10 +37,6 @@ def run_path(c: str, p: str, e: str, r: str) -> str:
 
 def run_name(c: str, p: str, e: str, r: str) -> str:
     return f"{c}/{p}/{e}/{r}"
-
-
-def new_nonce() -> str:
-    return secrets.token_hex(16)
 
 
 def new_token() -> str:
@@ -61,15 +53,15 @@ class ReplayGuard:
         self._order: deque[str] = deque()
         self._memory = memory
 
-    def check(self, header: dict) -> None:
-        nonce = header.get("nonce")
-        if header.get("run") != self.run:
-            raise FederationError(f"message for run {header.get('run')!r} on the channel of {self.run!r}",
+    def check(self, message: RequestMessage | ReplyMessage) -> None:
+        """`message`: a parsed protocol message (its run, round and nonce are already well-typed)."""
+        nonce, rnd = message.nonce, message.round
+        if message.run != self.run:
+            raise FederationError(f"message for run {message.run!r} on the channel of {self.run!r}",
                                   "federation.wrong_run")
-        if not isinstance(nonce, str) or len(nonce) < 16 or nonce in self._seen:
-            raise FederationError("replayed or missing nonce", "federation.replay")
-        rnd = header.get("round", 0)
-        if not isinstance(rnd, int) or rnd < self.round:
+        if nonce in self._seen:
+            raise FederationError("replayed nonce", "federation.replay")
+        if rnd < self.round:
             raise FederationError(f"stale round {rnd!r} (current {self.round})", "federation.replay")
         self.round = rnd
         self._seen.add(nonce)
@@ -88,7 +80,8 @@ async def recv_frame(ws: Any, timeout: float | None) -> bytes:
     return frame
 
 
-async def recv_header(ws: Any, timeout: float | None) -> dict:
+async def recv_header(ws: Any, timeout: float | None) -> dict[str, Any]:
+    """The next control frame as a raw header: parse it with `protocol.parse_request`/`parse_reply`."""
     return decode_control(await recv_frame(ws, timeout))
 
 
@@ -110,39 +103,58 @@ async def recv_into(ws: Any, count: int, layout: Layout, target: dict[str, torch
         raise FederationError(f"received {covered} of {expected} values", "federation.bad_update")
 
 
-async def send_header(ws: Any, header: dict) -> None:
+async def send_header(ws: Any, header: dict[str, Any]) -> None:
     await ws.send(encode_control(header))
 
 
-async def send_state(ws: Any, header: dict, state: dict[str, torch.Tensor] | None, shard_bytes: int) -> None:
-    """Send a header and, if given, the state dict as shards (header['shards'] is filled in)."""
-    plan = Layout.of(state).plan(shard_bytes) if state is not None else []
-    await send_header(ws, {**header, "shards": len(plan)})
+async def send_message(ws: Any, message: BaseModel) -> None:
+    """Send a message that no tensor frame follows."""
+    await send_header(ws, as_header(message))
+
+
+def _sharded_header(message: BaseModel, shards: int, **codec: Any) -> dict[str, Any]:
+    fields = type(message).model_fields
+    if "shards" not in fields or not set(codec) <= set(fields):
+        raise TypeError(f"a {type(message).__name__} message announces no tensor frames")
+    return {**as_header(message), "shards": shards, **codec}
+
+
+async def send_state(ws: Any, message: BaseModel, state: dict[str, torch.Tensor] | None, shard_bytes: int) -> None:
+    """Send a message and, if given, the state dict as the shards it announces (`shards` is filled in)."""
+    if state is None:
+        await send_header(ws, _sharded_header(message, 0))
+        return
+    plan = Layout.of(state).plan(shard_bytes)
+    await send_header(ws, _sharded_header(message, len(plan)))
     for pieces in plan:
         await ws.send(encode_shard(state, pieces))
 
 
-async def broadcast_state(channels: list[tuple[Any, dict]], state: dict[str, torch.Tensor],
+async def broadcast_state(channels: list[tuple[Any, BaseModel]], state: dict[str, torch.Tensor],
                           shard_bytes: int) -> None:
-    """Send one state to many peers, each with its own header, encoding every shard only once."""
+    """Send one state to many peers, each with its own message, encoding every shard only once."""
     plan = Layout.of(state).plan(shard_bytes)
-    await asyncio.gather(*(send_header(ws, {**h, "shards": len(plan)}) for ws, h in channels))
+    await asyncio.gather(*(send_header(ws, _sharded_header(m, len(plan))) for ws, m in channels))
     for pieces in plan:
         frame = encode_shard(state, pieces)
         await asyncio.gather(*(ws.send(frame) for ws, _ in channels))
 
 
-async def send_tensors(ws: Any, header: dict, tensors: dict[str, torch.Tensor], shard_bytes: int) -> None:
-    """Send tensors whose shapes the receiver cannot know in advance; the header announces them."""
-    await send_state(ws, {**header, "layout": describe_layout(Layout.of(tensors))}, tensors, shard_bytes)
+async def send_tensors(ws: Any, message: GktTrain | GktFeatures | GktExtractor, tensors: dict[str, torch.Tensor],
+                       shard_bytes: int) -> None:
+    """Send tensors whose shapes the receiver cannot know in advance; `layout` announces them."""
+    plan = Layout.of(tensors).plan(shard_bytes)
+    await send_header(ws, _sharded_header(message, len(plan), layout=describe_layout(Layout.of(tensors))))
+    for pieces in plan:
+        await ws.send(encode_shard(tensors, pieces))
 
 
-async def recv_tensors(ws: Any, header: dict, allowed: set[str], max_bytes: int, timeout: float | None
-                       ) -> dict[str, torch.Tensor]:
-    """Receive the tensors announced in `header['layout']` (empty when it announces none)."""
-    if not header.get("shards"):
+async def recv_tensors(ws: Any, message: GktTrain | GktFeatures | GktExtractor, allowed: set[str], max_bytes: int,
+                       timeout: float | None) -> dict[str, torch.Tensor]:
+    """Receive the tensors `message.layout` announces (none when it announces no shards)."""
+    if not message.shards:
         return {}
-    layout = parse_layout(header.get("layout"), allowed, max_bytes)
+    layout = parse_layout(message.layout, allowed, max_bytes)
     tensors = {name: torch.empty(shape, dtype=dtype) for name, dtype, shape in layout.entries}
-    await recv_into(ws, int(header["shards"]), layout, tensors, timeout)
+    await recv_into(ws, message.shards, layout, tensors, timeout)
     return tensors

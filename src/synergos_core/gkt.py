@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidRequest
+from .errors import ErrorCode, InvalidRequest
 from .model import Schedule, SynergosModel, compute_loss, output_kind
 from .training import LocalTrainer, lr_summary, run_epochs, run_steps_per_epoch
 from .wire import Layout
@@ -30,10 +30,10 @@ def split_index(spec: list[dict], hp: dict[str, Any]) -> int:
     count = len(spec)
     if count < 2:
         raise InvalidRequest("FedGKT needs at least two layers to split between parties and server",
-                             "run.invalid_combination")
+                             ErrorCode.RUN_INVALID_COMBINATION)
     split = int(hp.get("L") or max(1, count // 2))
     if not 1 <= split < count:
-        raise InvalidRequest(f"L must be between 1 and {count - 1} for this {count}-layer model", "run.invalid")
+        raise InvalidRequest(f"L must be between 1 and {count - 1} for this {count}-layer model", ErrorCode.RUN_INVALID)
     return split
 
 
@@ -108,7 +108,7 @@ class GKTTrainer(LocalTrainer):
         self.server_layout = Layout.of({k: self.state[k] for k in server_keys(self.model, self.split)})
         sample = next(iter(s for s in data.values() if len(s)), None)
         if sample is None:
-            raise InvalidRequest("no data to size the feature extractor", "dataset.empty")
+            raise InvalidRequest("no data to size the feature extractor", ErrorCode.DATASET_EMPTY)
         with torch.no_grad():
             features = run_layers(self.model, sample.X[:1], 0, self.split)
             outputs = self.model(sample.X[:1])

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import auc, mean_absolute_error, mean_squared_error, precision_recall_curve, r2_score, roc_auc_score
 
-from .errors import InvalidRequest
+from .errors import ErrorCode, InvalidRequest
 
 COUNT_KEYS: frozenset[str] = frozenset({"TPs", "TNs", "FPs", "FNs"})
 RATE_KEYS: tuple[str, ...] = ("TPRs", "TNRs", "PPVs", "NPVs", "FPRs", "FNRs", "FDRs")
@@ -31,7 +31,7 @@ def _labels(y_true: np.ndarray) -> np.ndarray:
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
-        raise InvalidRequest("labels must be a vector of class indices or values", code="metrics.invalid")
+        raise InvalidRequest("labels must be a vector of class indices or values", code=ErrorCode.METRICS_INVALID)
     return labels
 
 
@@ -48,9 +48,9 @@ def classification_statistics(y_true: np.ndarray, y_score: np.ndarray) -> dict[s
     if scores.ndim == 1:
         scores = scores.reshape(-1, 1)
     if scores.ndim != 2 or scores.shape[0] != labels.shape[0] or scores.shape[1] == 0:
-        raise InvalidRequest("scores must be (N, 1) or (N, k) with one row per label", code="metrics.invalid")
+        raise InvalidRequest("scores must be (N, 1) or (N, k) with one row per label", code=ErrorCode.METRICS_INVALID)
     if not np.all(np.isfinite(scores)):
-        raise InvalidRequest("scores must be finite numbers", code="metrics.invalid")
+        raise InvalidRequest("scores must be finite numbers", code=ErrorCode.METRICS_INVALID)
     if scores.shape[1] == 1:
         predicted = (scores[:, 0] > 0.5).astype(np.int64)
         scores = np.column_stack([1.0 - scores[:, 0], scores[:, 0]])
@@ -58,7 +58,7 @@ def classification_statistics(y_true: np.ndarray, y_score: np.ndarray) -> dict[s
         predicted = np.argmax(scores, axis=1).astype(np.int64)
     n_classes = scores.shape[1]
     if labels.size and (not np.all(np.equal(np.mod(labels, 1), 0)) or labels.min() < 0 or labels.max() >= n_classes):
-        raise InvalidRequest(f"labels must be class indices in [0, {n_classes})", code="metrics.invalid")
+        raise InvalidRequest(f"labels must be class indices in [0, {n_classes})", code=ErrorCode.METRICS_INVALID)
     labels = labels.astype(np.int64)
     n = int(labels.shape[0])
 
@@ -105,9 +105,9 @@ def regression_statistics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, A
     truth = _labels(y_true).astype(np.float64)
     pred = _labels(y_pred).astype(np.float64)
     if truth.shape != pred.shape:
-        raise InvalidRequest("predictions and labels differ in length", code="metrics.invalid")
+        raise InvalidRequest("predictions and labels differ in length", code=ErrorCode.METRICS_INVALID)
     if not (np.all(np.isfinite(truth)) and np.all(np.isfinite(pred))):
-        raise InvalidRequest("predictions and labels must be finite numbers", code="metrics.invalid")
+        raise InvalidRequest("predictions and labels must be finite numbers", code=ErrorCode.METRICS_INVALID)
     n = int(truth.shape[0])
     if n == 0:
         return {"R2": 0.0, "MSE": 0.0, "MAE": 0.0, "n_samples": 0}

@@ -217,12 +217,15 @@ def describe_layout(layout: Layout) -> list[list]:
 
 
 def parse_layout(entries: object, allowed: set[str], max_bytes: int) -> Layout:
-    """Check a layout announced by a peer: known names, known dtypes, bounded total size."""
+    """Check a layout announced by a peer: known names, known dtypes, bounded total size.
+
+    `entries` as decoded from JSON ([name, dtype, shape] lists) or as `protocol` parsed them (tuples)."""
     if not isinstance(entries, list):
         raise FederationError("payload layout missing", "federation.protocol")
     parsed, total = [], 0
     for entry in entries:
-        if (not isinstance(entry, list) or len(entry) != 3 or entry[0] not in allowed or entry[1] not in _DTYPES
+        if (not isinstance(entry, (list, tuple)) or len(entry) != 3 or entry[0] not in allowed
+                or entry[1] not in _DTYPES
                 or not isinstance(entry[2], list) or not all(isinstance(d, int) and d >= 0 for d in entry[2])):
             raise FederationError(f"payload entry {entry!r} is not allowed", "federation.protocol")
         dtype = _DTYPES[entry[1]]

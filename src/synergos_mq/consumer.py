@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable
 
+from synergos_core.errors import log_failure
+
 from . import messages, topology
 from .connection import BrokerAddress
 from .errors import JobFailed, PublishError
@@ -23,7 +25,8 @@ class JobConsumer(ConsumerLoop):
     before (bounded LRU) is not run again, its completed event is re-published; otherwise the
     handler runs on a worker thread, and the completed event
     `{job_id, process, keys, status, outcome | error, attempt, consumer}` is confirmed on
-    `synergos.completed` before the delivery is acked.
+    `synergos.completed` before the delivery is acked. A failed job's `error` is the public error
+    object (code, title, detail, correlation id); the failure itself is logged under that id.
     """
 
     _noun = "job"
@@ -72,6 +75,8 @@ class JobConsumer(ConsumerLoop):
         self.processed.remember(run.payload["job_id"], event)
 
     def _gave_up(self, run: _Run, exc: BaseException) -> None:
+        # the event carries the public error and its correlation id; the log, the failure itself
+        log_failure(messages.failure_of(exc), log, f"{self.name}: job {self._describe(run.payload)}")
         event = messages.failed_event(run.payload, exc, attempt=run.delivery.attempt, consumer=self.name)
         self._publish_event(event)
         self.processed.remember(run.payload["job_id"], event)

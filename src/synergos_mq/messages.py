@@ -2,7 +2,9 @@
 
 Every message is a JSON object, persistent, at most `MAX_MESSAGE_BYTES`: jobs carry references
 (ids, URIs), never weights. A job is `{job_id, process, keys, grids, parameters}`; a completed
-event is `{job_id, process, keys, status, outcome | error, attempt, consumer}`.
+event is `{job_id, process, keys, status, outcome | error, attempt, consumer}`, its `error` the
+public error object `{code, title, detail, correlation_id}` (synergos_core.errors), never the
+text of an unexpected exception.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from typing import Any, Mapping
 
 import pika
 
-from .errors import JobFailed, PoisonMessage, PublishError
+from synergos_core.errors import ServiceError, public_error
+
+from .errors import JobFailed, MQError, PoisonMessage, PublishError
 from .topology import JOB_QUEUES
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -151,9 +155,19 @@ def completed_event(job: Mapping[str, Any], outcome: Any, *, attempt: int, consu
 
 
 def failed_event(job: Mapping[str, Any], exc: BaseException, *, attempt: int, consumer: str) -> dict[str, Any]:
+    """The completed event of a job that failed for good; its `error` is `public_error` of the failure."""
     return {"job_id": job["job_id"], "process": job["process"], "keys": job.get("keys"),
-            "status": "failed", "error": {"type": type(exc).__name__, "message": reason_of(exc)},
+            "status": "failed", "error": public_error(failure_of(exc)),
             "attempt": attempt, "consumer": consumer}
+
+
+def failure_of(exc: BaseException) -> BaseException:
+    """What a failed event reports: the handler's ServiceError when a `JobFailed` or `PoisonMessage`
+    wraps one (`raise JobFailed(...) from exc`), else `exc` itself."""
+    cause: BaseException | None = exc
+    while isinstance(cause, MQError):
+        cause = cause.__cause__
+    return cause if isinstance(cause, ServiceError) else exc
 
 
 class ProcessedJobs:

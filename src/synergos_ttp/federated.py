@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -27,6 +27,7 @@ from synergos_core.errors import FederationError
 from synergos_core.federation import iter_shards, send_state
 from synergos_core.metrics import ROUND_METRICS, pooled_metric
 from synergos_core.model import build_model
+from synergos_core.protocol import Evaluate, Infer, Loss, Metrics, Train, Update
 from synergos_core.wire import Layout
 
 from .grid import GridRun
@@ -121,8 +122,8 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
         raise FederationError("no participant has train data for this run", "federation.no_samples")
     for r in range(rounds):
         started = time.perf_counter()
-        sent = await grid.broadcast("train", r, state, participants=trainers, epochs=epochs, evaluate=r > 0)
-        replies = await grid.replies(sent, "update")
+        sent = await grid.broadcast(Train, r, state, participants=trainers, epochs=epochs, evaluate=r > 0)
+        replies = await grid.replies(sent, Update)
         if r > 0:
             # the parties assessed the weights they received: round r - 1's global model
             loss = record_assessment(history, r - 1, replies, grid.action, progress, rounds)
@@ -131,25 +132,25 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
                 await _drain(grid, replies, layout)
                 log.info("run %s: early stop after round %d (evaluate loss %.5f)", grid.run, r, loss)
                 break
-        weights = sample_weights({p: int(h.get("n_samples", 0)) for p, h in replies.items()})
+        weights = sample_weights({p: h.n_samples for p, h in replies.items()})
         # folded in place: once broadcast, the old global weights are only needed if training stops
         # early, which is decided above, before any update is folded
         await _aggregate(grid, replies, weights, layout, state, out_dir, files)
         for pid, h in replies.items():
-            local_history[pid][r] = float(h.get("train_loss"))
+            local_history[pid][r] = h.train_loss
         completed = r + 1
         # written in the background while the next round broadcasts and the parties train: until the
         # next _aggregate, which waits for it, nothing writes into `state`
         files.submit(_checkpoint, out_dir, r, state, json.dumps(history, indent=2))
         timings.append(RoundTiming(r, time.perf_counter() - started,
-                                   {p: float(h.get("compute_s", 0.0)) for p, h in replies.items()},
+                                   {p: h.compute_s for p, h in replies.items()},
                                    2 * state_bytes * len(trainers)))
     final_s = 0.0
     if not stopped:
         started = time.perf_counter()
-        replies = await assess(grid, state, completed)
+        assessed = await assess(grid, state, completed)
         final_s = time.perf_counter() - started
-        record_assessment(history, completed - 1, replies, grid.action, progress, rounds)
+        record_assessment(history, completed - 1, assessed, grid.action, progress, rounds)
         if timings:
             timings[-1].wall_s += final_s
             timings[-1].bytes_moved += state_bytes * len(grid.channels)
@@ -157,15 +158,15 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
     return TrainingOutcome(state, history, local_history, completed, stopped, timings, final_s)
 
 
-def record_assessment(history: dict[str, dict[int, float]], round_index: int, replies: dict[str, dict],
+def record_assessment(history: dict[str, dict[int, float]], round_index: int, replies: Mapping[str, Update | Loss],
                       action: str, progress: Progress | None = None, rounds: int | None = None) -> float | None:
     """Pool the parties' assessments of round `round_index`'s global model into the history:
     `train` and `evaluate` losses (sample-weighted) and the evaluate metric (`evaluate_accuracy`
     or `evaluate_r2`, exact over the pooled data); report progress; return the evaluate loss."""
-    assessed = {p: h.get("assessment") or {} for p, h in replies.items()}
-    train_loss = _weighted({p: (a.get("train_loss"), a.get("train_samples", 0)) for p, a in assessed.items()})
-    eval_loss = _weighted({p: (a.get("eval_loss"), a.get("eval_samples", 0)) for p, a in assessed.items()})
-    metric = pooled_metric([a.get("metric") for a in assessed.values() if a.get("metric")], action)
+    assessed = {p: h.assessment for p, h in replies.items() if h.assessment is not None}
+    train_loss = _weighted({p: (a.train_loss, a.train_samples) for p, a in assessed.items()})
+    eval_loss = _weighted({p: (a.eval_loss, a.eval_samples) for p, a in assessed.items()})
+    metric = pooled_metric([a.metric.model_dump() for a in assessed.values() if a.metric is not None], action)
     name = f"evaluate_{ROUND_METRICS[action]}"
     for key, value in (("train", train_loss), ("evaluate", eval_loss), (name, metric)):
         if value is not None:
@@ -176,36 +177,42 @@ def record_assessment(history: dict[str, dict[int, float]], round_index: int, re
     return eval_loss
 
 
-async def assess(grid: GridRun, state: dict[str, torch.Tensor], round_index: int) -> dict[str, dict]:
+async def assess(grid: GridRun, state: dict[str, torch.Tensor], round_index: int) -> dict[str, Loss]:
     """Every party's assessment of `state` on its own train and evaluate data."""
-    sent = await grid.broadcast("evaluate", round_index, state, meta="evaluate", assess=True)
-    return await grid.replies(sent, "loss")
+    sent = await grid.broadcast(Evaluate, round_index, state, meta="evaluate", assess=True)
+    return await grid.replies(sent, Loss)
 
 
 async def infer(grid: GridRun, state: dict[str, torch.Tensor], meta: str,
                 participants: list[str] | None = None) -> dict[str, dict]:
     """Ask each node to predict on its own `meta` data and return only its statistics."""
-    sent = await grid.broadcast("infer", 0, state, participants=participants, meta=meta)
-    return await grid.replies(sent, "metrics")
+    sent = await grid.broadcast(Infer, 0, state, participants=participants, meta=meta)
+    return _statistics(await grid.replies(sent, Metrics))
 
 
 async def infer_each(grid: GridRun, states: dict[str, dict[str, torch.Tensor]], meta: str) -> dict[str, dict]:
     """Like `infer`, with each party's own weights (FedGKT: its extractor and the server layers)."""
     sent = {}
     for pid, state in states.items():
-        sent[pid] = grid.header("infer", 0, meta=meta)
+        sent[pid] = grid.request(Infer, 0, meta=meta)
         await send_state(grid.channels[pid], sent[pid], state, grid.limits.shard_bytes)
-    return await grid.replies(sent, "metrics")
+    return _statistics(await grid.replies(sent, Metrics))
 
 
-async def _aggregate(grid: GridRun, replies: dict[str, dict], weights: dict[str, float], layout: Layout,
+def _statistics(replies: dict[str, Metrics]) -> dict[str, dict]:
+    # what the validation records store (`operations.infer_run`): the checked reply's payload as plain data
+    return {pid: m.model_dump(include={"meta", "statistics", "n_samples", "res_path", "parts"})
+            for pid, m in replies.items()}
+
+
+async def _aggregate(grid: GridRun, replies: dict[str, Update], weights: dict[str, float], layout: Layout,
                      target: dict[str, torch.Tensor], out_dir: Path, files: _FileQueue) -> None:
     pids = sorted(replies)
-    counts = {replies[p].get("shards") for p in pids}
+    counts = {replies[p].shards for p in pids}
     if len(counts) != 1:
         raise FederationError("participants sent differently sharded updates", "federation.bad_update")
     await files.wait()  # the previous round's files are written (and its failures raised) before this round's
-    streams = {p: iter_shards(grid.channels[p], int(replies[p]["shards"]), layout, grid.limits.round_timeout_s)
+    streams = {p: iter_shards(grid.channels[p], replies[p].shards, layout, grid.limits.round_timeout_s)
                for p in pids}
     writers = {p: StateFileWriter(out_dir / f"local_model_{p}.safetensors", layout) for p in pids}
     try:
@@ -239,9 +246,9 @@ def _commit_locals(writers: dict[str, StateFileWriter]) -> None:
         w.commit()
 
 
-async def _drain(grid: GridRun, replies: dict[str, dict], layout: Layout) -> None:
+async def _drain(grid: GridRun, replies: dict[str, Update], layout: Layout) -> None:
     for p, h in replies.items():
-        async for _ in iter_shards(grid.channels[p], int(h.get("shards", 0)), layout, grid.limits.round_timeout_s):
+        async for _ in iter_shards(grid.channels[p], h.shards, layout, grid.limits.round_timeout_s):
             pass
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from http import HTTPStatus
+from typing import Any, TypeVar
 
 import httpx
 import torch
@@ -13,8 +14,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from synergos_core.errors import FederationError, SynergosError, UpstreamError
-from synergos_core.federation import (broadcast_state, new_nonce, new_token, recv_header, run_name, run_path,
-                                      send_header)
+from synergos_core.federation import broadcast_state, new_token, recv_header, run_name, run_path, send_message
+from synergos_core.protocol import (PROTOCOL_HEADER, PROTOCOL_VERSION, Close, Error, ReplyMessage, RequestMessage,
+                                    new_nonce, parse_reply, version_mismatch)
 from synergos_core.settings import FederationLimits
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 # consumed shard by shard in lockstep, so a deeper queue only holds whole models in memory (16 frames
 # of 8 MiB per party would be 128 MiB each) without making anything faster.
 READ_AHEAD_BYTES = 8 * 1024 * 1024
+Q = TypeVar("Q", bound=RequestMessage)
+R = TypeVar("R", bound=ReplyMessage)
 
 
 @dataclass
@@ -83,6 +87,7 @@ class GridRun:
         self.channels: dict[str, ClientConnection] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self._initialised: list[GridNode] = []
+        self._round = 0  # the latest round requested: a Worker refuses anything older, `close` included
 
     async def __aenter__(self) -> "GridRun":
         try:
@@ -96,7 +101,7 @@ class GridRun:
     async def __aexit__(self, *exc: object) -> None:
         for pid, ws in list(self.channels.items()):
             try:
-                await send_header(ws, self.header("close"))
+                await send_message(ws, self.request(Close, self._round))
             except (ConnectionClosed, OSError):
                 pass
             await ws.close()
@@ -121,28 +126,42 @@ class GridRun:
     async def _connect(self, node: GridNode) -> None:
         uri = f"ws://{node.host}:{node.port}{run_path(*self.keys)}"
         read_ahead = min(self.limits.max_queue, max(1, READ_AHEAD_BYTES // max(1, self.limits.shard_bytes)))
+        headers = {"Authorization": f"Bearer {self.token}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
         try:
-            ws = await connect(uri, additional_headers={"Authorization": f"Bearer {self.token}"},
+            ws = await connect(uri, additional_headers=headers,
                                max_size=self.limits.max_frame_bytes, max_queue=read_ahead,
                                compression=None, open_timeout=self.limits.open_timeout_s,
                                ping_interval=self.limits.ping_interval_s, ping_timeout=self.limits.ping_timeout_s)
         except InvalidStatus as exc:
-            raise FederationError(f"{node.participant_id}'s federation port refused the channel "
-                                  f"({exc.response.status_code})", "federation.refused") from None
+            status = exc.response.status_code
+            if status == HTTPStatus.UPGRADE_REQUIRED:  # the Worker speaks another protocol version
+                said = exc.response.body.decode("utf-8", "replace").strip()[:300]
+                raise FederationError(f"{node.participant_id}'s node refused the channel: {said}",
+                                      "federation.protocol_mismatch") from None
+            raise FederationError(f"{node.participant_id}'s federation port refused the channel ({status})",
+                                  "federation.refused") from None
         except (OSError, WebSocketException, asyncio.TimeoutError) as exc:
             raise FederationError(f"{node.participant_id}'s federation port {node.host}:{node.port} is unreachable "
                                   f"({type(exc).__name__})", "worker.unreachable") from None
+        spoken = ws.response.headers.get(PROTOCOL_HEADER) if ws.response is not None else None
+        if spoken != str(PROTOCOL_VERSION):
+            # a Worker that accepted without naming our version (an older one) would misread us
+            await ws.close(1002, "protocol version mismatch")
+            raise FederationError(f"{node.participant_id}'s node: {version_mismatch(spoken, peer='TTP')}",
+                                  "federation.protocol_mismatch")
         self.channels[node.participant_id] = ws
 
     # -- messaging --
-    def header(self, op: str, round_index: int = 0, **fields: Any) -> dict:
-        return {"op": op, "run": self.run, "round": round_index, "nonce": new_nonce(), **fields}
+    def request(self, kind: type[Q], round_index: int = 0, **fields: Any) -> Q:
+        """A request of this run for `round_index`, with a fresh nonce."""
+        self._round = max(self._round, round_index)
+        return kind(run=self.run, round=round_index, nonce=new_nonce(), **fields)
 
-    async def broadcast(self, op: str, round_index: int, state: dict[str, torch.Tensor],
-                        participants: list[str] | None = None, **fields: Any) -> dict[str, dict]:
-        """Send the same weights to every (or the named) node; returns the headers sent, by participant."""
+    async def broadcast(self, kind: type[Q], round_index: int, state: dict[str, torch.Tensor],
+                        participants: list[str] | None = None, **fields: Any) -> dict[str, Q]:
+        """Send the same weights to every (or the named) node; returns the requests sent, by participant."""
         targets = participants or list(self.channels)
-        sent = {pid: self.header(op, round_index, **fields) for pid in targets}
+        sent = {pid: self.request(kind, round_index, **fields) for pid in targets}
         try:
             await broadcast_state([(self.channels[pid], sent[pid]) for pid in targets], state,
                                   self.limits.shard_bytes)
@@ -151,21 +170,28 @@ class GridRun:
                                   "worker.disconnected") from None
         return sent
 
-    async def reply(self, pid: str, request: dict, expect: str) -> dict:
-        """The node's reply to `request`: checked for run, nonce echo and op; errors become exceptions."""
+    async def reply(self, pid: str, request: RequestMessage, expect: type[R]) -> R:
+        """The node's reply to `request`, parsed and checked for run, nonce echo and kind; an `Error`
+        reply becomes an exception naming the participant."""
         ws = self.channels[pid]
         try:
             header = await recv_header(ws, self.limits.round_timeout_s)
         except ConnectionClosed:
-            raise FederationError(f"{pid}'s node dropped its channel during {request['op']} of round "
-                                  f"{request['round']}", "worker.disconnected") from None
-        if header.get("op") == "error":
-            raise UpstreamError(f"{pid}: {header.get('detail')}", header.get("code") or "worker.failed")
-        if header.get("run") != self.run or header.get("reply_to") != request["nonce"] or header.get("op") != expect:
+            raise FederationError(f"{pid}'s node dropped its channel during {request.op} of round "
+                                  f"{request.round}", "worker.disconnected") from None
+        try:
+            reply = parse_reply(header)
+        except FederationError as exc:
+            raise FederationError(f"{pid}: {exc.detail}", exc.code) from None
+        if isinstance(reply, Error):
+            raise UpstreamError(f"{pid}: {reply.detail}", reply.code or "worker.failed")
+        if reply.run != self.run or reply.reply_to != request.nonce:
             raise FederationError(f"{pid} sent an unexpected or replayed reply", "federation.replay")
-        return header
+        if not isinstance(reply, expect):
+            raise FederationError(f"{pid} answered {request.op} with {reply.op}", "federation.protocol")
+        return reply
 
-    async def replies(self, sent: dict[str, dict], expect: str) -> dict[str, dict]:
+    async def replies(self, sent: dict[str, Q], expect: type[R]) -> dict[str, R]:
         pids = list(sent)
-        headers = await asyncio.gather(*(self.reply(pid, sent[pid], expect) for pid in pids))
-        return dict(zip(pids, headers))
+        replies = await asyncio.gather(*(self.reply(pid, sent[pid], expect) for pid in pids))
+        return dict(zip(pids, replies))

@@ -6,7 +6,7 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 
-from synergos_contract.envelope import BodyLimitMiddleware, envelope, install_error_handlers
+from synergos_contract.envelope import API_VERSION, BodyLimitMiddleware, envelope, install_error_handlers
 from synergos_core.settings import WorkerSettings
 
 from .federation import FederationServer
@@ -28,7 +28,7 @@ def create_app(settings: WorkerSettings, *, federation: bool = True) -> FastAPI:
             registry.close_all()
             await server.stop()
 
-    app = FastAPI(title=f"Synergos Worker {settings.id}", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title=f"Synergos Worker {settings.id}", version=API_VERSION, lifespan=lifespan)
     install_error_handlers(app)
     app.state.settings = settings
     app.state.registry = registry

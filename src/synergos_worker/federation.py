@@ -1,4 +1,8 @@
-"""The Worker's federation server: one WebSocket listener, one authenticated channel per run."""
+"""The Worker's federation server: one WebSocket listener, one authenticated channel per run.
+
+The handshake checks the run token, then the protocol version (`protocol.PROTOCOL_VERSION`);
+each control frame received is parsed into its request model once, in `_handle`, and everything
+after works on the typed request."""
 from __future__ import annotations
 
 import asyncio
@@ -17,9 +21,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from synergos_core.errors import FederationError, SynergosError
-from synergos_core.federation import (WS_PATH_PREFIX, ReplayGuard, new_nonce, recv_header, recv_into,
-                                      run_name, send_header, send_state)
+from synergos_core.federation import (WS_PATH_PREFIX, ReplayGuard, recv_header, recv_into, run_name, send_message,
+                                      send_state)
 from synergos_core.metrics import classification_statistics, metric_parts, predicted_classes, regression_statistics
+from synergos_core.protocol import (PROTOCOL_HEADER, PROTOCOL_VERSION, Close, Closed, Error, Evaluate, GktEvaluate,
+                                    GktExport, GktTrain, Infer, Loss, Metrics, RequestMessage, Train, Update,
+                                    new_nonce, parse_request, reply_to, version_mismatch)
 from synergos_core.settings import FederationLimits
 
 from . import gkt
@@ -59,6 +66,7 @@ class FederationServer:
         self._server = await serve(
             self._handle, host, port,
             process_request=self._authenticate,
+            process_response=self._announce_version,
             max_size=self.limits.max_frame_bytes,
             max_queue=self.limits.max_queue,
             compression=None,  # tensors do not compress; deflate only adds memory and CPU
@@ -85,7 +93,22 @@ class FederationServer:
         if session is None or not session.authorised(presented):
             # same answer for unknown runs and wrong tokens: nothing to learn by probing
             return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid run token\n")
+        # The version is checked after the token, though it is no secret: a client without a run's
+        # token learns nothing, not even which protocol this node speaks; the TTP that holds the
+        # token learns both versions, the clear error it needs.
+        offered = request.headers.get(PROTOCOL_HEADER)
+        if offered != str(PROTOCOL_VERSION):
+            why = version_mismatch(offered, peer="Worker")
+            log.warning("run %s: channel refused: %s", run_name(*key), why)
+            response = connection.respond(HTTPStatus.UPGRADE_REQUIRED, why + "\n")
+            response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+            return response
         return None
+
+    def _announce_version(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        # the TTP checks that the node that accepted its channel speaks its version
+        if response.status_code == HTTPStatus.SWITCHING_PROTOCOLS:
+            response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
 
     async def _handle(self, ws: ServerConnection) -> None:
         key = _run_key(ws.request.path)
@@ -96,76 +119,82 @@ class FederationServer:
         if session.connection is not None:
             await session.connection.close(1001, "replaced by a new connection")
         session.connection = ws
-        guard = ReplayGuard(run_name(*session.key))
+        run = run_name(*session.key)
+        guard = ReplayGuard(run)
         try:
             while True:
+                request: RequestMessage | None = None
                 header: dict = {}
                 try:
                     header = await recv_header(ws, None)
-                    guard.check(header)
-                    if header["op"] == "close":
-                        await send_header(ws, self._reply(header, "closed"))
+                    request = parse_request(header)  # the edge: past here, only typed messages
+                    guard.check(request)
+                    if isinstance(request, Close):
+                        await send_message(ws, reply_to(request, Closed))
                         break
-                    await self._serve(ws, session, header)
+                    await self._serve(ws, session, request)
                 except ConnectionClosed:
                     break
                 except SynergosError as exc:
-                    log.warning("run %s: %s", run_name(*session.key), exc.detail)
-                    await send_header(ws, {**self._reply(header, "error"),
-                                           "code": exc.code, "detail": exc.detail})
+                    log.warning("run %s: %s", run, exc.detail)
+                    await send_message(ws, self._error(run, guard, request, header, exc.code, exc.detail))
                     if isinstance(exc, FederationError):
                         await ws.close(1008, exc.code)
                         break
                 except Exception as exc:  # a failure of local work: report it, keep the channel
-                    log.exception("run %s: %s failed", run_name(*session.key), header.get("op"))
-                    await send_header(ws, {**self._reply(header, "error"), "code": "worker.failed",
-                                           "detail": f"{header.get('op')} failed: {type(exc).__name__}: {exc}"})
+                    op = request.op if request is not None else "request"
+                    log.exception("run %s: %s failed", run, op)
+                    await send_message(ws, self._error(run, guard, request, header, "worker.failed",
+                                                       f"{op} failed: {type(exc).__name__}: {exc}"))
         finally:
             if session.connection is ws:
                 session.connection = None
 
-    def _reply(self, request: dict, op: str) -> dict:
-        return {"op": op, "run": request.get("run"), "round": request.get("round", 0),
-                "reply_to": request.get("nonce"), "nonce": new_nonce()}
+    @staticmethod
+    def _error(run: str, guard: ReplayGuard, request: RequestMessage | None, header: dict, code: str,
+               detail: str) -> Error:
+        """The error reply to `request`, or to a frame that never became one (then `reply_to` echoes
+        its nonce only if it had a plausible one)."""
+        if request is not None:
+            return Error(run=run, round=request.round, nonce=new_nonce(), reply_to=request.nonce, code=code,
+                         detail=detail[:8192])
+        nonce = header.get("nonce")
+        echo = nonce if isinstance(nonce, str) and 16 <= len(nonce) <= 128 else None
+        return Error(run=run, round=max(guard.round, 0), nonce=new_nonce(), reply_to=echo, code=code,
+                     detail=detail[:8192])
 
-    async def _receive_weights(self, ws: ServerConnection, session: RunSession, header: dict) -> None:
+    async def _receive_weights(self, ws: ServerConnection, session: RunSession,
+                               request: Train | Evaluate | Infer) -> None:
         trainer = session.trainer
-        await recv_into(ws, int(header.get("shards", 0)), trainer.layout, trainer.state, self.limits.round_timeout_s)
+        await recv_into(ws, request.shards, trainer.layout, trainer.state, self.limits.round_timeout_s)
 
-    async def _serve(self, ws: ServerConnection, session: RunSession, header: dict) -> None:
-        op = header["op"]
-        if op in gkt.OPS:
+    async def _serve(self, ws: ServerConnection, session: RunSession, request: RequestMessage) -> None:
+        if isinstance(request, (GktTrain, GktEvaluate, GktExport)):
             async with session.lock:
-                await gkt.serve(ws, session.trainer, header, self._reply(header, op), self.limits)
+                await gkt.serve(ws, session.trainer, request, self.limits)
             return
-        if op not in {"train", "evaluate", "infer"}:
-            raise FederationError(f"unknown op {op!r}", "federation.protocol")
+        if not isinstance(request, (Train, Evaluate, Infer)):
+            raise FederationError(f"{request.op} is not served here", "federation.protocol")
         trainer = session.trainer
         async with session.lock:
-            await self._receive_weights(ws, session, header)
-            if op == "train":
+            await self._receive_weights(ws, session, request)
+            if isinstance(request, Train):
                 # the weights received are the previous round's global model: how it does on this
                 # party's data is that round's honest history
-                assessment = await self._in_thread(trainer.assess) if header.get("evaluate") else None
+                assessment = await self._in_thread(trainer.assess) if request.evaluate else None
                 try:
-                    result = await self._in_thread(trainer.train, int(header.get("epochs", 1)),
-                                                   int(header.get("round", 0)))
+                    result = await self._in_thread(trainer.train, request.epochs, request.round)
                 except ValueError as exc:
                     raise SynergosError(str(exc), "worker.no_train_data") from None
-                reply = {**self._reply(header, "update"), **result, "assessment": assessment}
-                await send_state(ws, reply, trainer.state, self.limits.shard_bytes)
-            elif op == "evaluate":
-                meta = header.get("meta", "evaluate")
-                loss, n = await self._in_thread(trainer.evaluate, meta)
-                assessment = await self._in_thread(trainer.assess) if header.get("assess") else None
-                await send_header(ws, {**self._reply(header, "loss"), "loss": loss, "n_samples": n,
-                                       "assessment": assessment})
+                update = reply_to(request, Update, **result, assessment=assessment)
+                await send_state(ws, update, trainer.state, self.limits.shard_bytes)
+            elif isinstance(request, Evaluate):
+                loss, n = await self._in_thread(trainer.evaluate, request.meta)
+                assessment = await self._in_thread(trainer.assess) if request.assess else None
+                await send_message(ws, reply_to(request, Loss, loss=loss, n_samples=n, assessment=assessment))
             else:
-                meta = header.get("meta", "evaluate")
-                if meta not in {"train", "evaluate", "predict"}:
-                    raise SynergosError(f"unknown meta {meta!r}", "request.invalid")
-                stats = await self._in_thread(self._infer, session, meta)
-                await send_header(ws, {**self._reply(header, "metrics"), **stats})
+                stats = await self._in_thread(self._infer, session, request.meta)
+                await send_message(ws, reply_to(request, Metrics, **stats))
 
     def _infer(self, session: RunSession, meta: str) -> dict[str, Any]:
         """Predict on local data, keep predictions here, return only statistics."""

@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from synergos_core.federation import new_nonce
 from synergos_core.model import build_model
+from synergos_core.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, Error, Loss, parse_reply
 from synergos_core.wire import encode_control, encode_state
 
 from .conftest import REST, TTP_HOST, WORKER_HOSTS, WS, register_parties
@@ -44,6 +45,7 @@ def _uri() -> str:
 
 def _connect(token: str | None, **kw):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
     return connect(_uri(), additional_headers=headers, compression=None, **kw)
 
 
@@ -71,16 +73,40 @@ def test_authenticated_channel_answers_and_refuses_a_replayed_request(session_to
             control, frames = _evaluate_request(state)
             for message in (control, *frames):
                 await ws.send(message)
-            first = json.loads((await ws.recv())[1:])
+            first = parse_reply(json.loads((await ws.recv())[1:]))
             for message in (control, *frames):  # the very same request again
                 await ws.send(message)
-            second = json.loads((await ws.recv())[1:])
+            second = parse_reply(json.loads((await ws.recv())[1:]))
             with pytest.raises(ConnectionClosed):
                 await ws.recv()
             return first, second
     first, second = asyncio.run(exchange())
-    assert first["op"] == "loss" and first["n_samples"] > 0 and first["loss"] > 0
-    assert second["op"] == "error" and second["code"] == "federation.replay"
+    assert isinstance(first, Loss) and first.n_samples > 0 and first.loss > 0
+    assert isinstance(second, Error) and second.code == "federation.replay"
+
+
+@pytest.mark.parametrize("change", [
+    {"op": "evaluat"},                     # an op the protocol does not name
+    {"meta": "../../etc"},                 # a meta that is not one of the splits
+    {"assess": "yes"},                     # a string where a boolean must be
+    {"shards": -1},
+    {"round": float("nan")},               # json writes NaN; the protocol refuses it
+    {"pickle": "cos\nsystem\n"},          # a field the protocol does not name
+])
+def test_malformed_request_is_refused_as_a_protocol_error_and_closes_the_channel(session_token, change):
+    state = build_model(MODEL, seed=1).state_dict()
+
+    async def exchange():
+        async with _connect(session_token) as ws:
+            control, _ = _evaluate_request(state)
+            await ws.send(encode_control({**json.loads(control[1:]), **change}))
+            reply = parse_reply(json.loads((await ws.recv())[1:]))
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            return reply, closed.value.rcvd.code
+    reply, code = asyncio.run(exchange())
+    assert isinstance(reply, Error) and reply.code == "federation.protocol", reply
+    assert code == 1008
 
 
 @pytest.mark.parametrize("frame", [

@@ -92,7 +92,8 @@ def test_completed_and_failed_events() -> None:
         "job_id": "j", "process": "train", "keys": {"run_id": "r"}, "status": "completed",
         "outcome": {"m": 1}, "attempt": 2, "consumer": "ttp"}
     failed = messages.failed_event(job, JobFailed("no"), attempt=1, consumer="ttp")
-    assert failed["status"] == "failed" and failed["error"] == {"type": "JobFailed", "message": "JobFailed: no"}
+    assert failed["status"] == "failed" and failed["error"]["code"] == "internal.error"
+    assert failed["error"]["correlation_id"] in failed["error"]["detail"]
     assert messages.parse_event(json.dumps(failed).encode()) == failed
     with pytest.raises(PoisonMessage):
         messages.parse_event(b'{"job_id": "j", "status": "maybe"}')

@@ -7,6 +7,7 @@ from safetensors.torch import load as st_load
 
 from synergos_core.errors import FederationError
 from synergos_core.federation import ReplayGuard, new_nonce
+from synergos_core.protocol import Close
 from synergos_core.wire import (Layout, decode_control, decode_shard, encode_control, encode_shard, encode_state,
                                 write_slices)
 
@@ -77,11 +78,12 @@ def test_control_frames_are_json():
 
 def test_replay_guard_accepts_each_nonce_once_and_no_stale_round():
     guard = ReplayGuard("c/p/e/r")
-    msg = {"run": "c/p/e/r", "round": 2, "nonce": new_nonce()}
+    msg = Close(run="c/p/e/r", round=2, nonce=new_nonce())
     guard.check(msg)
     with pytest.raises(FederationError, match="replay"):
         guard.check(msg)
     with pytest.raises(FederationError, match="stale"):
-        guard.check({"run": "c/p/e/r", "round": 1, "nonce": new_nonce()})
+        guard.check(Close(run="c/p/e/r", round=1, nonce=new_nonce()))
     with pytest.raises(FederationError, match="run"):
-        guard.check({"run": "c/p/e/other", "round": 3, "nonce": new_nonce()})
+        guard.check(Close(run="c/p/e/other", round=3, nonce=new_nonce()))
+    guard.check(Close(run="c/p/e/r", round=2, nonce=new_nonce()))  # the same round again is not stale
