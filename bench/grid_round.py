@@ -10,6 +10,7 @@ plain TCP socket pair on 127.0.0.1 between two processes.
 
 Prints ONE JSON line on stdout; progress goes to stderr. bench/README.md explains every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,15 +33,18 @@ MiB = 1024 * 1024
 # ---- workloads ----
 
 TABULAR_SPEC = [
-    {"l_type": "Linear", "structure": {"in_features": 30, "out_features": 64}, "activation": "relu",
-     "is_input": True},
+    {"l_type": "Linear", "structure": {"in_features": 30, "out_features": 64}, "activation": "relu", "is_input": True},
     {"l_type": "Linear", "structure": {"in_features": 64, "out_features": 1}, "activation": "sigmoid"},
 ]
 LARGE_FEATURES = 16
 # 16*4096+4096 + 4096*4096+4096 + 4096*2048+2048 + 2048+1 = 25,243,649 parameters (101 MB float32)
 LARGE_SPEC = [
-    {"l_type": "Linear", "structure": {"in_features": LARGE_FEATURES, "out_features": 4096}, "activation": "relu",
-     "is_input": True},
+    {
+        "l_type": "Linear",
+        "structure": {"in_features": LARGE_FEATURES, "out_features": 4096},
+        "activation": "relu",
+        "is_input": True,
+    },
     {"l_type": "Linear", "structure": {"in_features": 4096, "out_features": 4096}, "activation": "relu"},
     {"l_type": "Linear", "structure": {"in_features": 4096, "out_features": 2048}, "activation": "relu"},
     {"l_type": "Linear", "structure": {"in_features": 2048, "out_features": 1}},
@@ -71,6 +75,7 @@ def dataset_name(workload: str, k: int) -> str:
 
 
 # ---- data ----
+
 
 def prepare_data(workspace: Path, cases: list[tuple[str, int]]) -> None:
     """worker_i's data root gets one dataset per case it takes part in (bc_k2, synth_k4, ...)."""
@@ -103,6 +108,7 @@ def prepare_data(workspace: Path, cases: list[tuple[str, int]]) -> None:
 
 
 # ---- loopback TCP throughput (the transfer floor) ----
+
 
 def _sink(port_w: int, total: int) -> None:
     """Child process: accept one connection, read `total` bytes, acknowledge with one byte."""
@@ -157,6 +163,7 @@ def loopback_throughput(total_bytes: int, repeats: int) -> list[float]:
 
 # ---- workers ----
 
+
 def start_workers(topo, workspace: Path, count: int, args: argparse.Namespace) -> list[dict]:
     from synergos_local.topology import worker
 
@@ -174,23 +181,37 @@ def start_workers(topo, workspace: Path, count: int, args: argparse.Namespace) -
                 except OSError as exc:
                     raise SystemExit(f"{host}:{port} is not free ({exc}); use --address-prefix/--rest-port/--ws-port")
         root = workspace / f"worker_{i}"
-        service = worker(f"w{i}", host, args.rest_port, args.ws_port, root / "data", root / "outputs",
-                         workspace / "logs")
+        service = worker(
+            f"w{i}", host, args.rest_port, args.ws_port, root / "data", root / "outputs", workspace / "logs"
+        )
         service.env.update(env)
         if args.profile_workers:
             args.profile_workers.mkdir(parents=True, exist_ok=True)
             at = service.args.index("synergos_worker")
-            service.args = [sys.executable, str(Path(__file__).resolve()), "--_profile-worker",
-                            str(args.profile_workers / f"w{i}"), *service.args[at + 1:]]
+            service.args = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--_profile-worker",
+                str(args.profile_workers / f"w{i}"),
+                *service.args[at + 1 :],
+            ]
             if args.cprofile_workers:
                 service.env["GRID_ROUND_CPROFILE"] = "1"
         topo.add(service)
-        nodes.append({"participant_id": f"w{i}", "host": host, "port": args.ws_port, "f_port": args.rest_port,
-                      "pid": service.process.pid})
+        nodes.append(
+            {
+                "participant_id": f"w{i}",
+                "host": host,
+                "port": args.ws_port,
+                "f_port": args.rest_port,
+                "pid": service.process.pid,
+            }
+        )
     return nodes
 
 
 # ---- CPU accounting: this benchmark's processes, and everything else on the machine (noise) ----
+
 
 def _busy_ticks() -> int:
     with open("/proc/stat") as f:
@@ -226,7 +247,7 @@ class CpuMeter:
         self.pids = worker_pids
         self.hz = os.sysconf("SC_CLK_TCK")
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self.busy0 = _busy_ticks()
         self.ours0 = sum(_proc_ticks(p) for p in self.pids)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -238,8 +259,9 @@ class CpuMeter:
         self.wall = time.perf_counter() - self.t0
         busy = (_busy_ticks() - self.busy0) / self.hz
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.ours_s = ((sum(_proc_ticks(p) for p in self.pids) - self.ours0) / self.hz
-                       + ru.ru_utime + ru.ru_stime - self.child0)
+        self.ours_s = (
+            (sum(_proc_ticks(p) for p in self.pids) - self.ours0) / self.hz + ru.ru_utime + ru.ru_stime - self.child0
+        )
         self.foreign_s = max(0.0, busy - self.ours_s)
         self.foreign_share = self.foreign_s / max(1e-9, self.wall * (os.cpu_count() or 1))
 
@@ -257,6 +279,7 @@ def wait_quiet(worker_pids: list[int], max_wait: float, cores: float) -> tuple[f
 
 
 # ---- the TTP side of one case (runs in its own subprocess) ----
+
 
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
@@ -283,6 +306,7 @@ class Spans:
     def wrap(self, owner: object, attr: str, name: str) -> None:
         original = getattr(owner, attr)
         if asyncio.iscoroutinefunction(original):
+
             async def timed(*a, **kw):
                 t = time.perf_counter()
                 try:
@@ -290,12 +314,14 @@ class Spans:
                 finally:
                     self._record(name, t)
         else:
+
             def timed(*a, **kw):
                 t = time.perf_counter()
                 try:
                     return original(*a, **kw)
                 finally:
                     self._record(name, t)
+
         setattr(owner, attr, timed)
 
     def install(self) -> None:
@@ -326,11 +352,21 @@ def ttp_case(case: dict) -> dict:
     workload = WORKLOADS[case["workload"]]
     name = dataset_name(case["workload"], case["k"])
     tags = {"train": [[name, "train"]], "evaluate": [[name, "evaluate"]], "predict": []}
-    nodes = [GridNode(n["participant_id"], n["host"], n["port"], n["f_port"], tags=tags, alignment={})
-             for n in case["nodes"]]
-    hp = RunHyperparameters(algorithm="FedAvg", mu=0.0, rounds=case.get("rounds") or workload["rounds"], epochs=1,
-                            batch_size=None, optimizer="SGD", lr_scheduler=None, patience=0, seed=42,
-                            **workload["hp"]).model_dump()
+    nodes = [
+        GridNode(n["participant_id"], n["host"], n["port"], n["f_port"], tags=tags, alignment={}) for n in case["nodes"]
+    ]
+    hp = RunHyperparameters(
+        algorithm="FedAvg",
+        mu=0.0,
+        rounds=case.get("rounds") or workload["rounds"],
+        epochs=1,
+        batch_size=None,
+        optimizer="SGD",
+        lr_scheduler=None,
+        patience=0,
+        seed=42,
+        **workload["hp"],
+    ).model_dump()
     limits = FederationLimits()
     out_dir = Path(case["out_dir"])
 
@@ -343,6 +379,7 @@ def ttp_case(case: dict) -> dict:
 
         def inline(self, fn, *a) -> None:
             fn(*a)
+
         federated._FileQueue.submit = inline
         federated._FileQueue.wait = no_wait
     spans = Spans() if case.get("spans") else None
@@ -374,6 +411,7 @@ def ttp_case(case: dict) -> dict:
                         while sampling[0]:
                             rss_trace.append((time.perf_counter(), rss_bytes()))
                             time.sleep(0.005)
+
                     threading.Thread(target=sample, daemon=True).start()
                 profiler = None
                 if case.get("profile"):
@@ -435,16 +473,28 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: argparse.Namespace,
-             floor_bps: float, repeat: int) -> dict:
+def run_case(
+    workload: str, k: int, nodes: list[dict], workspace: Path, args: argparse.Namespace, floor_bps: float, repeat: int
+) -> dict:
     out_dir = workspace / "ttp" / f"{workload}_k{k}_{repeat}"
-    case = {"workload": workload, "k": k, "nodes": nodes[:k], "out_dir": str(out_dir), "rounds": args.rounds,
-            "ttp_threads": args.ttp_threads, "profile": args.profile, "spans": args.spans,
-            "sync_files": args.sync_files}
+    case = {
+        "workload": workload,
+        "k": k,
+        "nodes": nodes[:k],
+        "out_dir": str(out_dir),
+        "rounds": args.rounds,
+        "ttp_threads": args.ttp_threads,
+        "profile": args.profile,
+        "spans": args.spans,
+        "sync_files": args.sync_files,
+    }
     waited, quiet_load = wait_quiet([n["pid"] for n in nodes], args.quiet_wait, args.quiet_cores)
     with CpuMeter([n["pid"] for n in nodes]) as cpu:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_ttp", json.dumps(case)],
-                              stdout=subprocess.PIPE, check=False)
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--_ttp", json.dumps(case)],
+            stdout=subprocess.PIPE,
+            check=False,
+        )
     shutil.rmtree(out_dir, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the TTP side of {workload} K={k} failed (exit {proc.returncode}); see stderr")
@@ -461,7 +511,7 @@ def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: ar
     peak_delta = max(0, raw["maxrss_peak"] - raw["rss_base"])
     round_target = ROUND_TARGETS_S.get((workload, k))
     peak_target = TTP_PEAK_TARGET_MODELS if workload in PEAK_TARGET_WORKLOADS else None
-    worker_cpu = raw["worker_cpu"][:len(walls)]
+    worker_cpu = raw["worker_cpu"][: len(walls)]
     result = {
         "workload": workload,
         "K": k,
@@ -487,14 +537,20 @@ def run_case(workload: str, k: int, nodes: list[dict], workspace: Path, args: ar
         "foreign_cpu_share": round(cpu.foreign_share, 3),
         "quiet_wait_s": round(waited, 1),
         "targets": {
-            "round_wall_s": {"target": round_target, "value": round(wall_med, 6),
-                             "met": None if round_target is None else wall_med <= round_target},
-            "ttp_peak_over_model": {"target": peak_target, "value": round(peak_delta / model, 2),
-                                    "met": None if peak_target is None else peak_delta <= peak_target * model},
+            "round_wall_s": {
+                "target": round_target,
+                "value": round(wall_med, 6),
+                "met": None if round_target is None else wall_med <= round_target,
+            },
+            "ttp_peak_over_model": {
+                "target": peak_target,
+                "value": round(peak_delta / model, 2),
+                "met": None if peak_target is None else peak_delta <= peak_target * model,
+            },
         },
     }
     if raw.get("spans"):
-        rounds = raw["spans"][:len(walls)][steady]
+        rounds = raw["spans"][: len(walls)][steady]
         names = sorted({n for r in raw["spans"] for n in r})
         result["ttp_spans_median_ms"] = {n: round(1e3 * _median([r.get(n, 0.0) for r in rounds]), 2) for n in names}
     return result
@@ -522,6 +578,7 @@ def profile_worker(out: str, argv: list[str]) -> None:
                 thread_run(self)
             finally:
                 prof.disable()
+
         threading.Thread.run = run
 
     import synergos_worker.federation as wf
@@ -538,7 +595,9 @@ def profile_worker(out: str, argv: list[str]) -> None:
             now = time.perf_counter()
             phases.setdefault(name, []).append((now - t, time.thread_time() - c))
             events.append((name, t, now))
+
         if asyncio.iscoroutinefunction(original):
+
             async def wrapper(*a, **kw):
                 t, c = time.perf_counter(), time.thread_time()
                 try:
@@ -546,12 +605,14 @@ def profile_worker(out: str, argv: list[str]) -> None:
                 finally:
                     record(t, c)
         else:
+
             def wrapper(*a, **kw):
                 t, c = time.perf_counter(), time.thread_time()
                 try:
                     return original(*a, **kw)
                 finally:
                     record(t, c)
+
         setattr(owner, attr, wrapper)
 
     timed(wf, "recv_header", "wait_request")
@@ -568,9 +629,14 @@ def profile_worker(out: str, argv: list[str]) -> None:
         worker_main(argv)
     finally:
         prof.disable()
-        summary = {name: {"n": len(v), "median_wall_ms": 1e3 * _median([w for w, _ in v[2:] or v]),
-                          "median_thread_cpu_ms": 1e3 * _median([c for _, c in v[2:] or v])}
-                   for name, v in phases.items()}
+        summary = {
+            name: {
+                "n": len(v),
+                "median_wall_ms": 1e3 * _median([w for w, _ in v[2:] or v]),
+                "median_thread_cpu_ms": 1e3 * _median([c for _, c in v[2:] or v]),
+            }
+            for name, v in phases.items()
+        }
         Path(out + ".phases.json").write_text(json.dumps(summary, indent=1))
         Path(out + ".events.json").write_text(json.dumps(events))
         if use_cprofile:
@@ -588,8 +654,12 @@ def main() -> None:
         return profile_worker(sys.argv[2], sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="workload:K pairs (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="run each case N times and report the run with the lowest median round (default 2)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="run each case N times and report the run with the lowest median round (default 2)",
+    )
     parser.add_argument("--rounds", type=int, help="override every workload's round count")
     parser.add_argument("--workdir", type=Path, help="keep data and worker logs here (default: a temp dir)")
     parser.add_argument("--address-prefix", default="127.0.1", help="worker i listens on PREFIX.i (default 127.0.1)")
@@ -598,18 +668,36 @@ def main() -> None:
     parser.add_argument("--shard-bytes", type=int, help="SYNERGOS_FED_SHARD_BYTES for the workers and the TTP")
     parser.add_argument("--ttp-threads", type=int, help="torch.set_num_threads in the TTP process (default: torch's)")
     parser.add_argument("--loopback-mb", type=int, default=512, help="MiB per loopback TCP measurement (default 512)")
-    parser.add_argument("--quiet-wait", type=float, default=20.0,
-                        help="before each case wait up to S seconds for other processes to go quiet (default 20)")
-    parser.add_argument("--quiet-cores", type=float, default=0.25,
-                        help="'quiet' means other processes use fewer than this many CPUs (default 0.25)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=20.0,
+        help="before each case wait up to S seconds for other processes to go quiet (default 20)",
+    )
+    parser.add_argument(
+        "--quiet-cores",
+        type=float,
+        default=0.25,
+        help="'quiet' means other processes use fewer than this many CPUs (default 0.25)",
+    )
     parser.add_argument("--spans", action="store_true", help="time the TTP's round phases (medians in the output)")
     parser.add_argument("--profile", action="store_true", help="cProfile the TTP side; stats go to stderr")
-    parser.add_argument("--profile-workers", type=Path, metavar="DIR",
-                        help="time each worker's federation phases into DIR/wN.phases.json and DIR/wN.events.json")
-    parser.add_argument("--cprofile-workers", action="store_true",
-                        help="with --profile-workers, also cProfile every worker thread into DIR/wN.prof")
-    parser.add_argument("--sync-files", action="store_true",
-                        help="A/B: the TTP writes model files inline on its event loop, not on its writer thread")
+    parser.add_argument(
+        "--profile-workers",
+        type=Path,
+        metavar="DIR",
+        help="time each worker's federation phases into DIR/wN.phases.json and DIR/wN.events.json",
+    )
+    parser.add_argument(
+        "--cprofile-workers",
+        action="store_true",
+        help="with --profile-workers, also cProfile every worker thread into DIR/wN.prof",
+    )
+    parser.add_argument(
+        "--sync-files",
+        action="store_true",
+        help="A/B: the TTP writes model files inline on its event loop, not on its writer thread",
+    )
     parser.add_argument("--raw-dir", type=Path, help="write each TTP run's raw measurements here")
     parser.add_argument("--_ttp", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -657,11 +745,13 @@ def main() -> None:
                 runs = []
                 for repeat in range(args.repeats):
                     result = run_case(workload, k, nodes, workspace, args, floor_bps, repeat)
-                    say(f"{workload} K={k}: round {result['round_wall_median_s'] * 1e3:.1f} ms "
+                    say(
+                        f"{workload} K={k}: round {result['round_wall_median_s'] * 1e3:.1f} ms "
                         f"(warm-up {result['warmup_round_s'] * 1e3:.0f} ms), worker compute "
                         f"{result['worker_compute_median_s'] * 1e3:.1f} ms, floor {result['transfer_floor_s'] * 1e3:.1f}"
                         f" ms, TTP peak +{result['ttp_peak_delta_mb']} MB ({result['ttp_peak_over_model']}x model),"
-                        f" other processes {100 * result['foreign_cpu_share']:.0f}% CPU")
+                        f" other processes {100 * result['foreign_cpu_share']:.0f}% CPU"
+                    )
                     runs.append(result)
                 best = min(runs, key=lambda r: r["round_wall_median_s"])
                 if len(runs) > 1:
@@ -685,15 +775,23 @@ def main() -> None:
         if ms is not None:
             targets[f"{r['workload']}_k{r['K']}_round_le_{ms * 1e3:g}ms"] = r["targets"]["round_wall_s"]["met"]
         if r["targets"]["ttp_peak_over_model"]["met"] is not None:
-            targets[f"{r['workload']}_k{r['K']}_ttp_peak_le_{TTP_PEAK_TARGET_MODELS:g}x_model"] = \
-                r["targets"]["ttp_peak_over_model"]["met"]
+            targets[f"{r['workload']}_k{r['K']}_ttp_peak_le_{TTP_PEAK_TARGET_MODELS:g}x_model"] = r["targets"][
+                "ttp_peak_over_model"
+            ]["met"]
     report = {
         "benchmark": "grid_round",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": version("torch"),
-                    "platform": platform.platform()},
-        "settings": {"shard_bytes": results[0]["shard_bytes"] if results else None,
-                     "ttp_torch_threads": results[0]["ttp_torch_threads"] if results else None,
-                     "worker_torch_threads": 1, "repeats": args.repeats},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": version("torch"),
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "shard_bytes": results[0]["shard_bytes"] if results else None,
+            "ttp_torch_threads": results[0]["ttp_torch_threads"] if results else None,
+            "worker_torch_threads": 1,
+            "repeats": args.repeats,
+        },
         "loopback_bytes_per_s": round(floor_bps),
         "loopback_runs_bytes_per_s": [round(x) for x in loopback],
         "cases": results,

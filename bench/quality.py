@@ -20,6 +20,7 @@ run's seed), with the same recipe and the same number of optimizer steps.
 
 Prints ONE JSON line on stdout; progress goes to stderr. bench/README.md explains every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ PARTIES = 3
 COLLAB = "quality"
 REST, WS = 5000, 8020
 CLASSIFY_TARGET = 0.02  # accuracy
-REGRESS_TARGET = 0.05   # R2
+REGRESS_TARGET = 0.05  # R2
 # each party's rows: 60 % train, 30 % evaluate (what both sides are scored on), 10 % predict;
 # a larger evaluate split than write_party's 15 % makes one misclassified row cost less accuracy
 FRACTIONS = (0.6, 0.3)
@@ -53,34 +54,53 @@ RECIPES: dict[str, dict] = {
     "breast_cancer": {
         "action": "classify",
         "model": [
-            {"l_type": "Linear", "structure": {"in_features": 30, "out_features": 16}, "activation": "relu",
-             "is_input": True},
-            {"l_type": "Linear", "structure": {"in_features": 16, "out_features": 1}, "activation": "sigmoid",
-             "is_input": False},
+            {
+                "l_type": "Linear",
+                "structure": {"in_features": 30, "out_features": 16},
+                "activation": "relu",
+                "is_input": True,
+            },
+            {
+                "l_type": "Linear",
+                "structure": {"in_features": 16, "out_features": 1},
+                "activation": "sigmoid",
+                "is_input": False,
+            },
         ],
         "hp": {"optimizer": "SGD", "lr": 0.5, "criterion": "BCELoss", "rounds": 20, "epochs": 5},
     },
     "diabetes": {
         "action": "regress",
         "model": [
-            {"l_type": "Linear", "structure": {"in_features": 10, "out_features": 1}, "activation": None,
-             "is_input": True},
+            {
+                "l_type": "Linear",
+                "structure": {"in_features": 10, "out_features": 1},
+                "activation": None,
+                "is_input": True,
+            },
         ],
         "hp": {"optimizer": "SGD", "lr": 0.1, "criterion": "MSELoss", "rounds": 20, "epochs": 5},
     },
     "penguins": {
         "action": "classify",
         "model": [
-            {"l_type": "Linear", "structure": {"in_features": 10, "out_features": 16}, "activation": "relu",
-             "is_input": True},
-            {"l_type": "Linear", "structure": {"in_features": 16, "out_features": 3}, "activation": "log_softmax",
-             "is_input": False},
+            {
+                "l_type": "Linear",
+                "structure": {"in_features": 10, "out_features": 16},
+                "activation": "relu",
+                "is_input": True,
+            },
+            {
+                "l_type": "Linear",
+                "structure": {"in_features": 16, "out_features": 3},
+                "activation": "log_softmax",
+                "is_input": False,
+            },
         ],
         "hp": {"optimizer": "SGD", "lr": 0.5, "criterion": "NLLLoss", "rounds": 20, "epochs": 5},
     },
 }
-COMMON_HP = {"algorithm": "FedAvg", "mu": 0.0, "lr_scheduler": "none", "patience": 0, "batch_size": None,
-             "seed": SEED}
+COMMON_HP = {"algorithm": "FedAvg", "mu": 0.0, "lr_scheduler": "none", "patience": 0, "batch_size": None, "seed": SEED}
 
 
 def say(*parts: object) -> None:
@@ -88,6 +108,7 @@ def say(*parts: object) -> None:
 
 
 # ---- the parties' data: raw frames split non-IID, written in the Worker layout ----
+
 
 def _sklearn_frame(name: str) -> pd.DataFrame:
     from sklearn import datasets
@@ -122,8 +143,11 @@ def split_parties(name: str) -> tuple[list[pd.DataFrame], dict[str, str], str]:
         frame = load_penguins().rename(columns={"species": "target"})
         frame = frame[frame["target"].notna()].reset_index(drop=True)  # features keep their NaNs
         islands = ["Biscoe", "Dream", "Torgersen"]
-        return ([frame[frame["island"] == i].reset_index(drop=True) for i in islands], dict(PENGUIN_SCHEMA),
-                "island (Biscoe, Dream, Torgersen)")
+        return (
+            [frame[frame["island"] == i].reset_index(drop=True) for i in islands],
+            dict(PENGUIN_SCHEMA),
+            "island (Biscoe, Dream, Torgersen)",
+        )
     raise ValueError(name)
 
 
@@ -149,24 +173,38 @@ def prepare(workspace: Path, name: str) -> dict:
     balance = None
     if RECIPES[name]["action"] == "classify":
         balance = [{str(k): int(v) for k, v in sorted(f["target"].value_counts().items())} for f in metas["train"]]
-    return {"split": split, "schema": schema, "numeric": numeric, "categorical": categorical,
-            "train": pd.concat(metas["train"], ignore_index=True),
-            "evaluate": pd.concat(metas["evaluate"], ignore_index=True),
-            "party_train_rows": party_rows, "party_train_classes": balance}
+    return {
+        "split": split,
+        "schema": schema,
+        "numeric": numeric,
+        "categorical": categorical,
+        "train": pd.concat(metas["train"], ignore_index=True),
+        "evaluate": pd.concat(metas["evaluate"], ignore_index=True),
+        "party_train_rows": party_rows,
+        "party_train_classes": balance,
+    }
 
 
 # ---- the federated side: the real platform through the Driver ----
 
+
 def register(driver, name: str, action: str, hosts: list[str]) -> None:
-    driver.projects.create(collab_id=COLLAB, project_id=name, action=action,
-                           incentives={"tier_1": [], "tier_2": [], "tier_3": []})
+    driver.projects.create(
+        collab_id=COLLAB, project_id=name, action=action, incentives={"tier_1": [], "tier_2": [], "tier_3": []}
+    )
     for i, host in enumerate(hosts, start=1):
         pid = f"party_{i}"
         task = driver.registrations
         task.add_node(host=host, port=WS, f_port=REST)
         task.create(collab_id=COLLAB, project_id=name, participant_id=pid, role="host" if i == 1 else "guest")
-        driver.tags.create(collab_id=COLLAB, project_id=name, participant_id=pid, train=[[name, "train"]],
-                           evaluate=[[name, "evaluate"]], predict=[[name, "predict"]])
+        driver.tags.create(
+            collab_id=COLLAB,
+            project_id=name,
+            participant_id=pid,
+            train=[[name, "train"]],
+            evaluate=[[name, "evaluate"]],
+            predict=[[name, "predict"]],
+        )
 
 
 def federated(driver, name: str, recipe: dict, hp: dict) -> dict:
@@ -184,12 +222,19 @@ def federated(driver, name: str, recipe: dict, hp: dict) -> dict:
     history = models[0]["global"]["loss_history"]
     metric_key = "evaluate_accuracy" if action == "classify" else "evaluate_r2"
     last = max(history[metric_key], key=int)
-    return {"layers": layers, "superset": alignments[0]["superset"], "by_party": by_party,
-            "history_metric": float(history[metric_key][last]), "train_loss": float(history["train"][last]),
-            "history_rounds": int(last) + 1, "train_s": train_s}
+    return {
+        "layers": layers,
+        "superset": alignments[0]["superset"],
+        "by_party": by_party,
+        "history_metric": float(history[metric_key][last]),
+        "train_loss": float(history["train"][last]),
+        "history_rounds": int(last) + 1,
+        "train_s": train_s,
+    }
 
 
 # ---- the central side: scikit-learn preprocessing, plain torch ----
+
 
 def central(data: dict, recipe: dict, hp: dict, layers: list[dict], superset: dict) -> dict:
     import torch
@@ -204,15 +249,24 @@ def central(data: dict, recipe: dict, hp: dict, layers: list[dict], superset: di
     train, evaluate = data["train"], data["evaluate"]
     numeric, categorical = data["numeric"], data["categorical"]
     seen = pd.concat([train, evaluate], ignore_index=True)
-    transformers = [("num", Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler())]),
-                     numeric)]
+    transformers = [
+        ("num", Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler())]), numeric)
+    ]
     if categorical:
         # every category seen anywhere in the pooled train + evaluate data: the platform's superset width
         categories = [sorted(seen[c].dropna().astype(str).unique()) for c in categorical]
-        transformers.append(("cat", Pipeline([("impute", SimpleImputer(strategy="most_frequent")),
-                                              ("onehot", OneHotEncoder(categories=categories,
-                                                                       handle_unknown="ignore"))]),
-                             categorical))
+        transformers.append(
+            (
+                "cat",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        ("onehot", OneHotEncoder(categories=categories, handle_unknown="ignore")),
+                    ]
+                ),
+                categorical,
+            )
+        )
     pre = ColumnTransformer(transformers, sparse_threshold=0.0, verbose_feature_names_out=False)
 
     def features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -225,8 +279,10 @@ def central(data: dict, recipe: dict, hp: dict, layers: list[dict], superset: di
     X_eval = pre.transform(features(evaluate)).astype(np.float32)
     width = int(layers[0]["structure"]["in_features"])
     if X_train.shape[1] != width or width != len(superset["X"]):
-        raise AssertionError(f"central feature width {X_train.shape[1]} differs from the platform's "
-                             f"{width} (superset {len(superset['X'])}): the two would not start from the same weights")
+        raise AssertionError(
+            f"central feature width {X_train.shape[1]} differs from the platform's "
+            f"{width} (superset {len(superset['X'])}): the two would not start from the same weights"
+        )
     # columns sorted by name (`island_Dream` for a category), so that each initial weight meets the
     # same feature on both sides; the names are derived here and only compared with the platform's
     names = [str(n) for n in pre.get_feature_names_out()]
@@ -245,7 +301,7 @@ def central(data: dict, recipe: dict, hp: dict, layers: list[dict], superset: di
         y_eval = np.array(evaluate["target"].astype(str).map(index), dtype=np.int64)
     else:
         mean, std = float(train["target"].mean()), float(train["target"].std(ddof=0))
-        y_train = ((train["target"].to_numpy(dtype="float64") - mean) / std)
+        y_train = (train["target"].to_numpy(dtype="float64") - mean) / std
         y_eval = evaluate["target"].to_numpy(dtype="float64")
 
     model = build_model(layers, seed=hp["seed"])  # the platform's initial global weights
@@ -291,8 +347,10 @@ def describe(layers: list[dict]) -> str:
     for layer in layers:
         structure = layer.get("structure") or {}
         activation = layer.get("activation")
-        parts.append(f"{layer['l_type']}({structure.get('in_features')}->{structure.get('out_features')})"
-                     + (f"/{activation}" if activation else ""))
+        parts.append(
+            f"{layer['l_type']}({structure.get('in_features')}->{structure.get('out_features')})"
+            + (f"/{activation}" if activation else "")
+        )
     return " -> ".join(parts)
 
 
@@ -318,25 +376,44 @@ def compare(driver, name: str, data: dict, hosts: list[str], args: argparse.Name
     else:
         metric, target = "R2", REGRESS_TARGET
         value = float(agg["R2"])  # the aggregate record's R2 is that of the pooled evaluate rows
-        extra = {"history_R2": round(fed["history_metric"], 4),
-                 "recomputed_R2": round(pooled_r2(fed["by_party"], data["evaluate"]), 4),
-                 "party_R2": [round(float(fed["by_party"][f"party_{i}"]["R2"]), 4) for i in range(1, PARTIES + 1)]}
+        extra = {
+            "history_R2": round(fed["history_metric"], 4),
+            "recomputed_R2": round(pooled_r2(fed["by_party"], data["evaluate"]), 4),
+            "party_R2": [round(float(fed["by_party"][f"party_{i}"]["R2"]), 4) for i in range(1, PARTIES + 1)],
+        }
     gap = cen["value"] - value
-    say(f"{name}: federated {metric} {value:.4f}, central {cen['value']:.4f}, gap {gap:+.4f} "
-        f"(target {target}) {'met' if gap <= target else 'NOT met'}")
+    say(
+        f"{name}: federated {metric} {value:.4f}, central {cen['value']:.4f}, gap {gap:+.4f} "
+        f"(target {target}) {'met' if gap <= target else 'NOT met'}"
+    )
     entry = {"split": data["split"], "parties": PARTIES, "party_train_rows": data["party_train_rows"]}
     if data["party_train_classes"]:
         entry["party_train_classes"] = data["party_train_classes"]
     return entry | {
-        "n_train": len(data["train"]), "n_evaluate": len(data["evaluate"]),
-        "metric": metric, "federated": round(value, 4), "central": round(cen["value"], 4),
-        "gap": round(gap, 4), "target": target, "met": bool(gap <= target),
+        "n_train": len(data["train"]),
+        "n_evaluate": len(data["evaluate"]),
+        "metric": metric,
+        "federated": round(value, 4),
+        "central": round(cen["value"], 4),
+        "gap": round(gap, 4),
+        "target": target,
+        "met": bool(gap <= target),
         **extra,
-        "federated_train_loss": round(fed["train_loss"], 5), "central_train_loss": round(cen["train_loss"], 5),
-        "rounds": hp["rounds"], "epochs": hp["epochs"], "rounds_completed": fed["history_rounds"],
+        "federated_train_loss": round(fed["train_loss"], 5),
+        "central_train_loss": round(cen["train_loss"], 5),
+        "rounds": hp["rounds"],
+        "epochs": hp["epochs"],
+        "rounds_completed": fed["history_rounds"],
         "central_steps": cen["steps"],
-        "recipe": {"model": describe(fed["layers"]), "optimizer": hp["optimizer"], "lr": hp["lr"],
-                   "criterion": hp["criterion"], "batch": "full", "algorithm": hp["algorithm"], "seed": hp["seed"]},
+        "recipe": {
+            "model": describe(fed["layers"]),
+            "optimizer": hp["optimizer"],
+            "lr": hp["lr"],
+            "criterion": hp["criterion"],
+            "batch": "full",
+            "algorithm": hp["algorithm"],
+            "seed": hp["seed"],
+        },
         "width": cen["width"],
         "federated_train_s": round(fed["train_s"], 2),
         "elapsed_s": round(time.perf_counter() - started, 1),
@@ -344,6 +421,7 @@ def compare(driver, name: str, data: dict, hosts: list[str], args: argparse.Name
 
 
 # ---- main ----
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -397,8 +475,12 @@ def main() -> None:
             shutil.rmtree(temp, ignore_errors=True)
     report = {
         "benchmark": "quality",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": version("torch"),
-                    "sklearn": version("scikit-learn")},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": version("torch"),
+            "sklearn": version("scikit-learn"),
+        },
         "datasets": results,
         "all_met": all(r["met"] for r in results.values()),
         "elapsed_s": round(time.perf_counter() - began, 1),

@@ -4,6 +4,7 @@
 
 Defaults are the guide's (Director tunnelled to local port 15000, Workers on 172.19.152.154/155).
 """
+
 import sys
 
 from synergos import Driver
@@ -25,11 +26,7 @@ driver.projects.create(
     collab_id="collaboration_1",
     project_id="project_1",
     action="classify",
-    incentives={
-        'tier_1': [],
-        'tier_2': [],
-        'tier_3': []
-    }
+    incentives={"tier_1": [], "tier_2": [], "tier_3": []},
 )
 
 # 1C. Orchestrator creates an experiment (the guide's simple model with tabular data)
@@ -42,13 +39,9 @@ driver.experiments.create(
             "activation": "sigmoid",
             "is_input": True,
             "l_type": "Linear",
-            "structure": {
-                "bias": True,
-                "in_features": 18,
-                "out_features": 1
-            }
+            "structure": {"bias": True, "in_features": 18, "out_features": 1},
         }
-    ]
+    ],
 )
 
 # 1D. Orchestrator creates a run
@@ -63,7 +56,7 @@ driver.runs.create(
     max_lr=0.005,
     criterion="L1Loss",
     optimizer="SGD",
-    lr_scheduler="CyclicLR"
+    lr_scheduler="CyclicLR",
 )
 
 # 1E. Participants register to the collaboration
@@ -83,13 +76,10 @@ registration_task.add_node(
     port=8020,
     f_port=5000,
     log_msgs=True,
-    verbose=True
+    verbose=True,
 )
 registration_task.create(
-    collab_id="collaboration_1",
-    project_id="project_1",
-    participant_id="participant_1",
-    role="guest"
+    collab_id="collaboration_1", project_id="project_1", participant_id="participant_1", role="guest"
 )
 
 registration_task.add_node(
@@ -97,13 +87,10 @@ registration_task.add_node(
     port=8020,
     f_port=5000,
     log_msgs=True,
-    verbose=True
+    verbose=True,
 )
 registration_task.create(
-    collab_id="collaboration_1",
-    project_id="project_1",
-    participant_id="participant_2",
-    role="host"
+    collab_id="collaboration_1", project_id="project_1", participant_id="participant_2", role="host"
 )
 
 driver.tags.create(
@@ -112,7 +99,7 @@ driver.tags.create(
     participant_id="participant_1",
     train=[["train"]],  # data used in training
     evaluate=[["evaluate"]],  # data used to evaluate model performance
-    predict=[["predict"]]  # data used for prediction/inference
+    predict=[["predict"]],  # data used for prediction/inference
 )
 
 driver.tags.create(
@@ -121,30 +108,19 @@ driver.tags.create(
     participant_id="participant_2",
     train=[["train"]],
     evaluate=[["evaluate"]],
-    predict=[["predict"]]
+    predict=[["predict"]],
 )
 
 # 2A. Feature alignment
-driver.alignments.create(
-    collab_id="collaboration_1",
-    project_id="project_1"
-)
+driver.alignments.create(collab_id="collaboration_1", project_id="project_1")
 
 # 2B. Training
 model_resp = driver.models.create(
-    collab_id="collaboration_1",
-    project_id="project_1",
-    expt_id="experiment_1",
-    run_id="run_1"
+    collab_id="collaboration_1", project_id="project_1", expt_id="experiment_1", run_id="run_1"
 )
 
 # 3A. Validation
-driver.validations.create(
-    collab_id="collaboration_1",
-    project_id="project_1",
-    expt_id="experiment_1",
-    run_id="run_1"
-)
+driver.validations.create(collab_id="collaboration_1", project_id="project_1", expt_id="experiment_1", run_id="run_1")
 
 # 3B. Prediction
 driver.predictions.create(
@@ -153,5 +129,5 @@ driver.predictions.create(
     participant_id="participant_1",
     project_id="project_1",
     expt_id="experiment_1",
-    run_id="run_1"
+    run_id="run_1",
 )

@@ -3,6 +3,7 @@
 Updates are folded in shard by shard, always in participant order, so the result does not
 depend on which party answered first and the same seed gives the same model bit for bit.
 """
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,9 @@ import torch
 from .errors import ErrorCode, FederationError
 
 
-def fold_slices(target: dict[str, torch.Tensor], per_party: list[tuple[str, float, list[tuple[str, int, torch.Tensor]]]]
-                ) -> None:
+def fold_slices(
+    target: dict[str, torch.Tensor], per_party: list[tuple[str, float, list[tuple[str, int, torch.Tensor]]]]
+) -> None:
     """Write sum_k w_k * slice_k into `target` for one shard index.
 
     `per_party` is [(participant_id, weight, decoded slices)] in participant order; every party's
@@ -20,15 +22,16 @@ def fold_slices(target: dict[str, torch.Tensor], per_party: list[tuple[str, floa
     first_pid, _, first = per_party[0]
     for pid, _, slices in per_party[1:]:
         if [(n, o, t.numel()) for n, o, t in slices] != [(n, o, t.numel()) for n, o, t in first]:
-            raise FederationError(f"{pid}'s update is laid out differently from {first_pid}'s",
-                                  ErrorCode.FEDERATION_BAD_UPDATE)
+            raise FederationError(
+                f"{pid}'s update is laid out differently from {first_pid}'s", ErrorCode.FEDERATION_BAD_UPDATE
+            )
     with torch.no_grad():
         for index, (name, offset, _) in enumerate(first):
-            out = target[name].view(-1)[offset: offset + first[index][2].numel()]
+            out = target[name].view(-1)[offset : offset + first[index][2].numel()]
             if not out.is_floating_point():
                 out.copy_(first[index][2])  # counters (e.g. BatchNorm's) are not averaged
                 continue
-            for k, (pid, weight, slices) in enumerate(per_party):
+            for k, (_pid, weight, slices) in enumerate(per_party):
                 piece = slices[index][2]
                 if k == 0:
                     torch.mul(piece, weight, out=out)
@@ -40,8 +43,9 @@ def fold_slices(target: dict[str, torch.Tensor], per_party: list[tuple[str, floa
             if not torch.isfinite(out.sum()):
                 for pid, _, slices in per_party:
                     if not torch.isfinite(slices[index][2]).all():
-                        raise FederationError(f"{pid} sent non-finite weights for {name}",
-                                              ErrorCode.FEDERATION_BAD_UPDATE)
+                        raise FederationError(
+                            f"{pid} sent non-finite weights for {name}", ErrorCode.FEDERATION_BAD_UPDATE
+                        )
 
 
 def sample_weights(counts: dict[str, int]) -> dict[str, float]:

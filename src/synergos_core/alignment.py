@@ -8,6 +8,7 @@ zero columns there (`data.apply_spacers`), so every party presents identical col
 Headers are sorted on every party, so the alignment of the original's pairwise
 Needleman-Wunsch merge reduces to set membership against the sorted union.
 """
+
 from __future__ import annotations
 
 import copy
@@ -57,14 +58,17 @@ def align_headers(headers: HeaderSets) -> Alignment:
     union: dict[str, set[str]] = {axis: set() for axis in AXES}
     for participant, metas in headers.items():
         if not isinstance(metas, dict):
-            raise InvalidRequest(f"headers of {participant!r} must map metas to headers",
-                                 code=ErrorCode.ALIGNMENT_INVALID)
+            raise InvalidRequest(
+                f"headers of {participant!r} must map metas to headers", code=ErrorCode.ALIGNMENT_INVALID
+            )
         for meta, axes in metas.items():
             if not axes:
                 continue
             if not isinstance(axes, dict):
-                raise InvalidRequest(f"headers of {participant!r}/{meta!r} must be {{'X': [...], 'y': [...]}}",
-                                     code=ErrorCode.ALIGNMENT_INVALID)
+                raise InvalidRequest(
+                    f"headers of {participant!r}/{meta!r} must be {{'X': [...], 'y': [...]}}",
+                    code=ErrorCode.ALIGNMENT_INVALID,
+                )
             lists = {axis: _header_list(axes.get(axis), f"{participant!r}/{meta!r}/{axis}") for axis in AXES}
             if not any(lists.values()):
                 continue
@@ -88,7 +92,7 @@ def _output_size(n_classes: int, action: str) -> int:
     return 1 if action == "regress" or n_classes <= 2 else n_classes
 
 
-def fix_model_io(model: list[dict], x_width: int, n_classes: int, action: str) -> list[dict]:
+def fix_model_io(model: list[dict[str, Any]], x_width: int, n_classes: int, action: str) -> list[dict[str, Any]]:
     """Return a copy of `model` whose input and output sizes fit the aligned data (auto_fix).
 
     Input: the first layer marked `is_input` (else the first layer) gets `in_features` =
@@ -122,8 +126,10 @@ def fix_model_io(model: list[dict], x_width: int, n_classes: int, action: str) -
     elif "in_features" in structure or l_type == "Linear":
         structure["in_features"] = x_width
 
-    last = next((layer for layer in reversed(fixed)
-                 if "out_features" in layer["structure"] or layer.get("l_type") == "Linear"), None)
+    last = next(
+        (layer for layer in reversed(fixed) if "out_features" in layer["structure"] or layer.get("l_type") == "Linear"),
+        None,
+    )
     if last is not None:
         last["structure"]["out_features"] = _output_size(n_classes, action)
         if action == "classify" and n_classes > 2 and last.get("activation") == "sigmoid":

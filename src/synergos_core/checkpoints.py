@@ -1,16 +1,18 @@
 """Writing and reading model files (safetensors only) without holding extra copies in memory."""
+
 from __future__ import annotations
 
 import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import ErrorCode, InvalidRequest
-from .wire import Layout, _DTYPE_NAMES, _prod
+from .wire import _DTYPE_NAMES, Layout, _prod
 
 
 class StateFileWriter:
@@ -19,7 +21,7 @@ class StateFileWriter:
     def __init__(self, path: Path, layout: Layout) -> None:
         self.path = path
         self.tmp = path.with_name(path.name + ".part")
-        header: dict = {}
+        header: dict[str, Any] = {}
         self._offsets: dict[str, tuple[int, int]] = {}
         cursor = 0
         for name, dtype, shape in layout.entries:
@@ -40,7 +42,8 @@ class StateFileWriter:
         data = tensor.detach().contiguous()
         if data.dtype == torch.bfloat16:  # numpy has no bfloat16; the bytes are what matter
             data = data.view(torch.int16)
-        os.pwrite(self._fd, memoryview(data.numpy()).cast("B"), self._data_start + start + offset * itemsize)
+        view = memoryview(data.numpy()).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers
+        os.pwrite(self._fd, view, self._data_start + start + offset * itemsize)
 
     def commit(self) -> None:
         os.close(self._fd)

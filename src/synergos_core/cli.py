@@ -1,4 +1,5 @@
 """The flags shared by every service CLI, spelled as in the deployment guide."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,14 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     add = parser.add_argument
     add("--id", "-i", help="service id, shown on every log line")
-    add("--logging_variant", "--logging-variant", "-l", nargs="+", metavar="VARIANT",
-        help="'basic' or 'graylog HOST PORT'")
+    add(
+        "--logging_variant",
+        "--logging-variant",
+        "-l",
+        nargs="+",
+        metavar="VARIANT",
+        help="'basic' or 'graylog HOST PORT'",
+    )
     add("--censored", "-c", action="store_true", default=None, help="redact paths and secrets from logs")
     add("--debug", "-d", action="store_true", default=None, help="verbose logging")
     add("--host", help="REST bind address")

@@ -8,20 +8,29 @@ Loading dispatches on metadata.json's `datatype`: `tabular` here, `image` and `t
 Only headers, schemas and summary metadata may leave the Worker: `PreparedData.metadata` holds
 counts and moments, never a row, a pixel or a text.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from .errors import ErrorCode, InvalidRequest, NotFound
-from .preprocessing import (Preprocessing, Statistics, category_fill, frame_statistics, impute_numeric,
-                            scale_numeric, target_transform)
+from .preprocessing import (
+    Preprocessing,
+    Statistics,
+    category_fill,
+    frame_statistics,
+    impute_numeric,
+    scale_numeric,
+    target_transform,
+)
 from .schemas import check_tag
 
 Action = Literal["classify", "regress"]
@@ -61,6 +70,7 @@ class PreparedData:
 
 # ---- finding a dataset by tag ----
 
+
 def _inside(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
@@ -74,8 +84,12 @@ def _checked_tokens(tag: list[str]) -> list[str]:
     # module stays safe even if the token pattern is ever loosened (e.g. "a..b" passes it).
     for token in tag:
         if (
-            "/" in token or "\\" in token or "\x00" in token or ".." in token
-            or PurePosixPath(token).is_absolute() or PureWindowsPath(token).is_absolute()
+            "/" in token
+            or "\\" in token
+            or "\x00" in token
+            or ".." in token
+            or PurePosixPath(token).is_absolute()
+            or PureWindowsPath(token).is_absolute()
             or PureWindowsPath(token).drive
         ):
             raise InvalidRequest(f"tag token {token!r} is not a plain name", code=ErrorCode.TAG_INVALID)
@@ -142,15 +156,17 @@ def find_dataset(data_root: Path, tag: list[str]) -> Path:
     tokens = set(_checked_tokens(tag))
     root = Path(data_root).resolve()
     if not root.is_dir():
-        raise NotFound(f"no dataset matches tag {tag!r}: the data directory does not exist",
-                       code=ErrorCode.TAG_NOT_FOUND)
+        raise NotFound(
+            f"no dataset matches tag {tag!r}: the data directory does not exist", code=ErrorCode.TAG_NOT_FOUND
+        )
     for parts, directory, escapes in sorted(_walk_datasets(root), key=lambda item: item[0]):
         if not tokens <= set(parts):
             continue
         real = directory.resolve()
         if escapes or not _inside(real, root) or not _inside((real / "metadata.json").resolve(), root):
-            raise InvalidRequest(f"tag {tag!r} selects a dataset outside the data directory",
-                                 code=ErrorCode.TAG_INVALID)
+            raise InvalidRequest(
+                f"tag {tag!r} selects a dataset outside the data directory", code=ErrorCode.TAG_INVALID
+            )
         return real
     raise NotFound(f"no dataset matches tag {tag!r}", code=ErrorCode.TAG_NOT_FOUND)
 
@@ -158,8 +174,9 @@ def find_dataset(data_root: Path, tag: list[str]) -> Path:
 def _read_json(path: Path, root: Path, what: str) -> Any:
     real = path.resolve()
     if not _inside(real, root):
-        raise InvalidRequest(f"{what} of dataset {path.parent.name!r} points outside the data directory",
-                             code=ErrorCode.DATASET_INVALID)
+        raise InvalidRequest(
+            f"{what} of dataset {path.parent.name!r} points outside the data directory", code=ErrorCode.DATASET_INVALID
+        )
     if not real.is_file():
         raise InvalidRequest(f"dataset {path.parent.name!r} has no {what}", code=ErrorCode.DATASET_INVALID)
     if real.stat().st_size > _MAX_DESCRIPTOR_BYTES:
@@ -167,31 +184,37 @@ def _read_json(path: Path, root: Path, what: str) -> Any:
     try:
         return json.loads(real.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"{what} of dataset {path.parent.name!r} is not valid JSON",
-                             code=ErrorCode.DATASET_INVALID) from exc
+        raise InvalidRequest(
+            f"{what} of dataset {path.parent.name!r} is not valid JSON", code=ErrorCode.DATASET_INVALID
+        ) from exc
 
 
 def read_metadata(data_root: Path, directory: Path) -> dict[str, Any]:
     """`directory/metadata.json` as `{"datatype": str, "operations": dict}` (InvalidRequest if malformed)."""
     meta = _read_json(Path(directory) / "metadata.json", Path(data_root).resolve(), "metadata.json")
     if not isinstance(meta, dict) or not isinstance(meta.get("datatype"), str):
-        raise InvalidRequest(f"metadata.json of dataset {Path(directory).name!r} needs a string 'datatype'",
-                             code=ErrorCode.DATASET_INVALID)
+        raise InvalidRequest(
+            f"metadata.json of dataset {Path(directory).name!r} needs a string 'datatype'",
+            code=ErrorCode.DATASET_INVALID,
+        )
     operations = meta.get("operations")
     if operations is None:
         operations = {}
     if not isinstance(operations, dict):
-        raise InvalidRequest(f"metadata.json of dataset {Path(directory).name!r}: 'operations' must be an object",
-                             code=ErrorCode.DATASET_INVALID)
+        raise InvalidRequest(
+            f"metadata.json of dataset {Path(directory).name!r}: 'operations' must be an object",
+            code=ErrorCode.DATASET_INVALID,
+        )
     return {"datatype": meta["datatype"], "operations": operations}
 
 
 def read_datatype(data_root: Path, directory: Path) -> str:
     """The `datatype` declared by `directory/metadata.json` (InvalidRequest if malformed)."""
-    return read_metadata(data_root, directory)["datatype"]
+    return str(read_metadata(data_root, directory)["datatype"])
 
 
 # ---- tabular ----
+
 
 def read_tabular(data_root: Path, directory: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     """All `*.csv` directly in `directory`, typed by the `schema.json` beside them.
@@ -208,8 +231,11 @@ def read_tabular(data_root: Path, directory: Path) -> tuple[pd.DataFrame, dict[s
     if not isinstance(raw_schema, dict) or not all(
         isinstance(k, str) and v in NUMERIC_TYPES + CATEGORICAL_TYPES for k, v in raw_schema.items()
     ):
-        raise InvalidRequest(f"schema.json of dataset {name!r} must map columns to one of "
-                             f"{', '.join(NUMERIC_TYPES + CATEGORICAL_TYPES)}", code=ErrorCode.DATASET_INVALID)
+        raise InvalidRequest(
+            f"schema.json of dataset {name!r} must map columns to one of "
+            f"{', '.join(NUMERIC_TYPES + CATEGORICAL_TYPES)}",
+            code=ErrorCode.DATASET_INVALID,
+        )
     schema: dict[str, str] = dict(raw_schema)
     csvs = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".csv")
     if not csvs:
@@ -218,14 +244,17 @@ def read_tabular(data_root: Path, directory: Path) -> tuple[pd.DataFrame, dict[s
     for csv in csvs:
         real = csv.resolve()
         if not _inside(real, root) or not real.is_file():
-            raise InvalidRequest(f"{csv.name} of dataset {name!r} is not a file inside the data directory",
-                                 code=ErrorCode.DATASET_INVALID)
+            raise InvalidRequest(
+                f"{csv.name} of dataset {name!r} is not a file inside the data directory",
+                code=ErrorCode.DATASET_INVALID,
+            )
         try:
             # Read as text first: typing happens below so that errors name the column, never a cell.
             frame = pd.read_csv(real, dtype=str)
         except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise InvalidRequest(f"{csv.name} of dataset {name!r} is not a readable CSV",
-                                 code=ErrorCode.DATASET_INVALID) from exc
+            raise InvalidRequest(
+                f"{csv.name} of dataset {name!r} is not a readable CSV", code=ErrorCode.DATASET_INVALID
+            ) from exc
         frames.append(_typed(frame, schema, f"{csv.name} of dataset {name!r}"))
     combined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     used = {col: schema[col] for col in combined.columns}
@@ -245,8 +274,10 @@ def _typed(frame: pd.DataFrame, schema: dict[str, str], where: str) -> pd.DataFr
                 typed[col] = pd.to_numeric(frame[col], errors="raise").astype("float64")
             except (ValueError, TypeError):
                 # pandas' message quotes the offending cell; a row value must not leave the Worker.
-                raise InvalidRequest(f"{where}: column {col!r} is typed {schema[col]} but holds "
-                                     f"non-numeric values", code=ErrorCode.DATASET_INVALID) from None
+                raise InvalidRequest(
+                    f"{where}: column {col!r} is typed {schema[col]} but holds non-numeric values",
+                    code=ErrorCode.DATASET_INVALID,
+                ) from None
         else:
             typed[col] = frame[col].astype(object).where(frame[col].notna(), np.nan)
     return pd.DataFrame(typed, index=frame.index)
@@ -271,15 +302,26 @@ def _summary(frame: pd.DataFrame, schema: dict[str, str]) -> dict[str, Any]:
         series = frame[col]
         if schema[col] in NUMERIC_TYPES:
             numeric[col] = {
-                "count": int(series.count()), "mean": num(series.mean()), "std": num(series.std()),
-                "min": num(series.min()), "max": num(series.max()), "datatype": schema[col],
+                "count": int(series.count()),
+                "mean": num(series.mean()),
+                "std": num(series.std()),
+                "min": num(series.min()),
+                "max": num(series.max()),
+                "datatype": schema[col],
             }
         else:
             labels = sorted({_class_label(v) for v in series.dropna()})
-            categorical[col] = {"count": int(series.count()), "unique": len(labels),
-                                "labels": labels, "datatype": schema[col]}
-    return {"src_count": int(len(frame)), "datatype": "tabular",
-            "features": {"num_variables": numeric, "cat_variables": categorical}}
+            categorical[col] = {
+                "count": int(series.count()),
+                "unique": len(labels),
+                "labels": labels,
+                "datatype": schema[col],
+            }
+    return {
+        "src_count": len(frame),
+        "datatype": "tabular",
+        "features": {"num_variables": numeric, "cat_variables": categorical},
+    }
 
 
 def _inferred_type(series: pd.Series) -> str:
@@ -290,8 +332,9 @@ def _inferred_type(series: pd.Series) -> str:
     return "float64" if pd.api.types.is_float_dtype(series) else "object"
 
 
-def _tabular_frame(frames: Sequence[pd.DataFrame], action: Action,
-                   schema: dict[str, str] | None) -> tuple[pd.DataFrame, dict[str, str]]:
+def _tabular_frame(
+    frames: Sequence[pd.DataFrame], action: Action, schema: dict[str, str] | None
+) -> tuple[pd.DataFrame, dict[str, str]]:
     """The frames concatenated, typed by `schema` (inferred from dtypes when None), rows without a
     target dropped: inventing a label would invent ground truth."""
     if action not in ACTIONS:
@@ -318,16 +361,21 @@ def _statistics_of(frame: pd.DataFrame, schema: dict[str, str], action: Action) 
     return frame_statistics(frame, numeric, categorical, TARGET if action == "regress" else None, _class_label)
 
 
-def tabular_statistics(frames: Sequence[pd.DataFrame], action: Action,
-                       schema: dict[str, str] | None = None) -> Statistics:
+def tabular_statistics(
+    frames: Sequence[pd.DataFrame], action: Action, schema: dict[str, str] | None = None
+) -> Statistics:
     """The aggregates a party may report of these frames (its train split): counts, sums, sums of
     squares, min, max per numeric column, counts per category; never a row."""
     frame, schema = _tabular_frame(frames, action, schema)
     return _statistics_of(frame, schema, action)
 
 
-def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action, schema: dict[str, str] | None = None,
-                    preprocessing: Preprocessing | None = None) -> PreparedData:
+def prepare_tabular(
+    frames: Sequence[pd.DataFrame],
+    action: Action,
+    schema: dict[str, str] | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> PreparedData:
     """Concatenate `frames` and preprocess them into model-ready matrices with `preprocessing`.
 
     Missing values are imputed (numeric: the statistics' mean; categorical: their most frequent
@@ -362,8 +410,9 @@ def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action, schema: dict
             values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")
             known = stats.numeric.get(col) or fallback().numeric.get(col)
             if col in columns:
-                raise InvalidRequest(f"feature name {col!r} is produced twice; rename a column",
-                                     code=ErrorCode.DATASET_INVALID)
+                raise InvalidRequest(
+                    f"feature name {col!r} is produced twice; rename a column", code=ErrorCode.DATASET_INVALID
+                )
             columns[col] = scale_numeric(impute_numeric(values, known), known, preprocessing.scaling)
         else:
             labels = series.map(_class_label, na_action="ignore")
@@ -376,22 +425,29 @@ def prepare_tabular(frames: Sequence[pd.DataFrame], action: Action, schema: dict
             for value in sorted(set(filled)):
                 name = f"{col}_{value}"
                 if name in columns:
-                    raise InvalidRequest(f"feature name {name!r} is produced twice; rename a column",
-                                         code=ErrorCode.DATASET_INVALID)
+                    raise InvalidRequest(
+                        f"feature name {name!r} is produced twice; rename a column", code=ErrorCode.DATASET_INVALID
+                    )
                 columns[name] = (filled == value).to_numpy(dtype="float64")
     x_headers = sorted(columns)
     n_rows = len(frame)
-    X = (np.column_stack([columns[h] for h in x_headers]) if x_headers
-         else np.zeros((n_rows, 0))).astype(np.float32)
+    X = (np.column_stack([columns[h] for h in x_headers]) if x_headers else np.zeros((n_rows, 0))).astype(np.float32)
 
     y, y_headers = encode_targets(frame[TARGET], action)
     shift, scale = (0.0, 1.0)
     if action == "regress":
         shift, scale = target_transform(preprocessing)
         y = ((frame[TARGET].to_numpy(dtype="float64") - shift) / scale).reshape(-1, 1).astype(np.float32)
-    return PreparedData(X=X, y=y, x_headers=x_headers, y_headers=y_headers,
-                        schema=dict(sorted(schema.items())), metadata=metadata,
-                        target_shift=shift, target_scale=scale)
+    return PreparedData(
+        X=X,
+        y=y,
+        x_headers=x_headers,
+        y_headers=y_headers,
+        schema=dict(sorted(schema.items())),
+        metadata=metadata,
+        target_shift=shift,
+        target_scale=scale,
+    )
 
 
 def encode_targets(target: pd.Series, action: Action) -> tuple[np.ndarray, list[str]]:
@@ -416,28 +472,33 @@ def _read_tabular_meta(data_root: Path, directories: list[Path]) -> tuple[list[p
         for col, dtype in types.items():
             known = schema.get(col)
             if known is not None and (known in NUMERIC_TYPES) != (dtype in NUMERIC_TYPES):
-                raise InvalidRequest(f"column {col!r} is numeric in one dataset and categorical in another",
-                                     code=ErrorCode.DATASET_INVALID)
+                raise InvalidRequest(
+                    f"column {col!r} is numeric in one dataset and categorical in another",
+                    code=ErrorCode.DATASET_INVALID,
+                )
             schema.setdefault(col, dtype)
         frames.append(frame)
     return frames, schema
 
 
-def _load_tabular_meta(data_root: Path, directories: list[Path], action: Action,
-                       preprocessing: Preprocessing | None) -> PreparedData:
+def _load_tabular_meta(
+    data_root: Path, directories: list[Path], action: Action, preprocessing: Preprocessing | None
+) -> PreparedData:
     frames, schema = _read_tabular_meta(data_root, directories)
     return prepare_tabular(frames, action, schema, preprocessing)
 
 
-def _load_image_meta(data_root: Path, directories: list[Path], action: Action,
-                     preprocessing: Preprocessing | None) -> PreparedData:
+def _load_image_meta(
+    data_root: Path, directories: list[Path], action: Action, preprocessing: Preprocessing | None
+) -> PreparedData:
     from .data_media import load_image_meta  # Pillow is imported only when images are loaded
 
     return load_image_meta(data_root, directories, action)  # pixels are in [0, 1] already
 
 
-def _load_text_meta(data_root: Path, directories: list[Path], action: Action,
-                    preprocessing: Preprocessing | None) -> PreparedData:
+def _load_text_meta(
+    data_root: Path, directories: list[Path], action: Action, preprocessing: Preprocessing | None
+) -> PreparedData:
     from .data_media import load_text_meta  # scikit-learn is imported only when texts are loaded
 
     return load_text_meta(data_root, directories, action)  # word counts, as they are
@@ -460,16 +521,18 @@ def _meta_datasets(data_root: Path, tags: list[list[str]]) -> tuple[str, list[Pa
             directories.append(directory)
     datatypes = {read_datatype(data_root, d) for d in directories}
     if len(datatypes) > 1:
-        raise InvalidRequest(f"the tags select datasets of different datatypes {sorted(datatypes)}",
-                             code=ErrorCode.DATASET_MIXED)
+        raise InvalidRequest(
+            f"the tags select datasets of different datatypes {sorted(datatypes)}", code=ErrorCode.DATASET_MIXED
+        )
     datatype = datatypes.pop()
     if datatype not in _LOADERS:
         raise InvalidRequest(f"datatype {datatype!r} is not supported yet", code=ErrorCode.DATASET_UNSUPPORTED)
     return datatype, directories
 
 
-def load_meta(data_root: Path, tags: list[list[str]], action: Action,
-              preprocessing: Preprocessing | None = None) -> PreparedData | None:
+def load_meta(
+    data_root: Path, tags: list[list[str]], action: Action, preprocessing: Preprocessing | None = None
+) -> PreparedData | None:
     """Find every tag's dataset, load them, concatenate and prepare them; None when no tags.
 
     All datasets of one meta must share a datatype (InvalidRequest `dataset.mixed` otherwise).
@@ -506,14 +569,17 @@ def align_columns(matrix: np.ndarray, headers: list[str], superset: list[str]) -
     index = {name: i for i, name in enumerate(superset)}
     unknown = [h for h in headers if h not in index]
     if unknown:
-        raise InvalidRequest(f"feature drift: the data has {len(unknown)} feature(s) the project was not aligned "
-                             f"on, e.g. {unknown[:5]}", code=ErrorCode.PREDICTION_FEATURE_DRIFT)
+        raise InvalidRequest(
+            f"feature drift: the data has {len(unknown)} feature(s) the project was not aligned on, e.g. {unknown[:5]}",
+            code=ErrorCode.PREDICTION_FEATURE_DRIFT,
+        )
     out = np.zeros((matrix.shape[0], len(superset)), dtype=matrix.dtype)
     out[:, [index[h] for h in headers]] = matrix
     return out
 
 
 # ---- alignment on the Worker ----
+
 
 def apply_spacers(matrix: np.ndarray, spacers: list[int]) -> np.ndarray:
     """Insert zero columns at `spacers`, indices of the final (superset) layout.
@@ -543,6 +609,8 @@ def apply_spacers(matrix: np.ndarray, spacers: list[int]) -> np.ndarray:
 def class_indices(y_onehot_aligned: np.ndarray) -> np.ndarray:
     """Class index per row (argmax over aligned one-hot columns), int64, shape (N,)."""
     if y_onehot_aligned.ndim != 2 or y_onehot_aligned.shape[1] == 0:
-        raise InvalidRequest("class indices need a one-hot matrix with at least one column",
-                             code=ErrorCode.ALIGNMENT_INVALID)
-    return np.argmax(y_onehot_aligned, axis=1).astype(np.int64)
+        raise InvalidRequest(
+            "class indices need a one-hot matrix with at least one column", code=ErrorCode.ALIGNMENT_INVALID
+        )
+    indices: np.ndarray = np.argmax(y_onehot_aligned, axis=1).astype(np.int64)
+    return indices

@@ -17,6 +17,7 @@ counts. `operations`: `max_features` (default 1000), `lowercase` (default true),
 Unknown `operations` keys are ignored (the original passed many text-cleaning options).
 Metadata holds counts and summary statistics only: never a pixel, a file name or a text.
 """
+
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -51,21 +52,26 @@ MAX_NGRAM = 5
 
 # ---- shared helpers ----
 
+
 def _operations(data_root: Path, directories: list[Path], datatype: str) -> dict[str, Any]:
     """The `operations` shared by every dataset of one meta; they must agree."""
     found = [read_metadata(data_root, d)["operations"] for d in directories]
     if any(ops != found[0] for ops in found[1:]):
-        raise InvalidRequest(f"the {datatype} datasets selected for one meta declare different operations",
-                             code=ErrorCode.DATASET_INVALID)
-    return found[0]
+        raise InvalidRequest(
+            f"the {datatype} datasets selected for one meta declare different operations",
+            code=ErrorCode.DATASET_INVALID,
+        )
+    operations: dict[str, Any] = found[0]
+    return operations
 
 
 def _checked_directory(data_root: Path, directory: Path) -> tuple[Path, Path]:
     root = Path(data_root).resolve()
     real = Path(directory).resolve()
     if not _inside(real, root):
-        raise InvalidRequest(f"dataset {Path(directory).name!r} is outside the data directory",
-                             code=ErrorCode.DATASET_INVALID)
+        raise InvalidRequest(
+            f"dataset {Path(directory).name!r} is outside the data directory", code=ErrorCode.DATASET_INVALID
+        )
     return root, real
 
 
@@ -96,11 +102,15 @@ def _typed_target(raw: pd.Series, action: Action, where: str) -> pd.Series:
 def _target_summary(target: pd.Series, action: Action) -> dict[str, Any]:
     if action == "classify":
         counts = target.map(_class_label).value_counts()
-        return {"count": int(len(target)), "classes": {str(k): int(v) for k, v in sorted(counts.items())}}
+        return {"count": len(target), "classes": {str(k): int(v) for k, v in sorted(counts.items())}}
     values = target.to_numpy(dtype="float64")
-    return {"count": int(len(values)), "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-            "min": float(values.min()), "max": float(values.max())}
+    return {
+        "count": len(values),
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
 
 
 def _target_type(action: Action) -> str:
@@ -109,11 +119,13 @@ def _target_type(action: Action) -> str:
 
 # ---- images ----
 
+
 def image_headers(channels: int, height: int, width: int) -> list[str]:
     """Pixel headers `c<c>_h<h>_w<w>`, zero-padded: sorted order == C-order of (C, H, W)."""
     cw, hw, ww = (len(str(max(n - 1, 0))) for n in (channels, height, width))
-    return [f"c{c:0{cw}d}_h{h:0{hw}d}_w{w:0{ww}d}"
-            for c in range(channels) for h in range(height) for w in range(width)]
+    return [
+        f"c{c:0{cw}d}_h{h:0{hw}d}_w{w:0{ww}d}" for c in range(channels) for h in range(height) for w in range(width)
+    ]
 
 
 def image_options(operations: dict[str, Any]) -> tuple[str, tuple[int, int]]:
@@ -127,25 +139,37 @@ def image_options(operations: dict[str, Any]) -> tuple[str, tuple[int, int]]:
     if size is None:
         return color, DEFAULT_IMAGE_SIZE
     if (
-        not isinstance(size, (list, tuple)) or len(size) != 2
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
         or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_IMAGE_SIDE for n in size)
     ):
-        raise InvalidRequest(f"operations.size must be [height, width], integers from 1 to {MAX_IMAGE_SIDE}",
-                             code=ErrorCode.DATASET_INVALID)
+        raise InvalidRequest(
+            f"operations.size must be [height, width], integers from 1 to {MAX_IMAGE_SIDE}",
+            code=ErrorCode.DATASET_INVALID,
+        )
     return color, (int(size[0]), int(size[1]))
 
 
 def _image_path(directory: Path, name: Any, row: int) -> Path:
     """The image file named on `row` of mapping.csv: a plain file name inside `directory`."""
-    refused = InvalidRequest(f"row {row} of {IMAGE_MAPPING} does not name a plain image file inside the dataset",
-                             code=ErrorCode.DATASET_INVALID)
+    refused = InvalidRequest(
+        f"row {row} of {IMAGE_MAPPING} does not name a plain image file inside the dataset",
+        code=ErrorCode.DATASET_INVALID,
+    )
     if not isinstance(name, str):
         raise refused
     name = name.strip()
     if (
-        not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name or ".." in name
-        or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute()
-        or PureWindowsPath(name).drive or ":" in name
+        not name
+        or name in {".", ".."}
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or ".." in name
+        or PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+        or ":" in name
     ):
         raise refused
     path = directory / name
@@ -155,7 +179,7 @@ def _image_path(directory: Path, name: Any, row: int) -> Path:
         raise refused from None
     if not real.is_relative_to(directory) or not real.is_file():
         raise refused
-    return real
+    return Path(real)
 
 
 def _read_image(path: Path, color: str, size: tuple[int, int], row: int) -> np.ndarray:
@@ -165,8 +189,9 @@ def _read_image(path: Path, color: str, size: tuple[int, int], row: int) -> np.n
         with Image.open(path) as image:
             width, height = image.size
             if width * height > MAX_SOURCE_PIXELS:
-                raise InvalidRequest(f"the image on row {row} of {IMAGE_MAPPING} is too large",
-                                     code=ErrorCode.DATASET_INVALID)
+                raise InvalidRequest(
+                    f"the image on row {row} of {IMAGE_MAPPING} is too large", code=ErrorCode.DATASET_INVALID
+                )
             converted = image.convert(color)
             if converted.size != (size[1], size[0]):
                 converted = converted.resize((size[1], size[0]), resample=Image.Resampling.BILINEAR)
@@ -174,8 +199,9 @@ def _read_image(path: Path, color: str, size: tuple[int, int], row: int) -> np.n
     except InvalidRequest:
         raise
     except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise InvalidRequest(f"the image on row {row} of {IMAGE_MAPPING} is not a readable image",
-                             code=ErrorCode.DATASET_INVALID) from exc
+        raise InvalidRequest(
+            f"the image on row {row} of {IMAGE_MAPPING} is not a readable image", code=ErrorCode.DATASET_INVALID
+        ) from exc
     if pixels.ndim == 2:
         pixels = pixels[None, :, :]
     else:
@@ -183,8 +209,9 @@ def _read_image(path: Path, color: str, size: tuple[int, int], row: int) -> np.n
     return pixels
 
 
-def read_images(data_root: Path, directory: Path, color: str, size: tuple[int, int],
-                action: Action) -> tuple[np.ndarray, pd.Series]:
+def read_images(
+    data_root: Path, directory: Path, color: str, size: tuple[int, int], action: Action
+) -> tuple[np.ndarray, pd.Series]:
     """One image dataset: X float32 (N, C, H, W) in [0, 1] and its targets. Rows without a
     target are dropped (a label is never invented)."""
     root, real = _checked_directory(data_root, directory)
@@ -192,15 +219,16 @@ def read_images(data_root: Path, directory: Path, color: str, size: tuple[int, i
     mapping = _read_csv(real / IMAGE_MAPPING, root, f"{IMAGE_MAPPING} of dataset {name!r}")
     missing = [col for col in (IMAGE_COLUMN, TARGET) if col not in mapping.columns]
     if missing:
-        raise InvalidRequest(f"{IMAGE_MAPPING} of dataset {name!r} has no {missing} column(s)",
-                             code=ErrorCode.DATASET_INVALID)
+        raise InvalidRequest(
+            f"{IMAGE_MAPPING} of dataset {name!r} has no {missing} column(s)", code=ErrorCode.DATASET_INVALID
+        )
     target = _typed_target(mapping[TARGET], action, f"{IMAGE_MAPPING} of dataset {name!r}")
     keep = target.notna().to_numpy()
     rows = np.flatnonzero(keep)
     paths = [_image_path(real, mapping[IMAGE_COLUMN].iloc[i], int(i) + 2) for i in rows]  # +2: header, 1-based
     channels = COLORS[color]
     X = np.empty((len(paths), channels, size[0], size[1]), dtype=np.float32)
-    for k, (i, path) in enumerate(zip(rows, paths)):
+    for k, (i, path) in enumerate(zip(rows, paths, strict=False)):
         X[k] = _read_image(path, color, size, int(i) + 2)
     return X, target[keep].reset_index(drop=True)
 
@@ -216,41 +244,61 @@ def load_image_meta(data_root: Path, directories: list[Path], action: Action) ->
     y, y_headers = encode_targets(target, action)
     channels = COLORS[color]
     metadata = {
-        "src_count": int(len(target)), "datatype": "image",
-        "pixel_height": size[0], "pixel_width": size[1], "color": color, "channels": channels,
+        "src_count": len(target),
+        "datatype": "image",
+        "pixel_height": size[0],
+        "pixel_width": size[1],
+        "color": color,
+        "channels": channels,
         "target": _target_summary(target, action),
     }
-    return PreparedData(X=X, y=y, x_headers=image_headers(channels, *size), y_headers=y_headers,
-                        schema={IMAGE_COLUMN: "image", TARGET: _target_type(action)}, metadata=metadata)
+    return PreparedData(
+        X=X,
+        y=y,
+        x_headers=image_headers(channels, *size),
+        y_headers=y_headers,
+        schema={IMAGE_COLUMN: "image", TARGET: _target_type(action)},
+        metadata=metadata,
+    )
 
 
 # ---- texts ----
+
 
 def text_options(operations: dict[str, Any]) -> dict[str, Any]:
     """CountVectorizer arguments from `operations` (validated; unknown keys ignored)."""
     max_features = operations.get("max_features", DEFAULT_MAX_FEATURES)
     if max_features is not None and (
-        not isinstance(max_features, int) or isinstance(max_features, bool)
+        not isinstance(max_features, int)
+        or isinstance(max_features, bool)
         or not 1 <= max_features <= MAX_FEATURES_LIMIT
     ):
-        raise InvalidRequest(f"operations.max_features must be an integer from 1 to {MAX_FEATURES_LIMIT}",
-                             code=ErrorCode.DATASET_INVALID)
+        raise InvalidRequest(
+            f"operations.max_features must be an integer from 1 to {MAX_FEATURES_LIMIT}", code=ErrorCode.DATASET_INVALID
+        )
     lowercase = operations.get("lowercase", True)
     if not isinstance(lowercase, bool):
         raise InvalidRequest("operations.lowercase must be true or false", code=ErrorCode.DATASET_INVALID)
     stop_words = operations.get("stop_words")
     if stop_words not in (None, "english"):
-        raise InvalidRequest("operations.stop_words must be \"english\" or null", code=ErrorCode.DATASET_INVALID)
+        raise InvalidRequest('operations.stop_words must be "english" or null', code=ErrorCode.DATASET_INVALID)
     ngram = operations.get("ngram_range", [1, 1])
     if (
-        not isinstance(ngram, (list, tuple)) or len(ngram) != 2
+        not isinstance(ngram, (list, tuple))
+        or len(ngram) != 2
         or not all(isinstance(n, int) and not isinstance(n, bool) for n in ngram)
         or not 1 <= ngram[0] <= ngram[1] <= MAX_NGRAM
     ):
-        raise InvalidRequest(f"operations.ngram_range must be [min, max] with 1 <= min <= max <= {MAX_NGRAM}",
-                             code=ErrorCode.DATASET_INVALID)
-    return {"max_features": max_features, "lowercase": lowercase, "stop_words": stop_words,
-            "ngram_range": (int(ngram[0]), int(ngram[1]))}
+        raise InvalidRequest(
+            f"operations.ngram_range must be [min, max] with 1 <= min <= max <= {MAX_NGRAM}",
+            code=ErrorCode.DATASET_INVALID,
+        )
+    return {
+        "max_features": max_features,
+        "lowercase": lowercase,
+        "stop_words": stop_words,
+        "ngram_range": (int(ngram[0]), int(ngram[1])),
+    }
 
 
 def read_texts(data_root: Path, directory: Path, action: Action) -> tuple[list[str], pd.Series]:
@@ -273,8 +321,10 @@ def read_texts(data_root: Path, directory: Path, action: Action) -> tuple[list[s
         elif len(others) == 1:
             column = others[0]
         else:
-            raise InvalidRequest(f"{where} needs a '{TEXT_COLUMN}' column or exactly one column besides "
-                                 f"'{TARGET}'", code=ErrorCode.DATASET_INVALID)
+            raise InvalidRequest(
+                f"{where} needs a '{TEXT_COLUMN}' column or exactly one column besides '{TARGET}'",
+                code=ErrorCode.DATASET_INVALID,
+            )
         target = _typed_target(frame[TARGET], action, where)
         keep = target.notna().to_numpy()
         texts.extend(str(t) for t in frame[column].to_numpy()[keep])
@@ -301,8 +351,9 @@ def load_text_meta(data_root: Path, directories: list[Path], action: Action) -> 
     try:
         counts = vectorizer.fit_transform(texts)
     except ValueError as exc:  # "empty vocabulary": no text holds a word
-        raise InvalidRequest("the texts hold no word to build a vocabulary from",
-                             code=ErrorCode.DATASET_INVALID) from exc
+        raise InvalidRequest(
+            "the texts hold no word to build a vocabulary from", code=ErrorCode.DATASET_INVALID
+        ) from exc
     words = [str(w) for w in vectorizer.get_feature_names_out()]
     order = sorted(range(len(words)), key=lambda i: words[i])
     x_headers = [words[i] for i in order]
@@ -313,10 +364,19 @@ def load_text_meta(data_root: Path, directories: list[Path], action: Action) -> 
     word_counts = np.array([len(tokenize(preprocess(t))) for t in texts], dtype=np.float64)
     cells = X.shape[0] * X.shape[1]
     metadata = {
-        "src_count": int(len(texts)), "datatype": "text", "representation": "bag_of_words",
-        "vocabulary_size": len(x_headers), "word_count": float(word_counts.mean()),
+        "src_count": len(texts),
+        "datatype": "text",
+        "representation": "bag_of_words",
+        "vocabulary_size": len(x_headers),
+        "word_count": float(word_counts.mean()),
         "sparsity": float(1.0 - counts.nnz / cells) if cells else 1.0,
         "target": _target_summary(target, action),
     }
-    return PreparedData(X=X, y=y, x_headers=x_headers, y_headers=y_headers,
-                        schema={TEXT_COLUMN: "text", TARGET: _target_type(action)}, metadata=metadata)
+    return PreparedData(
+        X=X,
+        y=y,
+        x_headers=x_headers,
+        y_headers=y_headers,
+        schema={TEXT_COLUMN: "text", TARGET: _target_type(action)},
+        metadata=metadata,
+    )

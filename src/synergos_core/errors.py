@@ -25,6 +25,7 @@ that object and nothing else of a failure.
 `SynergosError` is the old name of `ServiceError`, kept while in-flight code moves over; the
 Driver's `synergos.SynergosError` is a different class (the SDK's public error tree).
 """
+
 from __future__ import annotations
 
 import logging
@@ -192,8 +193,7 @@ class ServiceError(Exception):
     code: ErrorCode = ErrorCode.REQUEST_ERROR
     title: str = ErrorCode.REQUEST_ERROR.public_title
 
-    def __init__(self, detail: str, code: str | None = None, *,
-                 fields: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, detail: str, code: str | None = None, *, fields: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.fields = fields
@@ -287,8 +287,12 @@ def public_error(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, ServiceError):
         return {**exc.public(), "correlation_id": cid}
     code = ErrorCode.INTERNAL_ERROR
-    return {"code": str(code), "title": code.public_title, "detail": INTERNAL_DETAIL.format(cid=cid),
-            "correlation_id": cid}
+    return {
+        "code": str(code),
+        "title": code.public_title,
+        "detail": INTERNAL_DETAIL.format(cid=cid),
+        "correlation_id": cid,
+    }
 
 
 def log_failure(exc: BaseException, logger: logging.Logger, context: str) -> None:

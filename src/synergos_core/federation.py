@@ -9,24 +9,49 @@ module sends a message's header (`as_header`) followed by the tensor frames it a
 fills in `shards` (and `layout`, for tensors the receiver cannot know in advance) as it plans
 them. Each side accepts a nonce once and never a round older than the last one it saw.
 """
+
 from __future__ import annotations
 
 import asyncio
 import secrets
 from collections import deque
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import torch
 from pydantic import BaseModel
 
 from .errors import FederationError
 from .protocol import GktExtractor, GktFeatures, GktTrain, ReplyMessage, RequestMessage, as_header, new_nonce
-from .wire import (Layout, decode_control, decode_shard, describe_layout, encode_control, encode_shard, parse_layout,
-                   write_slices)
+from .wire import (
+    Layout,
+    decode_control,
+    decode_shard,
+    describe_layout,
+    encode_control,
+    encode_shard,
+    parse_layout,
+    write_slices,
+)
 
-__all__ = ["WS_PATH_PREFIX", "run_path", "run_name", "new_nonce", "new_token", "ReplayGuard", "recv_frame",
-           "recv_header", "iter_shards", "recv_into", "send_header", "send_message", "send_state",
-           "broadcast_state", "send_tensors", "recv_tensors"]
+__all__ = [
+    "WS_PATH_PREFIX",
+    "run_path",
+    "run_name",
+    "new_nonce",
+    "new_token",
+    "ReplayGuard",
+    "recv_frame",
+    "recv_header",
+    "iter_shards",
+    "recv_into",
+    "send_header",
+    "send_message",
+    "send_state",
+    "broadcast_state",
+    "send_tensors",
+    "recv_tensors",
+]
 
 WS_PATH_PREFIX = "/federation/"
 
@@ -57,8 +82,9 @@ class ReplayGuard:
         """`message`: a parsed protocol message (its run, round and nonce are already well-typed)."""
         nonce, rnd = message.nonce, message.round
         if message.run != self.run:
-            raise FederationError(f"message for run {message.run!r} on the channel of {self.run!r}",
-                                  "federation.wrong_run")
+            raise FederationError(
+                f"message for run {message.run!r} on the channel of {self.run!r}", "federation.wrong_run"
+            )
         if nonce in self._seen:
             raise FederationError("replayed nonce", "federation.replay")
         if rnd < self.round:
@@ -73,11 +99,11 @@ class ReplayGuard:
 async def recv_frame(ws: Any, timeout: float | None) -> bytes:
     try:
         frame = await asyncio.wait_for(ws.recv(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise FederationError(f"no message within {timeout:.0f} s", "federation.timeout") from None
     if isinstance(frame, str):
         raise FederationError("text frames are not part of the protocol", "federation.protocol")
-    return frame
+    return bytes(frame) if not isinstance(frame, bytes) else frame
 
 
 async def recv_header(ws: Any, timeout: float | None) -> dict[str, Any]:
@@ -85,14 +111,16 @@ async def recv_header(ws: Any, timeout: float | None) -> dict[str, Any]:
     return decode_control(await recv_frame(ws, timeout))
 
 
-async def iter_shards(ws: Any, count: int, layout: Layout, timeout: float | None
-                      ) -> AsyncIterator[list[tuple[str, int, torch.Tensor]]]:
+async def iter_shards(
+    ws: Any, count: int, layout: Layout, timeout: float | None
+) -> AsyncIterator[list[tuple[str, int, torch.Tensor]]]:
     for _ in range(count):
         yield decode_shard(await recv_frame(ws, timeout), layout)
 
 
-async def recv_into(ws: Any, count: int, layout: Layout, target: dict[str, torch.Tensor],
-                    timeout: float | None) -> None:
+async def recv_into(
+    ws: Any, count: int, layout: Layout, target: dict[str, torch.Tensor], timeout: float | None
+) -> None:
     """Receive `count` shards straight into `target`; every value of `layout` must arrive."""
     covered = 0
     async for slices in iter_shards(ws, count, layout, timeout):
@@ -130,8 +158,9 @@ async def send_state(ws: Any, message: BaseModel, state: dict[str, torch.Tensor]
         await ws.send(encode_shard(state, pieces))
 
 
-async def broadcast_state(channels: list[tuple[Any, BaseModel]], state: dict[str, torch.Tensor],
-                          shard_bytes: int) -> None:
+async def broadcast_state(
+    channels: list[tuple[Any, BaseModel]], state: dict[str, torch.Tensor], shard_bytes: int
+) -> None:
     """Send one state to many peers, each with its own message, encoding every shard only once."""
     plan = Layout.of(state).plan(shard_bytes)
     await asyncio.gather(*(send_header(ws, _sharded_header(m, len(plan))) for ws, m in channels))
@@ -140,8 +169,9 @@ async def broadcast_state(channels: list[tuple[Any, BaseModel]], state: dict[str
         await asyncio.gather(*(ws.send(frame) for ws, _ in channels))
 
 
-async def send_tensors(ws: Any, message: GktTrain | GktFeatures | GktExtractor, tensors: dict[str, torch.Tensor],
-                       shard_bytes: int) -> None:
+async def send_tensors(
+    ws: Any, message: GktTrain | GktFeatures | GktExtractor, tensors: dict[str, torch.Tensor], shard_bytes: int
+) -> None:
     """Send tensors whose shapes the receiver cannot know in advance; `layout` announces them."""
     plan = Layout.of(tensors).plan(shard_bytes)
     await send_header(ws, _sharded_header(message, len(plan), layout=describe_layout(Layout.of(tensors))))
@@ -149,8 +179,9 @@ async def send_tensors(ws: Any, message: GktTrain | GktFeatures | GktExtractor, 
         await ws.send(encode_shard(tensors, pieces))
 
 
-async def recv_tensors(ws: Any, message: GktTrain | GktFeatures | GktExtractor, allowed: set[str], max_bytes: int,
-                       timeout: float | None) -> dict[str, torch.Tensor]:
+async def recv_tensors(
+    ws: Any, message: GktTrain | GktFeatures | GktExtractor, allowed: set[str], max_bytes: int, timeout: float | None
+) -> dict[str, torch.Tensor]:
     """Receive the tensors `message.layout` announces (none when it announces no shards)."""
     if not message.shards:
         return {}

@@ -8,6 +8,7 @@ samples (`alpha`, `temperature`), then sends its features and its own prediction
 learns from those predictions by distillation for `server_epochs` and sends back its own. Labels
 never leave a party. The final model of a party is its extractor followed by the server model.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,12 +26,13 @@ from .wire import Layout
 _EPS = 1e-6
 
 
-def split_index(spec: list[dict], hp: dict[str, Any]) -> int:
+def split_index(spec: list[dict[str, Any]], hp: dict[str, Any]) -> int:
     """How many layers stay with the parties (`L`, default half the model, at least one each side)."""
     count = len(spec)
     if count < 2:
-        raise InvalidRequest("FedGKT needs at least two layers to split between parties and server",
-                             ErrorCode.RUN_INVALID_COMBINATION)
+        raise InvalidRequest(
+            "FedGKT needs at least two layers to split between parties and server", ErrorCode.RUN_INVALID_COMBINATION
+        )
     split = int(hp.get("L") or max(1, count // 2))
     if not 1 <= split < count:
         raise InvalidRequest(f"L must be between 1 and {count - 1} for this {count}-layer model", ErrorCode.RUN_INVALID)
@@ -61,8 +63,9 @@ def to_logits(out: torch.Tensor, kind: str | None) -> torch.Tensor:
     return out  # log-probabilities or raw scores
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str | None,
-                      temperature: float) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, kind: str | None, temperature: float
+) -> torch.Tensor:
     t = float(temperature)
     s_logits, t_logits = to_logits(student, kind) / t, to_logits(teacher, kind).detach() / t
     return F.kl_div(F.log_softmax(s_logits, 1), F.softmax(t_logits, 1), reduction="batchmean") * t * t
@@ -84,7 +87,7 @@ class LocalHead(nn.Module):
             return F.softmax(out, 1)
         if self.kind == "log_softmax":
             return F.log_softmax(out, 1)
-        return out
+        return out  # type: ignore[no-any-return]  # nn.Linear's forward is untyped
 
 
 class _ServerLayers(nn.Module):
@@ -92,16 +95,16 @@ class _ServerLayers(nn.Module):
 
     def __init__(self, model: SynergosModel, split: int) -> None:
         super().__init__()
-        self._run = lambda h: run_layers(model, h, split)
+        self._model, self._split = model, split
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self._run(h)
+        return run_layers(self._model, h, self._split)
 
 
 class GKTTrainer(LocalTrainer):
     """A party's side of FedGKT; evaluation and inference use the full model like any run."""
 
-    def __init__(self, spec: list[dict], hp: dict[str, Any], action: str, data: dict) -> None:
+    def __init__(self, spec: list[dict[str, Any]], hp: dict[str, Any], action: str, data: dict[str, Any]) -> None:
         super().__init__(spec, hp, action, data)
         self.split = split_index(spec, hp)
         self.kind = output_kind(spec)
@@ -118,8 +121,11 @@ class GKTTrainer(LocalTrainer):
         self.head_is_server = not any(self.state[name].numel() for name, _, _ in self.server_layout.entries)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.head = (_ServerLayers(self.model, self.split) if self.head_is_server
-                         else LocalHead(features[0].numel(), width, self.kind))
+            self.head = (
+                _ServerLayers(self.model, self.split)
+                if self.head_is_server
+                else LocalHead(features[0].numel(), width, self.kind)
+            )
         # the extractor's and head's optimizer and lr scheduler, kept for the whole run (see Schedule)
         self.gkt_schedule: Schedule | None = None
 
@@ -140,8 +146,9 @@ class GKTTrainer(LocalTrainer):
         n, batch = len(split), int(hp.get("batch_size") or len(split))
         if self.gkt_schedule is None:
             params = [p for i, layer in enumerate(self.model.layers) if i < self.split for p in layer.parameters()]
-            self.gkt_schedule = Schedule.build(hp, params + list(self.head.parameters()),
-                                               run_steps_per_epoch(n, batch), run_epochs(hp, epochs))
+            self.gkt_schedule = Schedule.build(
+                hp, params + list(self.head.parameters()), run_steps_per_epoch(n, batch), run_epochs(hp, epochs)
+            )
         schedule = self.gkt_schedule
         optimizer = schedule.optimizer
         self.lr_trace = []
@@ -152,13 +159,14 @@ class GKTTrainer(LocalTrainer):
             order = torch.randperm(n, generator=self.generator)
             total = 0.0
             for start in range(0, n, batch):
-                idx = order[start:start + batch]
+                idx = order[start : start + batch]
 
                 def closure(idx: torch.Tensor = idx) -> torch.Tensor:
                     optimizer.zero_grad(set_to_none=True)
                     out = self.head(run_layers(self.model, split.X[idx], 0, self.split))
-                    loss = compute_loss(self.criterion, self.criterion_name, out, split.y[idx], self.action,
-                                        kind=self.kind)
+                    loss = compute_loss(
+                        self.criterion, self.criterion_name, out, split.y[idx], self.action, kind=self.kind
+                    )
                     if teacher is not None and alpha:
                         loss = loss + alpha * distillation_loss(out, teacher[idx], self.kind, temperature)
                     loss.backward()
@@ -174,16 +182,23 @@ class GKTTrainer(LocalTrainer):
             self.head.eval()
             features = run_layers(self.model, split.X, 0, self.split).contiguous()
             local_out = self.head(features).contiguous()
-        return {"n_samples": n, "epoch_losses": losses, "train_loss": losses[-1],
-                "compute_s": time.perf_counter() - started, "lrs": lr_summary(self.lr_trace),
-                "features": features, "local_out": local_out}
+        return {
+            "n_samples": n,
+            "epoch_losses": losses,
+            "train_loss": losses[-1],
+            "compute_s": time.perf_counter() - started,
+            "lrs": lr_summary(self.lr_trace),
+            "features": features,
+            "local_out": local_out,
+        }
 
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, closure: Any) -> torch.Tensor:
     """One optimizer step on `closure`'s loss (LBFGS re-evaluates the loss itself)."""
     if isinstance(optimizer, torch.optim.LBFGS):
-        return optimizer.step(closure)
-    loss = closure()
+        stepped: torch.Tensor = optimizer.step(closure)
+        return stepped
+    loss: torch.Tensor = closure()
     optimizer.step()
     return loss
 
@@ -208,8 +223,9 @@ class ServerModel(nn.Module):
         return {k: full[k] for k in server_keys(self.model, self.split)}
 
 
-def train_server(server: ServerModel, batches: list[tuple[torch.Tensor, torch.Tensor]], hp: dict[str, Any],
-                 kind: str | None) -> float:
+def train_server(
+    server: ServerModel, batches: list[tuple[torch.Tensor, torch.Tensor]], hp: dict[str, Any], kind: str | None
+) -> float:
     """Distil the parties' predictions into the server model; returns the last epoch's mean loss.
 
     Called once per round; each party's features are one batch, and the server's optimizer and
@@ -229,6 +245,7 @@ def train_server(server: ServerModel, batches: list[tuple[torch.Tensor, torch.Te
     for _ in range(server_epochs):
         total, count = 0.0, 0
         for features, teacher in batches:
+
             def closure(features: torch.Tensor = features, teacher: torch.Tensor = teacher) -> torch.Tensor:
                 optimizer.zero_grad(set_to_none=True)
                 loss = distillation_loss(server(features), teacher, kind, temperature)

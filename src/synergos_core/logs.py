@@ -1,4 +1,5 @@
 """Logging for every service: the service id on every line, `--censored` redaction, GELF for Graylog."""
+
 from __future__ import annotations
 
 import json

@@ -3,13 +3,21 @@
 Every value returned is a plain Python int or float, finite, so it is JSON-safe: an undefined
 metric (e.g. ROC-AUC with one class present, a rate with a zero denominator) is 0.0.
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import auc, mean_absolute_error, mean_squared_error, precision_recall_curve, r2_score, roc_auc_score
+from sklearn.metrics import (
+    auc,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_recall_curve,
+    r2_score,
+    roc_auc_score,
+)
 
 from .errors import ErrorCode, InvalidRequest
 
@@ -62,9 +70,10 @@ def classification_statistics(y_true: np.ndarray, y_score: np.ndarray) -> dict[s
     labels = labels.astype(np.int64)
     n = int(labels.shape[0])
 
-    stats: dict[str, Any] = {key: [] for key in
-                             ("accuracy", "roc_auc_score", "pr_auc_score", "f_score", "TPs", "TNs", "FPs", "FNs",
-                              *RATE_KEYS)}
+    stats: dict[str, Any] = {
+        key: []
+        for key in ("accuracy", "roc_auc_score", "pr_auc_score", "f_score", "TPs", "TNs", "FPs", "FNs", *RATE_KEYS)
+    }
     for c in range(n_classes):
         actual, guessed, score = labels == c, predicted == c, scores[:, c]
         tp = int(np.sum(actual & guessed))
@@ -130,9 +139,9 @@ def _has_counts(part: dict[str, Any]) -> bool:
     return isinstance(part.get("TPs"), list) and isinstance(part.get("FNs"), list)
 
 
-def _weighted_by(values: tuple, weights: list[int]) -> float:
+def _weighted_by(values: tuple[Any, ...], weights: list[int]) -> float:
     total = sum(weights)
-    return sum(v * w for v, w in zip(values, weights)) / total if total else 0.0
+    return sum(v * w for v, w in zip(values, weights, strict=False)) / total if total else 0.0
 
 
 def aggregate_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -148,37 +157,48 @@ def aggregate_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {"n_samples": sum(weights)}
     keys = sorted({key for part in parts for key in part} - {"n_samples"})
     for key in keys:
-        having = [(part[key], w) for part, w in zip(parts, weights) if key in part]
+        having = [(part[key], w) for part, w in zip(parts, weights, strict=False) if key in part]
         values = [v for v, _ in having]
         ws = [w for _, w in having]
         if sum(ws) == 0:
             ws = [1] * len(ws)  # every party is empty: fall back to a plain mean
         if all(_is_number(v) for v in values):
-            result[key] = (sum(int(v) for v in values) if key in COUNT_KEYS
-                           else _finite(sum(v * w for v, w in zip(values, ws)) / sum(ws)))
-        elif (all(isinstance(v, list) and all(_is_number(x) for x in v) for v in values)
-              and len({len(v) for v in values}) == 1):
-            columns = list(zip(*values))
+            result[key] = (
+                sum(int(v) for v in values)
+                if key in COUNT_KEYS
+                else _finite(sum(v * w for v, w in zip(values, ws, strict=False)) / sum(ws))
+            )
+        elif (
+            all(isinstance(v, list) and all(_is_number(x) for x in v) for v in values)
+            and len({len(v) for v in values}) == 1
+        ):
+            columns = list(zip(*values, strict=False))
             if key in COUNT_KEYS:
                 result[key] = [sum(int(x) for x in column) for column in columns]
             elif key in _RANKING_KEYS and all(_has_counts(p) for p in parts):
                 # a ranking score is undefined where a party has no example of the class:
                 # weight each party by its positives of that class, not by its size
-                result[key] = [_finite(_weighted_by(column, [p["TPs"][i] + p["FNs"][i] for p in parts]))
-                               for i, column in enumerate(columns)]
+                result[key] = [
+                    _finite(_weighted_by(column, [p["TPs"][i] + p["FNs"][i] for p in parts]))
+                    for i, column in enumerate(columns)
+                ]
             else:
-                result[key] = [_finite(sum(x * w for x, w in zip(column, ws)) / sum(ws)) for column in columns]
+                result[key] = [
+                    _finite(sum(x * w for x, w in zip(column, ws, strict=False)) / sum(ws)) for column in columns
+                ]
     return result
 
 
 # ---- the per-round validation metric, pooled exactly across parties ----
+
 
 def predicted_classes(y_score: np.ndarray) -> np.ndarray:
     """Class per row: p > 0.5 for one probability column, argmax otherwise."""
     scores = np.asarray(y_score)
     if scores.ndim == 1 or scores.shape[1] == 1:
         return (scores.reshape(-1) > 0.5).astype(np.int64)
-    return np.argmax(scores, axis=1).astype(np.int64)
+    classes: np.ndarray = np.argmax(scores, axis=1).astype(np.int64)
+    return classes
 
 
 def metric_parts(y_true: np.ndarray, y_score: np.ndarray, action: str) -> dict[str, float]:
@@ -190,8 +210,12 @@ def metric_parts(y_true: np.ndarray, y_score: np.ndarray, action: str) -> dict[s
         return {"n": int(labels.shape[0]), "correct": correct}
     truth = labels.astype(np.float64)
     pred = _labels(y_score).astype(np.float64)
-    return {"n": int(truth.shape[0]), "sse": _finite(np.sum((truth - pred) ** 2)),
-            "sum_y": _finite(np.sum(truth)), "sum_y2": _finite(np.sum(truth ** 2))}
+    return {
+        "n": int(truth.shape[0]),
+        "sse": _finite(np.sum((truth - pred) ** 2)),
+        "sum_y": _finite(np.sum(truth)),
+        "sum_y2": _finite(np.sum(truth**2)),
+    }
 
 
 ROUND_METRICS = {"classify": "accuracy", "regress": "r2"}

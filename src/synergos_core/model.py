@@ -4,50 +4,70 @@ Every name a user sends (layer, activation, loss, optimizer, scheduler) is looke
 allow-list built from torch's own modules; nothing is ever resolved with a free `getattr`.
 Validation builds on torch's `meta` device, so checking a 100 M parameter model costs nothing.
 """
+
 from __future__ import annotations
 
 import inspect
 import logging
 import math
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidRequest
+from .errors import ErrorCode, InvalidRequest
 
 log = logging.getLogger(__name__)
 
 _CONTAINERS = {"Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Container"}
-REFUSED_LOSSES = {"MarginRankingLoss", "CosineEmbeddingLoss", "TripletMarginLoss", "CTCLoss",
-                  "TripletMarginWithDistanceLoss"}
+REFUSED_LOSSES = {
+    "MarginRankingLoss",
+    "CosineEmbeddingLoss",
+    "TripletMarginLoss",
+    "CTCLoss",
+    "TripletMarginWithDistanceLoss",
+}
 _RECURRENT = (nn.RNNBase, nn.RNNCellBase)
 MAX_PARAMETERS = 1_000_000_000
 
 
 def _classes(module: Any, base: type) -> dict[str, type]:
-    return {name: obj for name, obj in vars(module).items()
-            if not name.startswith("_") and inspect.isclass(obj) and issubclass(obj, base)}
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if not name.startswith("_") and inspect.isclass(obj) and issubclass(obj, base)
+    }
 
 
 # losses that own trainable weights (they are output layers, not criteria)
 _WEIGHTED_LOSSES = {"AdaptiveLogSoftmaxWithLoss", "LinearCrossEntropyLoss"}
-LOSSES: dict[str, type] = {n: c for n, c in _classes(nn, nn.Module).items()
-                           if n.endswith("Loss") and n not in REFUSED_LOSSES | _WEIGHTED_LOSSES}
-LAYERS: dict[str, type] = {n: c for n, c in _classes(nn, nn.Module).items()
-                           if n not in _CONTAINERS and not n.endswith("Loss")}
-ACTIVATIONS: dict[str, Callable] = {
-    n: f for n, f in vars(F).items()
-    if not n.startswith("_") and callable(f) and not inspect.isclass(f) and not inspect.ismodule(f)
+LOSSES: dict[str, type] = {
+    n: c
+    for n, c in _classes(nn, nn.Module).items()
+    if n.endswith("Loss") and n not in REFUSED_LOSSES | _WEIGHTED_LOSSES
+}
+LAYERS: dict[str, type] = {
+    n: c for n, c in _classes(nn, nn.Module).items() if n not in _CONTAINERS and not n.endswith("Loss")
+}
+ACTIVATIONS: dict[str, Callable[..., Any]] = {
+    n: f
+    for n, f in vars(F).items()
+    if not n.startswith("_")
+    and callable(f)
+    and not inspect.isclass(f)
+    and not inspect.ismodule(f)
     and (inspect.isfunction(f) or inspect.isbuiltin(f))
 }
-OPTIMIZERS: dict[str, type] = {n: c for n, c in _classes(torch.optim, torch.optim.Optimizer).items()
-                               if n != "Optimizer"}
+OPTIMIZERS: dict[str, type] = {
+    n: c for n, c in _classes(torch.optim, torch.optim.Optimizer).items() if n != "Optimizer"
+}
 _SCHED_BASES = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 SCHEDULERS: dict[str, type] = {
-    n: c for n, c in vars(torch.optim.lr_scheduler).items()
+    n: c
+    for n, c in vars(torch.optim.lr_scheduler).items()
     if not n.startswith("_") and inspect.isclass(c) and issubclass(c, _SCHED_BASES) and n not in {"LRScheduler"}
 }
 _DIM_ACTIVATIONS = {"softmax", "log_softmax", "softmin", "gumbel_softmax", "normalize", "glu"}
@@ -94,7 +114,9 @@ class SynergosModel(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.activations = list(activations)
-        self.output_kind = _kind((type(layer).__name__, a) for layer, a in zip(self.layers, self.activations))
+        self.output_kind = _kind(
+            (type(layer).__name__, a) for layer, a in zip(self.layers, self.activations, strict=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.layers[0], (nn.Embedding, nn.EmbeddingBag)) and x.is_floating_point():
@@ -103,7 +125,7 @@ class SynergosModel(nn.Module):
 
     def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Layers `start` to `stop` only (FedGKT splits the model between parties and server)."""
-        for layer, activation in list(zip(self.layers, self.activations))[start:stop]:
+        for layer, activation in list(zip(self.layers, self.activations, strict=False))[start:stop]:
             x = layer(x)
             if isinstance(x, tuple):
                 x = x[0]
@@ -114,14 +136,17 @@ class SynergosModel(nn.Module):
     @staticmethod
     def apply_activation(name: str, x: torch.Tensor) -> torch.Tensor:
         fn = ACTIVATIONS[name]
-        return fn(x, dim=1) if name in _DIM_ACTIVATIONS else fn(x)
+        out: torch.Tensor = fn(x, dim=1) if name in _DIM_ACTIVATIONS else fn(x)
+        return out
 
 
-def _layer_fields(layer: Any) -> tuple[str, dict, str | None]:
+def _layer_fields(layer: Any) -> tuple[Any, dict[str, Any], Any]:
     if hasattr(layer, "model_dump"):
         layer = layer.model_dump()
     if not isinstance(layer, dict):
-        raise InvalidRequest("each layer is an object {l_type, structure, activation, is_input}", "model.invalid")
+        raise InvalidRequest(
+            "each layer is an object {l_type, structure, activation, is_input}", ErrorCode.MODEL_INVALID
+        )
     return layer.get("l_type"), dict(layer.get("structure") or {}), layer.get("activation")
 
 
@@ -131,21 +156,30 @@ def build_layers(spec: Iterable[Any], device: str | torch.device | None = None) 
     activations: list[str | None] = []
     spec = list(spec)
     if not spec:
-        raise _invalid("the model needs at least one layer", "model.empty", "model")
+        raise _invalid("the model needs at least one layer", ErrorCode.MODEL_EMPTY, "model")
     for i, layer in enumerate(spec):
         l_type, structure, activation = _layer_fields(layer)
         if l_type not in LAYERS:
-            raise _invalid(f"unknown layer type {l_type!r} (model[{i}]); use a torch.nn layer class name",
-                           "model.unknown_layer", f"model.{i}.l_type")
+            raise _invalid(
+                f"unknown layer type {l_type!r} (model[{i}]); use a torch.nn layer class name",
+                ErrorCode.MODEL_UNKNOWN_LAYER,
+                f"model.{i}.l_type",
+            )
         if activation is not None and activation not in ACTIVATIONS:
-            raise _invalid(f"unknown activation {activation!r} (model[{i}]); use a torch.nn.functional name",
-                           "model.unknown_activation", f"model.{i}.activation")
+            raise _invalid(
+                f"unknown activation {activation!r} (model[{i}]); use a torch.nn.functional name",
+                ErrorCode.MODEL_UNKNOWN_ACTIVATION,
+                f"model.{i}.activation",
+            )
         try:
             with torch.device(device or "cpu"):
                 module = LAYERS[l_type](**structure)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise _invalid(f"layer {l_type} (model[{i}]) rejects its structure {structure}: {exc}",
-                           "model.invalid_structure", f"model.{i}.structure") from None
+            raise _invalid(
+                f"layer {l_type} (model[{i}]) rejects its structure {structure}: {exc}",
+                ErrorCode.MODEL_INVALID_STRUCTURE,
+                f"model.{i}.structure",
+            ) from None
         layers.append(module)
         activations.append(activation)
     return SynergosModel(layers, activations)
@@ -156,7 +190,9 @@ def validate_model_spec(spec: Iterable[Any]) -> int:
     model = build_layers(spec, device="meta")
     count = sum(p.numel() for p in model.parameters())
     if count > MAX_PARAMETERS:
-        raise _invalid(f"model has {count} parameters; the limit is {MAX_PARAMETERS}", "model.too_large", "model")
+        raise _invalid(
+            f"model has {count} parameters; the limit is {MAX_PARAMETERS}", ErrorCode.MODEL_TOO_LARGE, "model"
+        )
     return count
 
 
@@ -176,12 +212,28 @@ def build_model(spec: Iterable[Any], seed: int | None = None) -> SynergosModel:
 
 # the run's own settings; they never leak into a constructor that happens to share a name
 # (HuberLoss's `delta` is not early stopping's, ReduceLROnPlateau's `patience` is not the run's)
-RUN_KEYS = {"algorithm", "batch_size", "rounds", "epochs", "lr_decay", "mu", "l1_lambda", "l2_lambda", "optimizer",
-            "criterion", "lr_scheduler", "delta", "patience", "seed", "is_snn", "precision_fractional"}
+RUN_KEYS = {
+    "algorithm",
+    "batch_size",
+    "rounds",
+    "epochs",
+    "lr_decay",
+    "mu",
+    "l1_lambda",
+    "l2_lambda",
+    "optimizer",
+    "criterion",
+    "lr_scheduler",
+    "delta",
+    "patience",
+    "seed",
+    "is_snn",
+    "precision_fractional",
+}
 
 
 def _kwargs_for(cls: type, hp: dict[str, Any], skip: set[str]) -> dict[str, Any]:
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     out = {}
     for name in params:
         if name in skip or name in RUN_KEYS or name == "self" or name not in hp or hp[name] is None:
@@ -195,21 +247,29 @@ def _kwargs_for(cls: type, hp: dict[str, Any], skip: set[str]) -> dict[str, Any]
 
 def build_optimizer(name: str, parameters: Iterable[torch.Tensor], hp: dict[str, Any]) -> torch.optim.Optimizer:
     if name not in OPTIMIZERS:
-        raise _invalid(f"unknown optimizer {name!r}; use a torch.optim class name", "run.unknown_optimizer",
-                       "optimizer")
+        raise _invalid(
+            f"unknown optimizer {name!r}; use a torch.optim class name", ErrorCode.RUN_UNKNOWN_OPTIMIZER, "optimizer"
+        )
     cls = OPTIMIZERS[name]
     kwargs = _kwargs_for(cls, hp, {"params"})
     if hp.get("l2_lambda") and "weight_decay" in kwargs:
         kwargs["weight_decay"] = 0.0  # the L2 term is in the loss already
     try:
-        return cls(parameters, **kwargs)
+        optimizer: torch.optim.Optimizer = cls(parameters, **kwargs)
+        return optimizer
     except (TypeError, ValueError) as exc:
-        raise _invalid(f"optimizer {name} cannot be built from this run: {exc}", "run.invalid_optimizer",
-                       "optimizer") from None
+        raise _invalid(
+            f"optimizer {name} cannot be built from this run: {exc}", ErrorCode.RUN_INVALID_OPTIMIZER, "optimizer"
+        ) from None
 
 
-def build_scheduler(name: str | None, optimizer: torch.optim.Optimizer, hp: dict[str, Any],
-                    steps_per_epoch: int = 1, epochs: int | None = None) -> Any:
+def build_scheduler(
+    name: str | None,
+    optimizer: torch.optim.Optimizer,
+    hp: dict[str, Any],
+    steps_per_epoch: int = 1,
+    epochs: int | None = None,
+) -> Any:
     """The run's lr scheduler on `optimizer`, its arguments taken by name from the run.
 
     `epochs` is how many epochs this optimizer trains for over the whole run (default: the run's
@@ -220,11 +280,14 @@ def build_scheduler(name: str | None, optimizer: torch.optim.Optimizer, hp: dict
     if not name or name.lower() == "none":  # "none" switches the scheduler off (null is the default's absence)
         return None
     if name not in SCHEDULERS:
-        raise _invalid(f"unknown lr_scheduler {name!r}; use a torch.optim.lr_scheduler class name",
-                       "run.unknown_scheduler", "lr_scheduler")
+        raise _invalid(
+            f"unknown lr_scheduler {name!r}; use a torch.optim.lr_scheduler class name",
+            ErrorCode.RUN_UNKNOWN_SCHEDULER,
+            "lr_scheduler",
+        )
     cls = SCHEDULERS[name]
     kwargs = _kwargs_for(cls, hp, {"optimizer", "lr_lambda", "schedulers"})
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     if "lr_lambda" in params:
         decay = float(hp.get("lr_decay") or 0.0)
         kwargs["lr_lambda"] = _FateDecay(decay)
@@ -233,23 +296,35 @@ def build_scheduler(name: str | None, optimizer: torch.optim.Optimizer, hp: dict
         run_epochs = epochs if epochs is not None else int(hp.get("rounds") or 10) * int(hp.get("epochs") or 100)
         per_epoch = int(kwargs.pop("steps_per_epoch", None) or steps_per_epoch or 1)
         kwargs["total_steps"] = max(1, int(run_epochs) * per_epoch)
-    missing = [p.name for p in params.values()
-               if p.default is inspect.Parameter.empty and p.name not in {"self", "optimizer"}
-               and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in kwargs]
+    missing = [
+        p.name
+        for p in params.values()
+        if p.default is inspect.Parameter.empty
+        and p.name not in {"self", "optimizer"}
+        and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        and p.name not in kwargs
+    ]
     if missing:
-        raise _invalid(f"lr_scheduler {name} needs {', '.join(missing)} in the run", "run.invalid_scheduler",
-                       "lr_scheduler")
+        raise _invalid(
+            f"lr_scheduler {name} needs {', '.join(missing)} in the run",
+            ErrorCode.RUN_INVALID_SCHEDULER,
+            "lr_scheduler",
+        )
     try:
         return cls(optimizer, **kwargs)
     except (TypeError, ValueError, KeyError) as exc:
-        raise _invalid(f"lr_scheduler {name} cannot be built from this run: {exc}", "run.invalid_scheduler",
-                       "lr_scheduler") from None
+        raise _invalid(
+            f"lr_scheduler {name} cannot be built from this run: {exc}", ErrorCode.RUN_INVALID_SCHEDULER, "lr_scheduler"
+        ) from None
 
 
 # schedulers torch defines per batch ("step should be called after a batch has been used for training");
 # CosineAnnealingWarmRestarts documents both and is stepped per batch with fractional epochs
-PER_BATCH_SCHEDULERS = (torch.optim.lr_scheduler.CyclicLR, torch.optim.lr_scheduler.OneCycleLR,
-                        torch.optim.lr_scheduler.CosineAnnealingWarmRestarts)
+PER_BATCH_SCHEDULERS = (
+    torch.optim.lr_scheduler.CyclicLR,
+    torch.optim.lr_scheduler.OneCycleLR,
+    torch.optim.lr_scheduler.CosineAnnealingWarmRestarts,
+)
 
 
 def scheduler_steps_per_batch(scheduler: Any) -> bool:
@@ -278,11 +353,12 @@ class Schedule:
         self.per_batch = scheduler_steps_per_batch(scheduler)
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.epochs = 0  # epochs completed over the whole run
-        self.batch = 0   # optimizer steps in the current epoch
+        self.batch = 0  # optimizer steps in the current epoch
 
     @classmethod
-    def build(cls, hp: dict[str, Any], parameters: Iterable[torch.Tensor], steps_per_epoch: int,
-              epochs: int | None = None) -> "Schedule":
+    def build(
+        cls, hp: dict[str, Any], parameters: Iterable[torch.Tensor], steps_per_epoch: int, epochs: int | None = None
+    ) -> Schedule:
         """The run's optimizer over `parameters` and its scheduler; `epochs` is the optimizer's
         epochs over the whole run (see `build_scheduler`)."""
         optimizer = build_optimizer(hp.get("optimizer", "SGD"), parameters, hp)
@@ -302,8 +378,10 @@ class Schedule:
         if self.per_batch:
             if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts):
                 scheduler.step(self.epochs + self.batch / self.steps_per_epoch)
-            elif not (isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
-                      and scheduler.last_epoch >= scheduler.total_steps):
+            elif not (
+                isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+                and scheduler.last_epoch >= scheduler.total_steps
+            ):
                 scheduler.step()
         return used
 
@@ -332,17 +410,23 @@ class _FateDecay:
 
 def build_criterion(name: str, hp: dict[str, Any]) -> nn.Module:
     if name in REFUSED_LOSSES:
-        raise _invalid(f"criterion {name} is not supported: it compares pairs or sequences, not a prediction "
-                       "with a target", "run.unsupported_criterion", "criterion")
+        raise _invalid(
+            f"criterion {name} is not supported: it compares pairs or sequences, not a prediction with a target",
+            ErrorCode.RUN_UNSUPPORTED_CRITERION,
+            "criterion",
+        )
     if name not in LOSSES:
-        raise _invalid(f"unknown criterion {name!r}; use a torch.nn loss class name", "run.unknown_criterion",
-                       "criterion")
+        raise _invalid(
+            f"unknown criterion {name!r}; use a torch.nn loss class name", ErrorCode.RUN_UNKNOWN_CRITERION, "criterion"
+        )
     cls = LOSSES[name]
     try:
-        return cls(**_kwargs_for(cls, hp, set()))
+        criterion: nn.Module = cls(**_kwargs_for(cls, hp, set()))
+        return criterion
     except (TypeError, ValueError) as exc:
-        raise _invalid(f"criterion {name} cannot be built from this run: {exc}", "run.invalid_criterion",
-                       "criterion") from None
+        raise _invalid(
+            f"criterion {name} cannot be built from this run: {exc}", ErrorCode.RUN_INVALID_CRITERION, "criterion"
+        ) from None
 
 
 # Synergos options a run may carry besides RunHyperparameters' fields: FedGKT's split and distillation
@@ -353,8 +437,11 @@ SYNERGOS_OPTIONS = frozenset({"L", "temperature", "alpha", "server_epochs", "ste
 def _constructor_names(cls: type | None, skip: set[str]) -> set[str]:
     if cls is None:
         return set()
-    return {name for name, p in inspect.signature(cls.__init__).parameters.items()
-            if name not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return {
+        name
+        for name, p in inspect.signature(cls).parameters.items()
+        if name not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
 
 
 def accepted_hyperparameters(hp: dict[str, Any]) -> set[str]:
@@ -363,11 +450,17 @@ def accepted_hyperparameters(hp: dict[str, Any]) -> set[str]:
     from .schemas import RunHyperparameters  # the run's own fields, defaults in one place
 
     scheduler = hp.get("lr_scheduler")
-    return (set(RunHyperparameters.model_fields) | RUN_KEYS | SYNERGOS_OPTIONS
-            | _constructor_names(OPTIMIZERS.get(hp.get("optimizer", "SGD")), {"self", "params"})
-            | _constructor_names(SCHEDULERS.get(scheduler) if isinstance(scheduler, str) else None,
-                                 {"self", "optimizer", "lr_lambda", "schedulers"})
-            | _constructor_names(LOSSES.get(hp.get("criterion", "BCELoss")), {"self"}))
+    return (
+        set(RunHyperparameters.model_fields)
+        | RUN_KEYS
+        | SYNERGOS_OPTIONS
+        | _constructor_names(OPTIMIZERS.get(hp.get("optimizer", "SGD")), {"self", "params"})
+        | _constructor_names(
+            SCHEDULERS.get(scheduler) if isinstance(scheduler, str) else None,
+            {"self", "optimizer", "lr_lambda", "schedulers"},
+        )
+        | _constructor_names(LOSSES.get(hp.get("criterion", "BCELoss")), {"self"})
+    )
 
 
 def check_known_hyperparameters(hp: dict[str, Any], ignore: Iterable[str] = ()) -> None:
@@ -384,11 +477,20 @@ def check_known_hyperparameters(hp: dict[str, Any], ignore: Iterable[str] = ()) 
         close = difflib.get_close_matches(name, sorted(accepted), n=1, cutoff=0.6)
         hint = f"{name!r}: did you mean {close[0]!r}?" if close else f"{name!r}"
         hints.append(hint)
-        fields.append({"path": name, "message": f"no option and no constructor of this run accepts {name!r}"
-                       + (f"; did you mean {close[0]!r}?" if close else ""), "type": "run.unknown_parameter"})
-    raise InvalidRequest(f"unknown hyper-parameter(s) {'; '.join(hints)}: no Synergos option and no argument "
-                         "of the run's optimizer, lr_scheduler or criterion has that name, so it would be ignored",
-                         "run.unknown_parameter", fields=fields)
+        fields.append(
+            {
+                "path": name,
+                "message": f"no option and no constructor of this run accepts {name!r}"
+                + (f"; did you mean {close[0]!r}?" if close else ""),
+                "type": ErrorCode.RUN_UNKNOWN_PARAMETER,
+            }
+        )
+    raise InvalidRequest(
+        f"unknown hyper-parameter(s) {'; '.join(hints)}: no Synergos option and no argument "
+        "of the run's optimizer, lr_scheduler or criterion has that name, so it would be ignored",
+        ErrorCode.RUN_UNKNOWN_PARAMETER,
+        fields=fields,
+    )
 
 
 def validate_run(hp: dict[str, Any]) -> None:
@@ -402,7 +504,7 @@ def validate_run(hp: dict[str, Any]) -> None:
     for key in ("lr", "mu", "l1_lambda", "l2_lambda"):
         value = hp.get(key)
         if isinstance(value, float) and not math.isfinite(value):
-            raise _invalid(f"{key} must be finite", "run.invalid", key)
+            raise _invalid(f"{key} must be finite", ErrorCode.RUN_INVALID, key)
 
 
 # ---- targets shaped as each loss needs ----
@@ -457,14 +559,25 @@ def binary_scores(outputs: torch.Tensor, criterion: str, kind: str | None) -> to
     if criterion == "CrossEntropyLoss" and kind not in {UNKNOWN_KIND, "softmax", "log_softmax"}:
         return torch.cat([torch.zeros_like(column), column], dim=1)
     if kind == UNKNOWN_KIND:
-        raise ValueError(f"{criterion} with one output trains a two-class model, which needs the model's output "
-                         "kind: pass kind=<the model's output_kind>")
-    raise ValueError(f"{criterion} with one output reads it as P(class 1) (a sigmoid output), or for "
-                     f"CrossEntropyLoss as the logit of class 1 (no activation); this model ends with {kind}")
+        raise ValueError(
+            f"{criterion} with one output trains a two-class model, which needs the model's output "
+            "kind: pass kind=<the model's output_kind>"
+        )
+    raise ValueError(
+        f"{criterion} with one output reads it as P(class 1) (a sigmoid output), or for "
+        f"CrossEntropyLoss as the logit of class 1 (no activation); this model ends with {kind}"
+    )
 
 
-def compute_loss(criterion: nn.Module, name: str, outputs: torch.Tensor, labels: torch.Tensor,
-                 action: str, *, kind: str | None = UNKNOWN_KIND) -> torch.Tensor:
+def compute_loss(
+    criterion: nn.Module,
+    name: str,
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    action: str,
+    *,
+    kind: str | None = UNKNOWN_KIND,
+) -> torch.Tensor:
     """The criterion on outputs and labels shaped for it (GaussianNLLLoss gets a unit variance).
 
     `kind` is the model's `output_kind`; it matters only for one output with NLLLoss or
@@ -474,13 +587,17 @@ def compute_loss(criterion: nn.Module, name: str, outputs: torch.Tensor, labels:
     if action == "classify" and name in BINARY_INDEX_LOSSES and _is_single_output(outputs):
         outputs = binary_scores(outputs, name, kind)
     target = format_target(labels, outputs, name, action)
-    if name == "GaussianNLLLoss":
-        return criterion(outputs, target, torch.ones_like(outputs))
-    return criterion(outputs, target)
+    loss: torch.Tensor = (
+        criterion(outputs, target, torch.ones_like(outputs))
+        if name == "GaussianNLLLoss"
+        else criterion(outputs, target)
+    )
+    return loss
 
 
-def proximal_terms(model: nn.Module, global_params: list[torch.Tensor] | None, mu: float, l1: float,
-                   l2: float) -> torch.Tensor | None:
+def proximal_terms(
+    model: nn.Module, global_params: list[torch.Tensor] | None, mu: float, l1: float, l2: float
+) -> torch.Tensor | None:
     """FedProx mu/2·‖w−w_global‖² plus l1·|w|₁ plus l2/2·‖w‖², or None when all are zero."""
     if not (mu and global_params is not None) and not l1 and not l2:
         return None
@@ -503,7 +620,7 @@ _CLASS_ONLY = {"CrossEntropyLoss", "NLLLoss", "MultiMarginLoss", "MultiLabelMarg
 _NEEDS_PROBABILITIES = {"BCELoss"}
 
 
-def _output_width(spec: list[dict]) -> int | None:
+def _output_width(spec: list[dict[str, Any]]) -> int | None:
     for layer in reversed(spec):
         structure = layer.get("structure") or {}
         for key in ("out_features", "num_classes", "hidden_size", "out_channels"):
@@ -512,78 +629,121 @@ def _output_width(spec: list[dict]) -> int | None:
     return None
 
 
-_LOG_SOFTMAX_FIX = ("end the model with log_softmax for NLLLoss, or output logits (no activation) with "
-                    "CrossEntropyLoss")
+_LOG_SOFTMAX_FIX = "end the model with log_softmax for NLLLoss, or output logits (no activation) with CrossEntropyLoss"
 
 
 def _check_one_output(criterion: str, kind: str | None) -> None:
     """One output for a two-class task with NLLLoss or CrossEntropyLoss (trained as `binary_scores` says)."""
     if criterion == "NLLLoss" and kind != "sigmoid":
-        raise _invalid(f"NLLLoss with one output reads it as P(class 1), so it must end with a sigmoid; the model "
-                       f"ends with {kind or 'no activation'}: add a sigmoid, or use CrossEntropyLoss or "
-                       "BCEWithLogitsLoss for a raw score (auto_fix gives the last layer one output for two classes)",
-                       "run.invalid_combination", "criterion")
+        raise _invalid(
+            f"NLLLoss with one output reads it as P(class 1), so it must end with a sigmoid; the model "
+            f"ends with {kind or 'no activation'}: add a sigmoid, or use CrossEntropyLoss or "
+            "BCEWithLogitsLoss for a raw score (auto_fix gives the last layer one output for two classes)",
+            ErrorCode.RUN_INVALID_COMBINATION,
+            "criterion",
+        )
     if kind in {"softmax", "log_softmax"}:
-        raise _invalid(f"a single {kind} output is constant, so {criterion} cannot train it: end with a sigmoid "
-                       "(P(class 1)) or no activation (the logit of class 1) (auto_fix gives the last layer one "
-                       "output for two classes)", "run.invalid_combination", "criterion")
+        raise _invalid(
+            f"a single {kind} output is constant, so {criterion} cannot train it: end with a sigmoid "
+            "(P(class 1)) or no activation (the logit of class 1) (auto_fix gives the last layer one "
+            "output for two classes)",
+            ErrorCode.RUN_INVALID_COMBINATION,
+            "criterion",
+        )
 
 
 def _warn_if_dubious(criterion: str, kind: str | None, width: int | None) -> None:
     """Recipes torch trains but whose result is doubtful: logged, not refused."""
     several = width is None or width > 1
     if criterion == "CrossEntropyLoss" and kind == "softmax":
-        log.warning("CrossEntropyLoss applies its own log_softmax: on softmax outputs that is a double softmax, "
-                    "which trains slowly towards squashed probabilities; output logits (no activation) instead")
+        log.warning(
+            "CrossEntropyLoss applies its own log_softmax: on softmax outputs that is a double softmax, "
+            "which trains slowly towards squashed probabilities; output logits (no activation) instead"
+        )
     elif criterion == "CrossEntropyLoss" and kind == "sigmoid" and several:
-        log.warning("CrossEntropyLoss applies its own log_softmax: on several sigmoid outputs the probabilities "
-                    "are squashed; output logits (no activation) instead")
+        log.warning(
+            "CrossEntropyLoss applies its own log_softmax: on several sigmoid outputs the probabilities "
+            "are squashed; output logits (no activation) instead"
+        )
     elif criterion == "NLLLoss" and kind != "log_softmax" and several:
-        log.warning("NLLLoss expects log-probabilities, but the model ends with %s: its loss is not a likelihood "
-                    "(and unbounded below on raw scores); %s", kind or "no activation", _LOG_SOFTMAX_FIX)
+        log.warning(
+            "NLLLoss expects log-probabilities, but the model ends with %s: its loss is not a likelihood "
+            "(and unbounded below on raw scores); %s",
+            kind or "no activation",
+            _LOG_SOFTMAX_FIX,
+        )
     elif criterion == "KLDivLoss" and kind not in {"log_softmax", "logsigmoid"}:
-        log.warning("KLDivLoss expects log-probabilities as its input, but the model ends with %s: end it with "
-                    "log_softmax", kind or "no activation")
+        log.warning(
+            "KLDivLoss expects log-probabilities as its input, but the model ends with %s: end it with log_softmax",
+            kind or "no activation",
+        )
     elif criterion == "BCEWithLogitsLoss" and kind in {"sigmoid", "softmax"}:
-        log.warning("BCEWithLogitsLoss applies its own sigmoid: on %s outputs that squashes them twice; output "
-                    "logits (no activation), or use BCELoss", kind)
+        log.warning(
+            "BCEWithLogitsLoss applies its own sigmoid: on %s outputs that squashes them twice; output "
+            "logits (no activation), or use BCELoss",
+            kind,
+        )
 
 
-def check_combination(spec: list[dict], hp: dict[str, Any], action: str, n_classes: int | None) -> None:
+def check_combination(spec: list[dict[str, Any]], hp: dict[str, Any], action: str, n_classes: int | None) -> None:
     """Refuse a model/criterion/task combination that cannot train, saying why; warn (log) about
     one that trains but is doubtful."""
     criterion = hp.get("criterion", "BCELoss")
     width, kind = _output_width(spec), output_kind(spec)
     if action == "regress" and criterion in _CLASS_ONLY:
-        raise _invalid(f"{criterion} needs class labels, but the project is a regression", "run.invalid_combination",
-                       "criterion")
+        raise _invalid(
+            f"{criterion} needs class labels, but the project is a regression",
+            ErrorCode.RUN_INVALID_COMBINATION,
+            "criterion",
+        )
     if criterion == "NLLLoss" and kind == "softmax":
-        raise _invalid(f"NLLLoss expects log-probabilities, but the model ends with softmax (probabilities), so its "
-                       f"loss would be negative and meaningless: {_LOG_SOFTMAX_FIX}. auto_fix turns a final sigmoid "
-                       "into softmax for more than two classes: write log_softmax yourself for NLLLoss",
-                       "run.invalid_combination", "criterion")
+        raise _invalid(
+            f"NLLLoss expects log-probabilities, but the model ends with softmax (probabilities), so its "
+            f"loss would be negative and meaningless: {_LOG_SOFTMAX_FIX}. auto_fix turns a final sigmoid "
+            "into softmax for more than two classes: write log_softmax yourself for NLLLoss",
+            ErrorCode.RUN_INVALID_COMBINATION,
+            "criterion",
+        )
     if action == "classify" and width is not None and n_classes is not None:
         classes = n_classes
         if criterion in _INDEX_LOSSES and width < 2:
             if classes > 2 or criterion not in BINARY_INDEX_LOSSES:
-                fix = (f"set out_features={classes} or align with auto_fix" if classes > 2
-                       else "use BCELoss for one output")
-                raise _invalid(f"{criterion} needs one output per class ({classes}); the last layer gives {width}: "
-                               f"{fix}", "run.invalid_combination", "criterion")
+                fix = (
+                    f"set out_features={classes} or align with auto_fix"
+                    if classes > 2
+                    else "use BCELoss for one output"
+                )
+                raise _invalid(
+                    f"{criterion} needs one output per class ({classes}); the last layer gives {width}: {fix}",
+                    ErrorCode.RUN_INVALID_COMBINATION,
+                    "criterion",
+                )
             _check_one_output(criterion, kind)
         if classes > 2 and width not in (classes,):
-            raise _invalid(f"the last layer gives {width} outputs for {classes} classes; align with auto_fix or set "
-                           f"out_features={classes}", "run.invalid_combination", "model")
+            raise _invalid(
+                f"the last layer gives {width} outputs for {classes} classes; align with auto_fix or set "
+                f"out_features={classes}",
+                ErrorCode.RUN_INVALID_COMBINATION,
+                "model",
+            )
     optimizer = hp.get("optimizer", "SGD")
     meta = build_layers(spec, device="meta")
     weighted = [m for m in meta.layers if any(True for _ in m.parameters())]
-    if optimizer == "SparseAdam" and not all(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse
-                                             for m in weighted):
-        raise _invalid("SparseAdam needs sparse gradients everywhere: use it only with Embedding(sparse=True) "
-                       "layers", "run.invalid_combination", "optimizer")
+    if optimizer == "SparseAdam" and not all(
+        isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse for m in weighted
+    ):
+        raise _invalid(
+            "SparseAdam needs sparse gradients everywhere: use it only with Embedding(sparse=True) layers",
+            ErrorCode.RUN_INVALID_COMBINATION,
+            "optimizer",
+        )
     build_optimizer(optimizer, meta.parameters(), hp)  # e.g. Muon takes 2-D weights only
     if criterion in _NEEDS_PROBABILITIES and kind not in {"sigmoid", "softmax"}:
-        raise _invalid(f"{criterion} needs probabilities: end the model with a sigmoid or softmax activation, or use "
-                       "BCEWithLogitsLoss", "run.invalid_combination", "criterion")
+        raise _invalid(
+            f"{criterion} needs probabilities: end the model with a sigmoid or softmax activation, or use "
+            "BCEWithLogitsLoss",
+            ErrorCode.RUN_INVALID_COMBINATION,
+            "criterion",
+        )
     if action == "classify":
         _warn_if_dubious(criterion, kind, width)

@@ -22,10 +22,12 @@ Options, chosen per project (and per alignment):
 Imputation: a missing numeric value becomes the mean of the statistics used (an all-missing
 column 0), a missing category the most frequent category (ties broken by name).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -83,7 +85,7 @@ class Statistics(_Strict):
 
     @field_validator("numeric", "categorical")
     @classmethod
-    def _bounded(cls, value: dict) -> dict:
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
         if len(value) > MAX_COLUMNS:
             raise ValueError(f"at most {MAX_COLUMNS} columns")
         return value
@@ -93,8 +95,7 @@ class Statistics(_Strict):
     def _counts(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
         for counts in value.values():
             if len(counts) > MAX_CATEGORIES or any(n < 0 for n in counts.values()):
-                raise ValueError("category counts must be at most "
-                                 f"{MAX_CATEGORIES} non-negative numbers per column")
+                raise ValueError(f"category counts must be at most {MAX_CATEGORIES} non-negative numbers per column")
         return value
 
 
@@ -125,7 +126,7 @@ class PreprocessingOptions(_Strict):
     target_scaling: TargetScalingOption = "standard"
 
     @classmethod
-    def resolve(cls, *layers: Mapping[str, Any] | None) -> "PreprocessingOptions":
+    def resolve(cls, *layers: Mapping[str, Any] | None) -> PreprocessingOptions:
         """The defaults, overridden by each layer's non-null option fields in turn (project, request)."""
         chosen: dict[str, Any] = {}
         for layer in layers:
@@ -138,34 +139,47 @@ OPTION_FIELDS: tuple[str, ...] = ("scaling", "statistics", "target_scaling")
 
 # ---- on a Worker: the aggregates of its train split ----
 
+
 def numeric_statistics(values: np.ndarray) -> NumericStatistics:
     present = values[~np.isnan(values)]
     if present.size == 0:
         return NumericStatistics(count=0)
     mean = float(present.mean())
-    return NumericStatistics(count=int(present.size), sum=float(present.sum()),
-                             sum_sq=float(np.square(present).sum()), m2=float(np.square(present - mean).sum()),
-                             min=float(present.min()), max=float(present.max()))
+    return NumericStatistics(
+        count=int(present.size),
+        sum=float(present.sum()),
+        sum_sq=float(np.square(present).sum()),
+        m2=float(np.square(present - mean).sum()),
+        min=float(present.min()),
+        max=float(present.max()),
+    )
 
 
-def frame_statistics(frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str],
-                     target: str | None, labels: Any) -> Statistics:
+def frame_statistics(
+    frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str], target: str | None, labels: Any
+) -> Statistics:
     """Aggregates of `frame` (rows that have a target): what a party reveals of its train split.
 
     `labels` maps a raw category value to its name (so that 1, 1.0 and "1" agree across parties).
     """
-    num = {col: numeric_statistics(pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype="float64"))
-           for col in sorted(numeric)}
+    num = {
+        col: numeric_statistics(pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype="float64"))
+        for col in sorted(numeric)
+    }
     cat: dict[str, dict[str, int]] = {}
     for col in sorted(categorical):
         counts = frame[col].dropna().map(labels).value_counts()
         cat[col] = {str(label): int(n) for label, n in sorted(counts.items())}
-    target_stats = (numeric_statistics(pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype="float64"))
-                    if target is not None else None)
-    return Statistics(rows=int(len(frame)), numeric=num, categorical=cat, target=target_stats)
+    target_stats = (
+        numeric_statistics(pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype="float64"))
+        if target is not None
+        else None
+    )
+    return Statistics(rows=len(frame), numeric=num, categorical=cat, target=target_stats)
 
 
 # ---- on the TTP: the parties' aggregates combined ----
+
 
 def _combine_numeric(parts: Sequence[NumericStatistics]) -> NumericStatistics:
     present = [p for p in parts if p.count]
@@ -176,9 +190,14 @@ def _combine_numeric(parts: Sequence[NumericStatistics]) -> NumericStatistics:
     mean = total / count
     # Chan et al.: the pooled sum of squared deviations, exact without subtracting large squares
     m2 = sum(p.m2 + p.count * (p.mean - mean) ** 2 for p in present)
-    return NumericStatistics(count=count, sum=total, sum_sq=sum(p.sum_sq for p in present), m2=m2,
-                             min=min(p.min for p in present if p.min is not None),
-                             max=max(p.max for p in present if p.max is not None))
+    return NumericStatistics(
+        count=count,
+        sum=total,
+        sum_sq=sum(p.sum_sq for p in present),
+        m2=m2,
+        min=min(p.min for p in present if p.min is not None),
+        max=max(p.max for p in present if p.max is not None),
+    )
 
 
 def combine(parts: Sequence[Statistics]) -> Statistics:
@@ -195,10 +214,12 @@ def combine(parts: Sequence[Statistics]) -> Statistics:
                 merged[label] = merged.get(label, 0) + n
         if part.target is not None:
             targets.append(part.target)
-    return Statistics(rows=sum(p.rows for p in parts),
-                      numeric={col: _combine_numeric(s) for col, s in sorted(numeric.items())},
-                      categorical={col: dict(sorted(c.items())) for col, c in sorted(categorical.items())},
-                      target=_combine_numeric(targets) if targets else None)
+    return Statistics(
+        rows=sum(p.rows for p in parts),
+        numeric={col: _combine_numeric(s) for col, s in sorted(numeric.items())},
+        categorical={col: dict(sorted(c.items())) for col, c in sorted(categorical.items())},
+        target=_combine_numeric(targets) if targets else None,
+    )
 
 
 def plan(options: PreprocessingOptions, parties: Mapping[str, Statistics | None]) -> dict[str, Preprocessing]:
@@ -208,14 +229,19 @@ def plan(options: PreprocessingOptions, parties: Mapping[str, Statistics | None]
     pooled = combine(known)
     plans = {}
     for pid, own in parties.items():
-        stats = pooled if options.statistics == "global" or own is None else own.model_copy(
-            update={"target": pooled.target})
-        plans[pid] = Preprocessing(scaling=options.scaling, source=options.statistics,
-                                   target_scaling=options.target_scaling, statistics=stats)
+        stats = (
+            pooled
+            if options.statistics == "global" or own is None
+            else own.model_copy(update={"target": pooled.target})
+        )
+        plans[pid] = Preprocessing(
+            scaling=options.scaling, source=options.statistics, target_scaling=options.target_scaling, statistics=stats
+        )
     return plans
 
 
 # ---- on a Worker: every split imputed and scaled with the same statistics ----
+
 
 def impute_numeric(values: np.ndarray, stats: NumericStatistics | None) -> np.ndarray:
     fill = stats.mean if stats is not None and stats.count else 0.0

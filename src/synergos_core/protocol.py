@@ -25,6 +25,7 @@ upgrade request; the Worker refuses any other (426, naming both versions) and na
 the header of the handshake's response, which the TTP checks. A change to any message that an
 older peer would misread is a new version.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -38,11 +39,38 @@ from .errors import FederationError, SynergosError
 PROTOCOL_VERSION = 1
 PROTOCOL_HEADER = "Synergos-Protocol"
 
-__all__ = ["PROTOCOL_VERSION", "PROTOCOL_HEADER", "Op", "Assessment", "ClassificationParts", "RegressionParts",
-           "Train", "Evaluate", "Infer", "Close", "GktTrain", "GktEvaluate", "GktExport",
-           "Update", "Loss", "Metrics", "Closed", "GktFeatures", "GktExtractor", "Error",
-           "Request", "Reply", "RequestMessage", "ReplyMessage", "parse_request", "parse_reply", "reply_to",
-           "as_header", "new_nonce", "version_mismatch"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "PROTOCOL_HEADER",
+    "Op",
+    "Assessment",
+    "ClassificationParts",
+    "RegressionParts",
+    "Train",
+    "Evaluate",
+    "Infer",
+    "Close",
+    "GktTrain",
+    "GktEvaluate",
+    "GktExport",
+    "Update",
+    "Loss",
+    "Metrics",
+    "Closed",
+    "GktFeatures",
+    "GktExtractor",
+    "Error",
+    "Request",
+    "Reply",
+    "RequestMessage",
+    "ReplyMessage",
+    "parse_request",
+    "parse_reply",
+    "reply_to",
+    "as_header",
+    "new_nonce",
+    "version_mismatch",
+]
 
 
 class Op(StrEnum):
@@ -142,6 +170,7 @@ class _LocalTraining(_Model):
 
 # ---- replies (Worker -> TTP) ----
 
+
 class Update(_Reply, _LocalTraining):
     """Local weights follow in `shards` frames; `assessment` is of the weights received (if asked)."""
 
@@ -196,6 +225,7 @@ class Error(_Message):
 
 
 # ---- requests (TTP -> Worker) ----
+
 
 class Train(_Message):
     """Load the global weights that follow; if `evaluate`, first assess them; then train for `epochs`."""
@@ -274,8 +304,10 @@ def _parse(adapter: TypeAdapter[Any], ops: frozenset[str], role: str, header: ob
     op = header.get("op") if isinstance(header, dict) else None
     if not isinstance(op, str) or op not in ops:
         shown = op if isinstance(op, str) and len(op) <= 64 else type(op).__name__
-        raise FederationError(f"{shown!r} is not a {role} of federation protocol {PROTOCOL_VERSION} "
-                              f"(one of: {', '.join(sorted(ops))})", "federation.protocol")
+        raise FederationError(
+            f"{shown!r} is not a {role} of federation protocol {PROTOCOL_VERSION} (one of: {', '.join(sorted(ops))})",
+            "federation.protocol",
+        )
     try:
         return adapter.validate_python(header)
     except ValidationError as exc:
@@ -310,8 +342,7 @@ def reply_to(request: RequestMessage, kind: type[R], **fields: Any) -> R:
         return kind(run=request.run, round=request.round, reply_to=request.nonce, nonce=new_nonce(), **fields)
     except ValidationError as exc:
         op = kind.model_fields["op"].default
-        raise SynergosError(f"{request.op} produced an invalid {op} reply: {_describe(exc)}",
-                            "worker.failed") from None
+        raise SynergosError(f"{request.op} produced an invalid {op} reply: {_describe(exc)}", "worker.failed") from None
 
 
 def as_header(message: BaseModel) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 No settings object is built at import time; each CLI builds one and hands it to `create_app`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ The model is rebuilt from the experiment's layer list; global weights arrive ove
 and are written straight into it. FedProx keeps a frozen copy of the global parameters for
 its proximal term; FedAvg ignores `mu`.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,9 +15,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import (BINARY_INDEX_LOSSES, UNKNOWN_KIND, Schedule, build_criterion, build_model, compute_loss,
-                    proximal_terms)
 from .metrics import metric_parts
+from .model import (
+    BINARY_INDEX_LOSSES,
+    UNKNOWN_KIND,
+    Schedule,
+    build_criterion,
+    build_model,
+    compute_loss,
+    proximal_terms,
+)
 from .wire import Layout
 
 _LOGIT_LOSSES = {"BCEWithLogitsLoss", "CrossEntropyLoss", "MultiLabelSoftMarginLoss", "SoftMarginLoss"}
@@ -51,7 +59,7 @@ def lr_summary(trace: list[float]) -> list[float]:
 
 
 class LocalTrainer:
-    def __init__(self, spec: list[dict], hp: dict[str, Any], action: str, data: dict[str, Split]) -> None:
+    def __init__(self, spec: list[dict[str, Any]], hp: dict[str, Any], action: str, data: dict[str, Split]) -> None:
         self.hp = dict(hp)
         self.action = action
         self.data = data
@@ -82,8 +90,9 @@ class LocalTrainer:
         n = len(split)
         batch = int(hp.get("batch_size") or n)
         if self.schedule is None:
-            self.schedule = Schedule.build(hp, self.model.parameters(), run_steps_per_epoch(n, batch),
-                                           run_epochs(hp, epochs))
+            self.schedule = Schedule.build(
+                hp, self.model.parameters(), run_steps_per_epoch(n, batch), run_epochs(hp, epochs)
+            )
         schedule = self.schedule
         optimizer = schedule.optimizer
         self.lr_trace = []
@@ -96,15 +105,17 @@ class LocalTrainer:
             total = 0.0
             for start in range(0, n, batch):
                 if order is None:
-                    xb, yb = split.X[start:start + batch], split.y[start:start + batch]
+                    xb, yb = split.X[start : start + batch], split.y[start : start + batch]
                 else:
-                    idx = order[start:start + batch]
+                    idx = order[start : start + batch]
                     xb, yb = split.X[idx], split.y[idx]
+
                 def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
                     optimizer.zero_grad(set_to_none=True)
                     out = self.model(xb)
-                    loss = compute_loss(self.criterion, self.criterion_name, out, yb, self.action,
-                                        kind=self.model.output_kind)
+                    loss = compute_loss(
+                        self.criterion, self.criterion_name, out, yb, self.action, kind=self.model.output_kind
+                    )
                     extra = proximal_terms(self.model, global_params, mu, l1, l2)
                     if extra is not None:
                         loss = loss + extra
@@ -128,8 +139,13 @@ class LocalTrainer:
                     stale += 1
                     if stale >= patience:
                         break
-        return {"n_samples": n, "epoch_losses": losses, "train_loss": losses[-1],
-                "compute_s": time.perf_counter() - started, "lrs": lr_summary(self.lr_trace)}
+        return {
+            "n_samples": n,
+            "epoch_losses": losses,
+            "train_loss": losses[-1],
+            "compute_s": time.perf_counter() - started,
+            "lrs": lr_summary(self.lr_trace),
+        }
 
     # -- evaluation --
     @torch.no_grad()
@@ -164,8 +180,13 @@ class LocalTrainer:
         train_loss, train_n = self.evaluate("train")
         eval_loss, eval_n = self.evaluate("evaluate")
         result = self.infer("evaluate")
-        return {"train_loss": train_loss, "train_samples": train_n, "eval_loss": eval_loss,
-                "eval_samples": eval_n, "metric": metric_parts(*result, self.action) if result else None}
+        return {
+            "train_loss": train_loss,
+            "train_samples": train_n,
+            "eval_loss": eval_loss,
+            "eval_samples": eval_n,
+            "metric": metric_parts(*result, self.action) if result else None,
+        }
 
 
 def to_probabilities(out: torch.Tensor, criterion: str, kind: str | None = UNKNOWN_KIND) -> torch.Tensor:

@@ -13,13 +13,15 @@ tensor, so no side holds more than one shard per peer in flight. Decoding never 
 anything: the safetensors header is parsed as JSON and checked (names, dtypes, bounds)
 before a byte is copied.
 """
+
 from __future__ import annotations
 
 import json
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import save as _st_save
@@ -31,18 +33,25 @@ TENSORS = 0x02
 MAX_HEADER_BYTES = 1024 * 1024
 
 _DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 
-def encode_control(header: dict) -> bytes:
+def encode_control(header: dict[str, Any]) -> bytes:
     return bytes([CONTROL]) + json.dumps(header, separators=(",", ":")).encode()
 
 
-def decode_control(frame: bytes | bytearray | memoryview) -> dict:
+def decode_control(frame: bytes | bytearray | memoryview) -> dict[str, Any]:
     if not frame or frame[0] != CONTROL:
         raise FederationError("expected a control frame", "federation.protocol")
     if len(frame) > MAX_HEADER_BYTES:
@@ -70,7 +79,7 @@ class Layout:
     entries: tuple[tuple[str, torch.dtype, tuple[int, ...]], ...]
 
     @classmethod
-    def of(cls, state: dict[str, torch.Tensor]) -> "Layout":
+    def of(cls, state: dict[str, torch.Tensor]) -> Layout:
         return cls(tuple((name, t.dtype, tuple(t.shape)) for name, t in state.items()))
 
     def numel(self, name: str) -> int:
@@ -110,8 +119,9 @@ def _prod(shape: tuple[int, ...]) -> int:
 
 
 # safetensors lays tensors out by dtype (its enum order, descending), then by name
-_DTYPE_RANK = {name: rank for rank, name in enumerate(("BOOL", "U8", "I8", "I16", "F16", "BF16", "I32", "F32",
-                                                       "F64", "I64"))}
+_DTYPE_RANK = {
+    name: rank for rank, name in enumerate(("BOOL", "U8", "I8", "I16", "F16", "BF16", "I32", "F32", "F64", "I64"))
+}
 
 
 def encode_shard(state: dict[str, torch.Tensor], pieces: list[Slice]) -> bytes:
@@ -124,22 +134,30 @@ def encode_shard(state: dict[str, torch.Tensor], pieces: list[Slice]) -> bytes:
     slices = []
     for piece in pieces:
         flat = state[piece.name].detach().reshape(-1)
-        tensor = flat[piece.offset: piece.offset + piece.count].contiguous()
+        tensor = flat[piece.offset : piece.offset + piece.count].contiguous()
         if tensor.dtype not in _DTYPE_NAMES or tensor.device.type != "cpu":
             return _encode_shard_safetensors(state, pieces)
         slices.append((piece, tensor))
     slices.sort(key=lambda item: (-_DTYPE_RANK[_DTYPE_NAMES[item[1].dtype]], item[0].name))
-    header: dict = {"__metadata__": {piece.name: str(piece.offset) for piece in pieces}}
+    header: dict[str, Any] = {"__metadata__": {piece.name: str(piece.offset) for piece in pieces}}
     cursor = 0
     for piece, tensor in slices:
         size = tensor.numel() * tensor.element_size()
-        header[piece.name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": [tensor.numel()],
-                              "data_offsets": [cursor, cursor + size]}
+        header[piece.name] = {
+            "dtype": _DTYPE_NAMES[tensor.dtype],
+            "shape": [tensor.numel()],
+            "data_offsets": [cursor, cursor + size],
+        }
         cursor += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    parts: list = [bytes([TENSORS]) + struct.pack("<Q", len(raw)) + raw]
-    parts.extend(memoryview(tensor.view(torch.uint8).numpy()) for _, tensor in slices if tensor.numel())
+    parts: list[Any] = [bytes([TENSORS]) + struct.pack("<Q", len(raw)) + raw]
+    # numpy arrays are buffers (numpy's stubs do not say so)
+    parts.extend(
+        memoryview(tensor.view(torch.uint8).numpy())  # type: ignore[arg-type]
+        for _, tensor in slices
+        if tensor.numel()
+    )
     return b"".join(parts)
 
 
@@ -148,7 +166,7 @@ def _encode_shard_safetensors(state: dict[str, torch.Tensor], pieces: list[Slice
     offsets = {}
     for piece in pieces:
         flat = state[piece.name].detach().reshape(-1)
-        tensors[piece.name] = flat[piece.offset: piece.offset + piece.count].contiguous()
+        tensors[piece.name] = flat[piece.offset : piece.offset + piece.count].contiguous()
         offsets[piece.name] = str(piece.offset)
     return bytes([TENSORS]) + _st_save(tensors, metadata=offsets)
 
@@ -171,11 +189,11 @@ def decode_shard(frame: bytes | bytearray | memoryview, layout: Layout) -> list[
     if hlen > MAX_HEADER_BYTES or 9 + hlen > len(view):
         raise FederationError("tensor frame header out of bounds", "federation.protocol")
     try:
-        header = json.loads(bytes(view[9: 9 + hlen]))
+        header = json.loads(bytes(view[9 : 9 + hlen]))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise FederationError("tensor frame header is not JSON", "federation.protocol") from None
     meta = header.pop("__metadata__", None) or {}
-    data = view[9 + hlen:]
+    data = view[9 + hlen :]
     expected = {name: (dtype, _prod(shape)) for name, dtype, shape in layout.entries}
     out = []
     for name, info in header.items():
@@ -184,15 +202,22 @@ def decode_shard(frame: bytes | bytearray | memoryview, layout: Layout) -> list[
         dtype = _DTYPES.get(info.get("dtype"))
         want_dtype, numel = expected[name]
         if dtype != want_dtype:
-            raise FederationError(f"tensor {name!r} has dtype {info.get('dtype')}, expected "
-                                  f"{_DTYPE_NAMES.get(want_dtype)}", "federation.bad_update")
+            raise FederationError(
+                f"tensor {name!r} has dtype {info.get('dtype')}, expected {_DTYPE_NAMES.get(want_dtype)}",
+                "federation.bad_update",
+            )
         start, end = info.get("data_offsets", (0, -1))
         shape = info.get("shape") or []
         count = _prod(tuple(shape))
         offset = int(meta.get(name, "0"))
         itemsize = torch.empty((), dtype=dtype).element_size()
-        if (len(shape) != 1 or not 0 <= start <= end <= len(data) or end - start != count * itemsize
-                or offset < 0 or offset + count > numel):
+        if (
+            len(shape) != 1
+            or not 0 <= start <= end <= len(data)
+            or end - start != count * itemsize
+            or offset < 0
+            or offset + count > numel
+        ):
             raise FederationError(f"tensor {name!r} slice out of bounds", "federation.bad_update")
         if count == 0:
             continue
@@ -208,10 +233,10 @@ def write_slices(state: dict[str, torch.Tensor], slices: list[tuple[str, int, to
     """Copy decoded slices into the matching tensors of `state` (in place)."""
     with torch.no_grad():
         for name, offset, tensor in slices:
-            state[name].view(-1)[offset: offset + tensor.numel()].copy_(tensor)
+            state[name].view(-1)[offset : offset + tensor.numel()].copy_(tensor)
 
 
-def describe_layout(layout: Layout) -> list[list]:
+def describe_layout(layout: Layout) -> list[list[Any]]:
     """A layout as JSON, for payloads whose shapes only the sender knows (e.g. features)."""
     return [[name, _DTYPE_NAMES[dtype], list(shape)] for name, dtype, shape in layout.entries]
 
@@ -224,9 +249,14 @@ def parse_layout(entries: object, allowed: set[str], max_bytes: int) -> Layout:
         raise FederationError("payload layout missing", "federation.protocol")
     parsed, total = [], 0
     for entry in entries:
-        if (not isinstance(entry, (list, tuple)) or len(entry) != 3 or entry[0] not in allowed
-                or entry[1] not in _DTYPES
-                or not isinstance(entry[2], list) or not all(isinstance(d, int) and d >= 0 for d in entry[2])):
+        if (
+            not isinstance(entry, (list, tuple))
+            or len(entry) != 3
+            or entry[0] not in allowed
+            or entry[1] not in _DTYPES
+            or not isinstance(entry[2], list)
+            or not all(isinstance(d, int) and d >= 0 for d in entry[2])
+        ):
             raise FederationError(f"payload entry {entry!r} is not allowed", "federation.protocol")
         dtype = _DTYPES[entry[1]]
         total += _prod(tuple(entry[2])) * torch.empty((), dtype=dtype).element_size()

@@ -9,6 +9,7 @@ says how to install it.
 Erlang cookie, data, logs and config all live under a temporary directory, and everything it
 starts is stopped by PID (or by `rabbitmqctl -n <its node> stop`) when the context ends.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,19 +49,22 @@ def amqp_answers(host: str, port: int, timeout: float = 2.0) -> bool:
 
 def ensure_rabbitmq_installed() -> None:
     """Install Debian's `rabbitmq-server` package if its scripts are missing (needs root)."""
-    if _script("rabbitmq-server", system=True):
+    if _find_script("rabbitmq-server", system=True):
         return
     if os.geteuid() != 0:
-        raise RuntimeError("rabbitmq-server is not installed; install it with: "
-                           "sudo apt-get update && sudo apt-get install -y rabbitmq-server")
+        raise RuntimeError(
+            "rabbitmq-server is not installed; install it with: "
+            "sudo apt-get update && sudo apt-get install -y rabbitmq-server"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update"], check=True, env=env)
     subprocess.run(["apt-get", "install", "-y", "rabbitmq-server"], check=True, env=env)
-    if not _script("rabbitmq-server", system=True):
+    if not _find_script("rabbitmq-server", system=True):
         raise RuntimeError("rabbitmq-server is still missing after apt-get install")
 
 
 # --- the demo's broker ------------------------------------------------------------------------
+
 
 @dataclass
 class LocalBroker:
@@ -75,15 +79,21 @@ class LocalBroker:
         """Stop the node (and the epmd it brought up) if `ensure_local_broker` started them."""
         if not self.started:
             return
-        subprocess.run([_script("rabbitmqctl", system=True), "stop"], env=_system_env(),
-                       capture_output=True, timeout=timeout)
+        subprocess.run(
+            [_script("rabbitmqctl", system=True), "stop"], env=_system_env(), capture_output=True, timeout=timeout
+        )
         deadline = time.monotonic() + timeout
         while amqp_answers(self.address.host, self.address.port, timeout=1) and time.monotonic() < deadline:
             time.sleep(0.5)
         if self.started_epmd:
             # epmd refuses `-kill` while any node is still registered with it.
-            subprocess.run([shutil.which("epmd") or "/usr/lib/erlang/bin/epmd", "-kill"], env=_system_env(),
-                           capture_output=True, timeout=10, check=False)
+            subprocess.run(
+                [shutil.which("epmd") or "/usr/lib/erlang/bin/epmd", "-kill"],
+                env=_system_env(),
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
         self.started = False
 
 
@@ -102,20 +112,33 @@ def ensure_local_broker(timeout: float = 60.0, *, host: str = "localhost", port:
         return LocalBroker(address, started=False)
     ensure_rabbitmq_installed()
     epmd_was_running = _port_open("localhost", 4369)
-    subprocess.run([_script("rabbitmq-server", system=True), "-detached"], env=_system_env(),
-                   check=True, capture_output=True, timeout=timeout)
+    subprocess.run(
+        [_script("rabbitmq-server", system=True), "-detached"],
+        env=_system_env(),
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+    )
     deadline = time.monotonic() + timeout
     while not amqp_answers(host, port):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"RabbitMQ did not answer on {host}:{port} within {timeout:.0f} s "
-                               "(see /var/log/rabbitmq/)")
+            raise RuntimeError(
+                f"RabbitMQ did not answer on {host}:{port} within {timeout:.0f} s (see /var/log/rabbitmq/)"
+            )
         time.sleep(0.5)
     broker = LocalBroker(address, started=True, started_epmd=not epmd_was_running)
-    plugins = subprocess.run([_script("rabbitmq-plugins", system=True), "enable", "rabbitmq_management"],
-                             env=_system_env(), capture_output=True, text=True, timeout=timeout)
+    plugins = subprocess.run(
+        [_script("rabbitmq-plugins", system=True), "enable", "rabbitmq_management"],
+        env=_system_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if plugins.returncode != 0:
-        print(f"RabbitMQ started at {address}, but the management plugin could not be enabled: "
-              f"{plugins.stderr.strip()[-300:]}")
+        print(
+            f"RabbitMQ started at {address}, but the management plugin could not be enabled: "
+            f"{plugins.stderr.strip()[-300:]}"
+        )
     else:
         print(f"RabbitMQ started at {address}; management UI at {MANAGEMENT_URL} (guest/guest)")
     return broker
@@ -134,15 +157,24 @@ def _system_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
 
 
-def _script(name: str, *, system: bool = False) -> str | None:
-    """Path of a RabbitMQ script. `system`: the distribution's entry point (Debian's wrapper that
-    runs as the rabbitmq user); otherwise the real script that runs as the caller."""
+def _find_script(name: str, *, system: bool = False) -> str | None:
+    """Path of a RabbitMQ script, None when it is not installed. `system`: the distribution's entry
+    point (Debian's wrapper that runs as the rabbitmq user); otherwise the real script that runs as
+    the caller."""
     if not system and (_DEBIAN_SCRIPTS / name).exists():
         return str(_DEBIAN_SCRIPTS / name)
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/usr/lib/rabbitmq/bin")
 
 
+def _script(name: str, *, system: bool = False) -> str:
+    found = _find_script(name, system=system)
+    if found is None:
+        raise RuntimeError(f"{name} is not installed: install Debian's rabbitmq-server (make install does)")
+    return found
+
+
 # --- a private broker for tests ---------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -191,7 +223,7 @@ class TestBroker:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def __enter__(self) -> "TestBroker":
+    def __enter__(self) -> TestBroker:
         self.start()
         return self
 
@@ -206,8 +238,15 @@ class TestBroker:
             self._env = self._prepare(self.workdir)
             log = open(self.workdir / "server.out", "ab")
             try:
-                self._process = subprocess.Popen([*self.command_prefix, server], env=self._env, stdin=subprocess.DEVNULL, stdout=log,
-                                                 stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
+                self._process = subprocess.Popen(
+                    [*self.command_prefix, server],
+                    env=self._env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.workdir,
+                    start_new_session=True,
+                )
             finally:
                 log.close()
             self._await_startup()
@@ -236,8 +275,13 @@ class TestBroker:
                     process.wait(timeout=10)
         if self._env.get("ERL_EPMD_PORT"):
             epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
-            subprocess.run([*self.command_prefix, epmd, "-port", self._env["ERL_EPMD_PORT"], "-kill"], env=self._env,
-                           capture_output=True, timeout=10, check=False)
+            subprocess.run(
+                [*self.command_prefix, epmd, "-port", self._env["ERL_EPMD_PORT"], "-kill"],
+                env=self._env,
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
             self._env = {}
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -251,7 +295,7 @@ class TestBroker:
 
     def queue_depth(self, name: str) -> int:
         """Messages ready in queue `name` (not counting unacked ones), via a passive declare."""
-        connection = pika.BlockingConnection(self.address.parameters("synergos-test-probe"))
+        connection = pika.BlockingConnection(self._address().parameters("synergos-test-probe"))
         try:
             return connection.channel().queue_declare(queue=name, passive=True).method.message_count
         finally:
@@ -259,7 +303,7 @@ class TestBroker:
 
     def purge(self, *names: str) -> None:
         """Empty the named queues (those that exist)."""
-        connection = pika.BlockingConnection(self.address.parameters("synergos-test-purge"))
+        connection = pika.BlockingConnection(self._address().parameters("synergos-test-purge"))
         try:
             for name in names:
                 channel = connection.channel()
@@ -274,8 +318,11 @@ class TestBroker:
     def log_tail(self, chars: int = 3000) -> str:
         if self.workdir is None:
             return ""
-        parts = [p.read_text(errors="replace") for p in sorted(self.workdir.glob("log/*.log")) + [self.workdir / "server.out"]
-                 if p.exists()]
+        parts = [
+            p.read_text(errors="replace")
+            for p in sorted(self.workdir.glob("log/*.log")) + [self.workdir / "server.out"]
+            if p.exists()
+        ]
         return "\n".join(parts)[-chars:]
 
     # --- internals ------------------------------------------------------------------------
@@ -318,23 +365,36 @@ class TestBroker:
             "RABBITMQ_PID_FILE": str(root / "rabbitmq.pid"),
         }
 
+    def _address(self) -> BrokerAddress:
+        if self.address is None:
+            raise RuntimeError(f"RabbitMQ node {self.node} is not started")
+        return self.address
+
     def _await_startup(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        while not amqp_answers(self.address.host, self.address.port, timeout=1):
-            if self._process.poll() is not None:
-                raise RuntimeError(f"RabbitMQ node {self.node} exited with {self._process.returncode}:\n"
-                                   f"{self.log_tail()}")
+        address, process = self._address(), self._process
+        assert process is not None  # started just before
+        while not amqp_answers(address.host, address.port, timeout=1):
+            if process.poll() is not None:
+                raise RuntimeError(f"RabbitMQ node {self.node} exited with {process.returncode}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"RabbitMQ node {self.node} did not start within {self.startup_timeout:.0f} s:\n"
-                                   f"{self.log_tail()}")
+                raise RuntimeError(
+                    f"RabbitMQ node {self.node} did not start within {self.startup_timeout:.0f} s:\n{self.log_tail()}"
+                )
             time.sleep(0.2)
         left = max(5, int(deadline - time.monotonic()))
         self._ctl("await_startup", "--timeout", str(left), timeout=left + 10)
 
     def _ctl(self, *args: str, timeout: float) -> str:
-        result = subprocess.run([*self.command_prefix, _script("rabbitmqctl"), "-n", self.node, *args], env=self._env,
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [*self.command_prefix, _script("rabbitmqctl"), "-n", self.node, *args],
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {args[0]} failed ({result.returncode}): "
-                               f"{(result.stderr or result.stdout).strip()[-500:]}")
+            raise RuntimeError(
+                f"rabbitmqctl {args[0]} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-500:]}"
+            )
         return result.stdout

@@ -1,5 +1,6 @@
 """Example parties' data in the Worker dataset layout, from datasets that ship with the packages
 (palmerpenguins, scikit-learn): nothing is downloaded."""
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,14 @@ def write_tabular(directory: Path, frame: pd.DataFrame, schema: dict[str, str]) 
     (directory / "metadata.json").write_text(json.dumps({"datatype": "tabular", "operations": {}}, indent=2))
 
 
-def split_metas(frame: pd.DataFrame, seed: int, fractions: tuple[float, float] = (0.7, 0.15)) -> dict[str, pd.DataFrame]:
+def split_metas(
+    frame: pd.DataFrame, seed: int, fractions: tuple[float, float] = (0.7, 0.15)
+) -> dict[str, pd.DataFrame]:
     order = np.random.default_rng(seed).permutation(len(frame))
     a = int(len(frame) * fractions[0])
     b = a + int(len(frame) * fractions[1])
     parts = (order[:a], order[a:b], order[b:])
-    return {meta: frame.iloc[idx].reset_index(drop=True) for meta, idx in zip(METAS, parts)}
+    return {meta: frame.iloc[idx].reset_index(drop=True) for meta, idx in zip(METAS, parts, strict=False)}
 
 
 def write_party(root: Path, name: str, frame: pd.DataFrame, schema: dict[str, str], seed: int) -> Path:
@@ -33,9 +36,16 @@ def write_party(root: Path, name: str, frame: pd.DataFrame, schema: dict[str, st
     return root
 
 
-PENGUIN_SCHEMA = {"island": "category", "bill_length_mm": "float64", "bill_depth_mm": "float64",
-                  "flipper_length_mm": "float64", "body_mass_g": "float64", "sex": "category",
-                  "year": "int64", "target": "category"}
+PENGUIN_SCHEMA = {
+    "island": "category",
+    "bill_length_mm": "float64",
+    "bill_depth_mm": "float64",
+    "flipper_length_mm": "float64",
+    "body_mass_g": "float64",
+    "sex": "category",
+    "year": "int64",
+    "target": "category",
+}
 
 
 def prepare_penguins(workspace: Path) -> dict[str, Path]:
@@ -78,6 +88,7 @@ def prepare_sklearn(workspace: Path, name: str, parties: int = 2, seed: int = 0)
 
 # ---- images and texts ----
 
+
 def _write_metadata(directory: Path, datatype: str, operations: dict) -> None:
     (directory / "metadata.json").write_text(json.dumps({"datatype": datatype, "operations": operations}, indent=2))
 
@@ -99,8 +110,9 @@ def write_images(directory: Path, images: np.ndarray, targets: np.ndarray, size:
     _write_metadata(directory, "image", {})
 
 
-def prepare_digits_images(workspace: Path, parties: int = 2, size: int = 32, seed: int = 0,
-                          binary: bool = False) -> dict[str, Path]:
+def prepare_digits_images(
+    workspace: Path, parties: int = 2, size: int = 32, seed: int = 0, binary: bool = False
+) -> dict[str, Path]:
     """scikit-learn's 8x8 digits as size x size grayscale PNGs, an IID split between `parties`, in
     `<workspace>/worker_i/data/digits/{train,evaluate,predict}/`. `binary` keeps digits 0 and 1 only."""
     from sklearn.datasets import load_digits
@@ -124,15 +136,70 @@ def prepare_digits_images(workspace: Path, parties: int = 2, size: int = 32, see
     return roots
 
 
-_REVIEW_NOUNS = ("movie", "film", "plot", "story", "acting", "cast", "soundtrack", "ending",
-                 "script", "director", "scenery", "dialogue", "pacing", "finale")
-_REVIEW_POSITIVE = ("good", "great", "excellent", "wonderful", "enjoyable", "brilliant", "superb",
-                    "delightful", "charming", "moving", "gripping", "splendid", "marvelous", "stunning")
-_REVIEW_NEGATIVE = ("bad", "awful", "terrible", "boring", "dull", "poor", "dreadful", "tedious",
-                    "clumsy", "bland", "messy", "shallow", "predictable", "forgettable")
-_REVIEW_FILLER = ("honestly", "overall", "to be fair", "in my opinion", "frankly", "all in all",
-                  "from start to finish", "for the most part", "at times", "if you ask me",
-                  "on the whole", "as expected", "by the way", "after all")
+_REVIEW_NOUNS = (
+    "movie",
+    "film",
+    "plot",
+    "story",
+    "acting",
+    "cast",
+    "soundtrack",
+    "ending",
+    "script",
+    "director",
+    "scenery",
+    "dialogue",
+    "pacing",
+    "finale",
+)
+_REVIEW_POSITIVE = (
+    "good",
+    "great",
+    "excellent",
+    "wonderful",
+    "enjoyable",
+    "brilliant",
+    "superb",
+    "delightful",
+    "charming",
+    "moving",
+    "gripping",
+    "splendid",
+    "marvelous",
+    "stunning",
+)
+_REVIEW_NEGATIVE = (
+    "bad",
+    "awful",
+    "terrible",
+    "boring",
+    "dull",
+    "poor",
+    "dreadful",
+    "tedious",
+    "clumsy",
+    "bland",
+    "messy",
+    "shallow",
+    "predictable",
+    "forgettable",
+)
+_REVIEW_FILLER = (
+    "honestly",
+    "overall",
+    "to be fair",
+    "in my opinion",
+    "frankly",
+    "all in all",
+    "from start to finish",
+    "for the most part",
+    "at times",
+    "if you ask me",
+    "on the whole",
+    "as expected",
+    "by the way",
+    "after all",
+)
 _REVIEW_TEMPLATES = (
     "the {noun} was {word} {filler}",
     "{filler} the {noun} felt {word} and the {noun2} was {word2}",
@@ -169,8 +236,11 @@ def prepare_text_reviews(workspace: Path, parties: int = 2, seed: int = 0, rows:
             template = _REVIEW_TEMPLATES[int(rng.integers(len(_REVIEW_TEMPLATES)))]
             noun, noun2 = rng.choice(nouns, size=2, replace=False)
             word, word2 = rng.choice(words, size=2, replace=False)
-            texts.append(template.format(noun=noun, noun2=noun2, word=word, word2=word2,
-                                         filler=filler[int(rng.integers(len(filler)))]))
+            texts.append(
+                template.format(
+                    noun=noun, noun2=noun2, word=word, word2=word2, filler=filler[int(rng.integers(len(filler)))]
+                )
+            )
             targets.append(label)
         frame = pd.DataFrame({"text": texts, "target": targets})
         worker = f"worker_{i + 1}"

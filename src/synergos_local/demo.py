@@ -6,6 +6,7 @@ hyper-parameter section through the Driver. Basic mode (`--mode basic`): one TTP
 Data: palmerpenguins split by island, so each party lacks categories the other has. Every
 service started here is stopped at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("cluster", "basic"), default="cluster")
     parser.add_argument("--workspace", type=Path, default=Path.cwd() / "demo_workspace")
-    parser.add_argument("--example", choices=sorted(EXAMPLES), default="basic",
-                        help="basic mode only: basic (penguins), images (a CNN on digits) or text (reviews)")
+    parser.add_argument(
+        "--example",
+        choices=sorted(EXAMPLES),
+        default="basic",
+        help="basic mode only: basic (penguins), images (a CNN on digits) or text (reviews)",
+    )
     parser.add_argument("--n_samples", type=int, default=3, help="cluster mode: optimization trials")
     args = parser.parse_args(argv)
     workspace: Path = args.workspace.resolve()
@@ -45,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     code = run_cluster(workspace, args.n_samples) if args.mode == "cluster" else run_basic(workspace, args.example)
     if code == 0:
         print(f"\n[demo] finished in {time.monotonic() - started:.0f} s; every service it started is stopped.")
-        print(f"[demo] models, loss histories and checkpoints: {workspace}/*/outputs; "
-              f"each Worker's predictions: {workspace}/worker_*/outputs*; logs: {workspace / 'logs'}")
+        print(
+            f"[demo] models, loss histories and checkpoints: {workspace}/*/outputs; "
+            f"each Worker's predictions: {workspace}/worker_*/outputs*; logs: {workspace / 'logs'}"
+        )
     return code
 
 
@@ -70,12 +77,15 @@ def run_basic(workspace: Path, example: str) -> int:
         topo.add(topology.ttp("ttp", ADDR["ttp"], 5000, workspace / "ttp", logs))
         for name in ("worker_1", "worker_2"):
             topo.add(topology.worker(name, ADDR[name], 5000, 8020, roots[name], workspace / name / "outputs", logs))
-        print(f"[demo] starting a TTP on {ADDR['ttp']}:5000 and Workers on {ADDR['worker_1']} and "
-              f"{ADDR['worker_2']} (REST 5000, federation 8020)")
+        print(
+            f"[demo] starting a TTP on {ADDR['ttp']}:5000 and Workers on {ADDR['worker_1']} and "
+            f"{ADDR['worker_2']} (REST 5000, federation 8020)"
+        )
         topo.wait()
         print(f"[demo] running examples/{script} through the Driver")
-        code = _run_script(script, "--host", ADDR["ttp"], "--port", "5000", "--worker", ADDR["worker_1"],
-                           "--worker", ADDR["worker_2"])
+        code = _run_script(
+            script, "--host", ADDR["ttp"], "--port", "5000", "--worker", ADDR["worker_1"], "--worker", ADDR["worker_2"]
+        )
         return _failed(topo, logs, code) if code else 0
 
 
@@ -90,22 +100,56 @@ def run_cluster(workspace: Path, n_samples: int) -> int:
         with topology.Topology() as topo:
             shared = workspace / "shared"  # the volume the Director, TTPs and MLOps share, as in the guide
             topo.add(topology.mlops("mlops", ADDR["mlops"], 5500, shared / "mlflow", logs))
-            director = topo.add(topology.director("director", ADDR["director"], 5000, shared, logs,
-                                                  ["--queue", "rabbitmq", "127.0.0.1", "5672"]))
+            director = topo.add(
+                topology.director(
+                    "director", ADDR["director"], 5000, shared, logs, ["--queue", "rabbitmq", "127.0.0.1", "5672"]
+                )
+            )
             for grid in (0, 1):
-                topo.add(topology.ttp(f"ttp_{grid + 1}", ADDR["ttp"], 5000 + grid, shared, logs,
-                                      topology.cluster_flags("127.0.0.1", 5672, grid)))
+                topo.add(
+                    topology.ttp(
+                        f"ttp_{grid + 1}",
+                        ADDR["ttp"],
+                        5000 + grid,
+                        shared,
+                        logs,
+                        topology.cluster_flags("127.0.0.1", 5672, grid),
+                    )
+                )
             for name in ("worker_1", "worker_2"):
                 for grid in (0, 1):
-                    topo.add(topology.worker(f"{name}_node_{grid}", ADDR[name], 5000 + grid, 8020 + grid, roots[name],
-                                             workspace / name / f"outputs_{grid}", logs))
-            print(f"[demo] starting the Director on {ADDR['director']}:5000, TTP grids 0 and 1 on {ADDR['ttp']}:5000 "
-                  f"and :5001, and two nodes per party on {ADDR['worker_1']} and {ADDR['worker_2']}")
+                    topo.add(
+                        topology.worker(
+                            f"{name}_node_{grid}",
+                            ADDR[name],
+                            5000 + grid,
+                            8020 + grid,
+                            roots[name],
+                            workspace / name / f"outputs_{grid}",
+                            logs,
+                        )
+                    )
+            print(
+                f"[demo] starting the Director on {ADDR['director']}:5000, TTP grids 0 and 1 on {ADDR['ttp']}:5000 "
+                f"and :5001, and two nodes per party on {ADDR['worker_1']} and {ADDR['worker_2']}"
+            )
             topo.wait()
             print("[demo] running examples/synergos_cluster.py (the guide's script) against the Director")
-            code = _run_script("synergos_cluster.py", "--host", ADDR["director"], "--port", "5000", "--mq",
-                               "127.0.0.1", "--worker", ADDR["worker_1"], "--worker", ADDR["worker_2"],
-                               "--n_samples", str(n_samples))
+            code = _run_script(
+                "synergos_cluster.py",
+                "--host",
+                ADDR["director"],
+                "--port",
+                "5000",
+                "--mq",
+                "127.0.0.1",
+                "--worker",
+                ADDR["worker_1"],
+                "--worker",
+                ADDR["worker_2"],
+                "--n_samples",
+                str(n_samples),
+            )
             if code:
                 return _failed(topo, logs, code)
             lines = _follow(director, f"http://{ADDR['director']}:5000", n_samples)
@@ -114,7 +158,9 @@ def run_cluster(workspace: Path, n_samples: int) -> int:
             for line in trials:
                 print(f"  {line}")
             print("[demo] RabbitMQ management UI: http://localhost:15672 (guest/guest)")
-            print(f"[demo] MLflow UI (experiment collaboration_1_>_project_1_>_experiment_1): http://{ADDR['mlops']}:5500")
+            print(
+                f"[demo] MLflow UI (experiment collaboration_1_>_project_1_>_experiment_1): http://{ADDR['mlops']}:5500"
+            )
             _show_mlflow(f"http://{ADDR['mlops']}:5500")
             return 0 if len(trials) == n_samples else 1
     finally:
@@ -128,12 +174,16 @@ def _show_mlflow(base: str, timeout: float = 60.0) -> None:
     runs: list = []
     while time.monotonic() < deadline:
         try:
-            found = httpx.get(f"{base}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name},
-                              timeout=5)
+            found = httpx.get(
+                f"{base}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name}, timeout=5
+            )
             if found.status_code == 200:
                 experiment = found.json()["experiment"]["experiment_id"]
-                runs = httpx.post(f"{base}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment]},
-                                  timeout=5).json().get("runs", [])
+                runs = (
+                    httpx.post(f"{base}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment]}, timeout=5)
+                    .json()
+                    .get("runs", [])
+                )
                 if len(runs) >= 4 and all(r["info"]["status"] != "RUNNING" for r in runs):
                     break
         except httpx.HTTPError:
@@ -141,8 +191,10 @@ def _show_mlflow(base: str, timeout: float = 60.0) -> None:
         time.sleep(1)
     for run in runs:
         metrics = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
-        print(f"  MLflow run {run['info']['run_name']}: {run['info']['status']}, "
-              f"aggregate accuracy {metrics.get('aggregate_overall_accuracy', float('nan')):.3f}")
+        print(
+            f"  MLflow run {run['info']['run_name']}: {run['info']['status']}, "
+            f"aggregate accuracy {metrics.get('aggregate_overall_accuracy', float('nan')):.3f}"
+        )
 
 
 def _follow(director: topology.Service, base: str, n_samples: int, timeout: float = 900.0) -> list[str]:

@@ -2,6 +2,7 @@
 
 Every process started here is stopped by its PID when the context ends, even on failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,13 @@ from pathlib import Path
 
 import httpx
 
-GUIDE_ADDRESSES = {"director": "127.0.0.152", "ttp": "127.0.0.153", "worker_1": "127.0.0.154",
-                   "worker_2": "127.0.0.155", "mlops": "127.0.0.156"}
+GUIDE_ADDRESSES = {
+    "director": "127.0.0.152",
+    "ttp": "127.0.0.153",
+    "worker_1": "127.0.0.154",
+    "worker_2": "127.0.0.155",
+    "mlops": "127.0.0.156",
+}
 
 
 def loopback_block(ports: tuple[int, ...] = (5000, 8020)) -> str:
@@ -48,11 +54,17 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
-    def start(self) -> "Service":
+    def start(self) -> Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env={**os.environ, **self.env}, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
         log.close()
         return self
 
@@ -60,8 +72,9 @@ class Service:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}:\n"
-                                   + self.tail())
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}; see {self.log_path}:\n" + self.tail()
+                )
             try:
                 if httpx.get(self.health_url, timeout=1.0).status_code == 200:
                     return
@@ -92,11 +105,37 @@ def _cli(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
-def worker(name: str, host: str, port: int, ws_port: int, data_dir: Path, outputs_dir: Path, log_dir: Path,
-           extra: list[str] | None = None) -> Service:
-    args = _cli("synergos_worker") + ["--id", name, "--logging_variant", "basic", "--censored", "--host", host,
-                                      "--port", str(port), "--ws_port", str(ws_port), "--data_dir", str(data_dir),
-                                      "--outputs_dir", str(outputs_dir)] + (extra or [])
+def worker(
+    name: str,
+    host: str,
+    port: int,
+    ws_port: int,
+    data_dir: Path,
+    outputs_dir: Path,
+    log_dir: Path,
+    extra: list[str] | None = None,
+) -> Service:
+    args = (
+        _cli("synergos_worker")
+        + [
+            "--id",
+            name,
+            "--logging_variant",
+            "basic",
+            "--censored",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--ws_port",
+            str(ws_port),
+            "--data_dir",
+            str(data_dir),
+            "--outputs_dir",
+            str(outputs_dir),
+        ]
+        + (extra or [])
+    )
     return Service(name, args, f"http://{host}:{port}/health", log_dir / f"{name}.log")
 
 
@@ -105,15 +144,24 @@ def ttp(name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: li
     return _orchestrator("synergos_ttp", name, host, port, workdir, log_dir, extra)
 
 
-def director(name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: list[str] | None = None
-             ) -> Service:
+def director(name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: list[str] | None = None) -> Service:
     return _orchestrator("synergos_director", name, host, port, workdir, log_dir, extra)
 
 
 def mlops(name: str, host: str, port: int, mlflow_dir: Path, log_dir: Path) -> Service:
     """The MLflow tracking server and UI, its store and artifacts in `mlflow_dir` (the shared volume)."""
-    args = _cli("synergos_mlops") + ["--id", name, "--logging_variant", "basic", "--host", host, "--port", str(port),
-                                     "--mlflow_dir", str(mlflow_dir)]
+    args = _cli("synergos_mlops") + [
+        "--id",
+        name,
+        "--logging_variant",
+        "basic",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--mlflow_dir",
+        str(mlflow_dir),
+    ]
     return Service(name, args, f"http://{host}:{port}/", log_dir / f"{name}.log")
 
 
@@ -122,11 +170,29 @@ def cluster_flags(mq_host: str, mq_port: int, grid: int | None = None) -> list[s
     return flags + (["--grid", str(grid)] if grid is not None else [])
 
 
-def _orchestrator(module: str, name: str, host: str, port: int, workdir: Path, log_dir: Path,
-                  extra: list[str] | None) -> Service:
-    args = _cli(module) + ["--id", name, "--logging_variant", "basic", "--host", host, "--port", str(port),
-                           "--data_dir", str(workdir / "data"), "--outputs_dir", str(workdir / "outputs"),
-                           "--mlflow_dir", str(workdir / "mlflow")] + (extra or [])
+def _orchestrator(
+    module: str, name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: list[str] | None
+) -> Service:
+    args = (
+        _cli(module)
+        + [
+            "--id",
+            name,
+            "--logging_variant",
+            "basic",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--data_dir",
+            str(workdir / "data"),
+            "--outputs_dir",
+            str(workdir / "outputs"),
+            "--mlflow_dir",
+            str(workdir / "mlflow"),
+        ]
+        + (extra or [])
+    )
     return Service(name, args, f"http://{host}:{port}/health", log_dir / f"{name}.log")
 
 
@@ -146,7 +212,7 @@ class Topology:
         for service in self.services:
             service.wait_healthy(timeout)
 
-    def __enter__(self) -> "Topology":
+    def __enter__(self) -> Topology:
         return self
 
     def __exit__(self, *exc: object) -> None:

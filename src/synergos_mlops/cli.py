@@ -1,4 +1,5 @@
 """`synergos-mlops`: run the Federated MLOps service (an MLflow tracking server and UI)."""
+
 from __future__ import annotations
 
 import sys
@@ -16,9 +17,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = base_parser("Synergos MLOps: the MLflow tracking server and UI that records every run")
     parser.prog = "synergos-mlops"
     parser.add_argument("--workers", "-w", type=int, help="MLflow server worker processes (default 1)")
-    parser.add_argument("--allowed_hosts", "--allowed-hosts",
-                        help="comma-separated Host headers MLflow accepts (default: localhost, "
-                             "loopback, private networks and the bind address)")
+    parser.add_argument(
+        "--allowed_hosts",
+        "--allowed-hosts",
+        help="comma-separated Host headers MLflow accepts (default: localhost, "
+        "loopback, private networks and the bind address)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = MLOpsSettings(**given(args))

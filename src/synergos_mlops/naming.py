@@ -4,6 +4,7 @@ One Synergos run is one MLflow run: experiment `"<collab>_>_<project>_>_<expt>"`
 = run id, tag `synergos.run_key` = `"collab/project/expt/run"` (how a run is found again),
 registered model named like the experiment.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,7 +79,7 @@ def metric_value(value: object) -> float | None:
     if value is None or isinstance(value, (str, bytes)):
         return None
     try:
-        number = float(value)  # numpy and torch scalars too
+        number = float(value)  # type: ignore[arg-type]  # numpy and torch scalars too; others raise below
     except (TypeError, ValueError):
         return None
     return None if math.isnan(number) else number

@@ -6,6 +6,7 @@ the same operation twice leaves MLflow as applying it once: experiments are foun
 runs by the `synergos.run_key` tag, metrics carry the timestamp taken at enqueue time (MLflow
 drops exact duplicates), and a model version records the operation that created it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,12 +18,12 @@ from typing import Any
 from urllib.parse import quote as url_quote
 
 from .naming import (
+    CHAMPION_ALIAS,
     FAILURE_TAG,
     MAX_METRICS_PER_BATCH,
     MAX_PARAMS_TAGS_PER_BATCH,
     OP_TAG,
     RUN_KEY_TAG,
-    CHAMPION_ALIAS,
     experiment_name,
     metric_name,
     metric_value,
@@ -40,11 +41,21 @@ log = logging.getLogger("synergos_mlops.tracking")
 Op = dict[str, Any]
 
 # error codes (mlflow.protos.databricks_pb2 names) that retrying will not fix
-PERMANENT_CODES = frozenset({
-    "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
-    "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED",
-    "NOT_IMPLEMENTED", "MALFORMED_REQUEST",
-})
+PERMANENT_CODES = frozenset(
+    {
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_DOES_NOT_EXIST",
+        "RESOURCE_ALREADY_EXISTS",
+        "INVALID_STATE",
+        "BAD_REQUEST",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "ENDPOINT_NOT_FOUND",
+        "FEATURE_DISABLED",
+        "NOT_IMPLEMENTED",
+        "MALFORMED_REQUEST",
+    }
+)
 # error codes that mean "the store is there but busy": wait for it like for an outage
 UNAVAILABLE_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"})
 
@@ -55,8 +66,14 @@ class PermanentError(Exception):
 
 # -- building (caller's thread: cheap, never touches MLflow) -----------------------------------
 def new_op(kind: str, uri: str, keys: Mapping[str, Any], **fields: Any) -> Op:
-    return {"kind": kind, "id": uuid.uuid4().hex, "ts": int(time.time() * 1000), "uri": uri,
-            "keys": run_keys(keys), **fields}
+    return {
+        "kind": kind,
+        "id": uuid.uuid4().hex,
+        "ts": int(time.time() * 1000),
+        "uri": uri,
+        "keys": run_keys(keys),
+        **fields,
+    }
 
 
 def params_of(params: Mapping[str, Any] | None) -> dict[str, str]:
@@ -70,8 +87,7 @@ def tags_of(tags: Mapping[str, Any] | None) -> dict[str, str]:
 LOSS_PHASES = frozenset({"train", "evaluate", "server"})
 
 
-def training_metrics(history: Mapping[str, Any] | None,
-                     local_history: Mapping[str, Any] | None) -> list[list[Any]]:
+def training_metrics(history: Mapping[str, Any] | None, local_history: Mapping[str, Any] | None) -> list[list[Any]]:
     """`[name, value, step]` per round: `global_<phase>_loss` for the loss histories (`train`,
     `evaluate`, FedGKT's `server`), `global_<name>` for the others (e.g. `global_evaluate_accuracy`,
     `global_evaluate_r2`) and `<participant>_local_loss`."""
@@ -85,8 +101,9 @@ def training_metrics(history: Mapping[str, Any] | None,
     return out
 
 
-def validation_metrics(per_participant: Mapping[str, Any] | None,
-                       aggregate: Mapping[str, Any] | None) -> list[list[Any]]:
+def validation_metrics(
+    per_participant: Mapping[str, Any] | None, aggregate: Mapping[str, Any] | None
+) -> list[list[Any]]:
     """`[name, value, 0]`: `<participant>_<stat>`, lists as `<participant>_<stat>_class_<i>`,
     nested dicts joined with `_`, and the aggregate as `aggregate_<stat>…`."""
     out: list[list[Any]] = []
@@ -99,8 +116,7 @@ def validation_metrics(per_participant: Mapping[str, Any] | None,
 
 def _rounds(series: Any, label: object) -> Iterator[tuple[int, float]]:
     if not isinstance(series, Mapping):
-        log.warning("MLflow: ignoring loss history %r: expected {round: loss}, got %s",
-                    label, type(series).__name__)
+        log.warning("MLflow: ignoring loss history %r: expected {round: loss}, got %s", label, type(series).__name__)
         return
     for rnd, value in series.items():
         number = metric_value(value)
@@ -151,7 +167,7 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     (a tracking server picks its own, proxied, location)."""
     if not uri.startswith("sqlite:///"):
         return None
-    db_path = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+    db_path = Path(uri[len("sqlite:///") :].split("?", 1)[0]).resolve()
     return "file://" + url_quote(str(db_path.parent / "artifacts" / experiment), safe="/>")
 
 
@@ -170,10 +186,14 @@ def _apply_start_run(client: Any, op: Op) -> None:
         if key not in existing:
             params.append(Param(key, value))
         elif existing[key] != value:
-            log.warning("MLflow run %s already has param %s=%r; keeping it, not %r",
-                        run_key(op["keys"]), key, existing[key], value)
-    _log_batch(client, run_id, params=params,
-               tags=[RunTag(k, v) for k, v in sorted(op.get("tags", {}).items())])
+            log.warning(
+                "MLflow run %s already has param %s=%r; keeping it, not %r",
+                run_key(op["keys"]),
+                key,
+                existing[key],
+                value,
+            )
+    _log_batch(client, run_id, params=params, tags=[RunTag(k, v) for k, v in sorted(op.get("tags", {}).items())])
 
 
 def _apply_log_training(client: Any, op: Op) -> None:
@@ -254,8 +274,12 @@ def _ensure_experiment(client: Any, uri: str, name: str) -> str:
 
 
 def _find_run(client: Any, experiment_id: str, key: str) -> Any | None:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = {quote(key)}",
-                              max_results=1, order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = {quote(key)}",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
     return runs[0] if runs else None
 
 
@@ -263,7 +287,8 @@ def _ensure_run(client: Any, op: Op) -> tuple[Any, bool]:
     """The run of `op["keys"]`, created (RUNNING) if absent; and whether it was just created."""
     keys = op["keys"]
     experiment_id = _ensure_experiment(
-        client, op["uri"], experiment_name(keys["collab_id"], keys["project_id"], keys["expt_id"]))
+        client, op["uri"], experiment_name(keys["collab_id"], keys["project_id"], keys["expt_id"])
+    )
     key = run_key(keys)
     run = _find_run(client, experiment_id, key)
     if run is not None:
@@ -277,8 +302,11 @@ def _register_model(client: Any, op: Op, run: Any, source: str) -> None:
     keys = op["keys"]
     name = registered_model_name(keys["collab_id"], keys["project_id"], keys["expt_id"])
     try:
-        client.create_registered_model(name, description=f"Global models of Synergos experiment "
-                                                         f"{experiment_name(keys['collab_id'], keys['project_id'], keys['expt_id'])}")
+        client.create_registered_model(
+            name,
+            description=f"Global models of Synergos experiment "
+            f"{experiment_name(keys['collab_id'], keys['project_id'], keys['expt_id'])}",
+        )
     except Exception as exc:
         if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -286,8 +314,9 @@ def _register_model(client: Any, op: Op, run: Any, source: str) -> None:
     versions = client.search_model_versions(f"name={quote(name)} and run_id={quote(run_id)}")
     if any((v.tags or {}).get(OP_TAG) == op["id"] for v in versions):
         return  # this operation registered it before a restart
-    client.create_model_version(name, source, run_id=run_id,
-                                tags={OP_TAG: op["id"], RUN_KEY_TAG: run_key(keys)}, await_creation_for=0)
+    client.create_model_version(
+        name, source, run_id=run_id, tags={OP_TAG: op["id"], RUN_KEY_TAG: run_key(keys)}, await_creation_for=0
+    )
 
 
 def _metrics(op: Op) -> list[Any]:
@@ -296,8 +325,9 @@ def _metrics(op: Op) -> list[Any]:
     return [Metric(name, float(value), op["ts"], int(step)) for name, value, step in op.get("metrics", [])]
 
 
-def _log_batch(client: Any, run_id: str, *, metrics: Iterable[Any] = (), params: Iterable[Any] = (),
-               tags: Iterable[Any] = ()) -> None:
+def _log_batch(
+    client: Any, run_id: str, *, metrics: Iterable[Any] = (), params: Iterable[Any] = (), tags: Iterable[Any] = ()
+) -> None:
     for chunk in _chunks(list(metrics), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=chunk)
     for chunk in _chunks(list(params), MAX_PARAMS_TAGS_PER_BATCH):
@@ -308,4 +338,4 @@ def _log_batch(client: Any, run_id: str, *, metrics: Iterable[Any] = (), params:
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

@@ -1,9 +1,11 @@
 """What the TTP (basic mode) and the Director (cluster mode) record in MLflow for a Synergos run:
 the same calls from either, built from the records they archive."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .tracking import Tracker, default_uri_for, tracking_uri
 
@@ -37,8 +39,14 @@ class RunRecorder:
     def failed(self, uri: str, keys: Mapping[str, str], reason: str) -> None:
         self.tracker.fail_run(uri, keys, reason)
 
-    def validated(self, uri: str, keys: Mapping[str, str], results: Mapping[str, Any],
-                  aggregate: Mapping[str, Any] | None, meta: str = "evaluate") -> None:
+    def validated(
+        self,
+        uri: str,
+        keys: Mapping[str, str],
+        results: Mapping[str, Any],
+        aggregate: Mapping[str, Any] | None,
+        meta: str = "evaluate",
+    ) -> None:
         per_participant = {pid: r[meta]["statistics"] for pid, r in results.items() if r.get(meta)}
         total = aggregate[meta]["statistics"] if aggregate and aggregate.get(meta) else None
         self.tracker.log_validation(uri, keys, per_participant, total)

@@ -4,6 +4,7 @@
 backend store `sqlite:///<mlflow_dir>/mlflow.db` (or `--db_url`) and proxied artifacts in
 `<mlflow_dir>/artifacts`, forwards SIGTERM/SIGINT to it, and exits with its status.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -30,8 +31,18 @@ READY_TIMEOUT_S = 120.0
 # MLflow's own default Host allow-list (localhost and private networks), plus every loopback
 # address: outside containers each Synergos service binds its own 127.0.0.x.
 DEFAULT_ALLOWED_HOSTS = [
-    "localhost", "localhost:*", "127.*", "[[]::1]", "[[]::1]:*", "0.0.0.0", "0.0.0.0:*",
-    "10.*", "192.168.*", *[f"172.{i}.*" for i in range(16, 32)], "fc00:*", "fd00:*",
+    "localhost",
+    "localhost:*",
+    "127.*",
+    "[[]::1]",
+    "[[]::1]:*",
+    "0.0.0.0",
+    "0.0.0.0:*",
+    "10.*",
+    "192.168.*",
+    *[f"172.{i}.*" for i in range(16, 32)],
+    "fc00:*",
+    "fd00:*",
 ]
 
 
@@ -63,7 +74,7 @@ def _gunicorn_bind_host(args: str) -> str | None:
         if value.startswith(("unix:", "fd://")):
             continue
         if value.startswith("["):  # [::]:5500
-            return value[1:value.index("]")] if "]" in value else None
+            return value[1 : value.index("]")] if "]" in value else None
         host = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
         return host or None
     return None
@@ -84,11 +95,23 @@ def backend_store_uri(settings: MLOpsSettings, mlflow_dir: Path) -> str:
 
 def build_command(settings: MLOpsSettings, mlflow_dir: Path, host: str) -> list[str]:
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend_store_uri(settings, mlflow_dir),
-        "--serve-artifacts", "--artifacts-destination", str(mlflow_dir / "artifacts"),
-        "--host", host, "--port", str(settings.port), "--workers", str(settings.workers),
-        "--allowed-hosts", allowed_hosts(settings, host),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_store_uri(settings, mlflow_dir),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(mlflow_dir / "artifacts"),
+        "--host",
+        host,
+        "--port",
+        str(settings.port),
+        "--workers",
+        str(settings.workers),
+        "--allowed-hosts",
+        allowed_hosts(settings, host),
     ]
 
 
@@ -105,12 +128,26 @@ def serve(settings: MLOpsSettings) -> int:
     mlflow_dir = settings.resolve_mlflow_dir()
     host = bind_host(settings.host, os.environ)
     command = build_command(settings, mlflow_dir, host)
-    log.info("Starting MLflow %s on http://%s:%s (store %s, artifacts %s)", settings.id, host, settings.port,
-             backend_store_uri(settings, mlflow_dir).split("@")[-1], mlflow_dir / "artifacts")
+    log.info(
+        "Starting MLflow %s on http://%s:%s (store %s, artifacts %s)",
+        settings.id,
+        host,
+        settings.port,
+        backend_store_uri(settings, mlflow_dir).split("@")[-1],
+        mlflow_dir / "artifacts",
+    )
     # own process group, so stragglers (uvicorn workers) can be cleaned up as a group
-    child = subprocess.Popen(command, env=child_env(os.environ), start_new_session=True,
-                             preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    child = subprocess.Popen(
+        command,
+        env=child_env(os.environ),
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
     # MLflow's own output goes through our logging: the service id on every line, `--censored`
     threading.Thread(target=_relay, args=(child,), name="mlflow-output", daemon=True).start()
     stopping: dict[str, float] = {}

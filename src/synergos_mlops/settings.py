@@ -1,4 +1,5 @@
 """Settings of the MLOps service (`SYNERGOS_…` environment variables, overridden by flags)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,6 +6,7 @@ The file is held under an exclusive `flock`; a second tracker on the same direct
 process, or another `Tracker` in this one) writes its own `mlflow-spool-<pid>-<n>.jsonl`, and
 whoever opens the directory next adopts every journal nobody holds.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -118,8 +119,9 @@ class Spool:
 
     def _fail(self, exc: OSError) -> None:
         if not self._broken:
-            log.warning("MLflow spool in %s unusable (%s); pending operations are kept in memory only",
-                        self.directory, exc)
+            log.warning(
+                "MLflow spool in %s unusable (%s); pending operations are kept in memory only", self.directory, exc
+            )
         self._broken = True
 
 

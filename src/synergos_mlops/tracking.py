@@ -14,6 +14,7 @@ retries, ~4 min, would hold the worker long after a server went away),
 `MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true` (no bare prints from the worker thread that
 bypass the service's log format and `--censored`), and `MLFLOW_DISABLE_TELEMETRY=true`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,7 +77,7 @@ def mlflow_client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -111,9 +112,17 @@ class Tracker:
     (see `tracking_uri`), falling back to `default_uri` when empty.
     """
 
-    def __init__(self, default_uri: str, spool_dir: Path, *, retry_cap_s: float = 10.0,
-                 client_factory: ClientFactory | None = None, probe: Probe | None = None,
-                 max_attempts: int = 5, first_backoff_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        default_uri: str,
+        spool_dir: Path,
+        *,
+        retry_cap_s: float = 10.0,
+        client_factory: ClientFactory | None = None,
+        probe: Probe | None = None,
+        max_attempts: int = 5,
+        first_backoff_s: float = 0.5,
+    ) -> None:
         for name, value in MLFLOW_ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
         self.default_uri = default_uri
@@ -135,32 +144,48 @@ class Tracker:
         self._thread.start()
 
     # -- public API: enqueue only -----------------------------------------------------------
-    def start_run(self, uri: str, keys: Mapping[str, Any], params: Mapping[str, Any],
-                  tags: Mapping[str, Any] | None = None) -> None:
+    def start_run(
+        self, uri: str, keys: Mapping[str, Any], params: Mapping[str, Any], tags: Mapping[str, Any] | None = None
+    ) -> None:
         """Create (or find) the run, mark it RUNNING, log its params (stringified, truncated)."""
-        self._submit("start_run", uri, keys, lambda: {
-            "params": operations.params_of(params), "tags": operations.tags_of(tags)})
+        self._submit(
+            "start_run", uri, keys, lambda: {"params": operations.params_of(params), "tags": operations.tags_of(tags)}
+        )
 
-    def log_training(self, uri: str, keys: Mapping[str, Any], history: Mapping[str, Any],
-                     local_history: Mapping[str, Mapping[Any, Any]], artifacts: list[Path],
-                     model_path: Path | None) -> None:
+    def log_training(
+        self,
+        uri: str,
+        keys: Mapping[str, Any],
+        history: Mapping[str, Any],
+        local_history: Mapping[str, Mapping[Any, Any]],
+        artifacts: list[Path],
+        model_path: Path | None,
+    ) -> None:
         """Per-round losses, artifact files (`artifacts/`), the model (`model/`, registered as a
         new version of the experiment's registered model); then the run is FINISHED."""
-        self._submit("log_training", uri, keys, lambda: {
-            "metrics": operations.training_metrics(history, local_history),
-            "artifacts": [str(Path(p).resolve()) for p in artifacts or []],
-            "model": str(Path(model_path).resolve()) if model_path else None})
+        self._submit(
+            "log_training",
+            uri,
+            keys,
+            lambda: {
+                "metrics": operations.training_metrics(history, local_history),
+                "artifacts": [str(Path(p).resolve()) for p in artifacts or []],
+                "model": str(Path(model_path).resolve()) if model_path else None,
+            },
+        )
 
     def fail_run(self, uri: str, keys: Mapping[str, Any], reason: str) -> None:
         """Tag `synergos.failure` and terminate FAILED (creating the run if it never started)."""
         self._submit("fail_run", uri, keys, lambda: {"reason": str(reason)})
 
-    def log_validation(self, uri: str, keys: Mapping[str, Any], per_participant: Mapping[str, Any],
-                       aggregate: Mapping[str, Any] | None) -> None:
+    def log_validation(
+        self, uri: str, keys: Mapping[str, Any], per_participant: Mapping[str, Any], aggregate: Mapping[str, Any] | None
+    ) -> None:
         """Validation statistics at step 0: `<participant>_<stat>`, a list as
         `<participant>_<stat>_class_<i>`, and `aggregate_<stat>`."""
-        self._submit("log_validation", uri, keys, lambda: {
-            "metrics": operations.validation_metrics(per_participant, aggregate)})
+        self._submit(
+            "log_validation", uri, keys, lambda: {"metrics": operations.validation_metrics(per_participant, aggregate)}
+        )
 
     def set_champion(self, uri: str, collab_id: str, project_id: str, expt_id: str, run_id: str) -> None:
         """Point the registered model's `champion` alias at the latest version from that run."""
@@ -168,8 +193,9 @@ class Tracker:
         self._submit("set_champion", uri, keys, dict)
 
     # -- public API: synchronous ------------------------------------------------------------
-    def champion(self, uri: str, collab_id: str, project_id: str, expt_id: str,
-                 timeout: float = 3.0) -> dict[str, Any] | None:
+    def champion(
+        self, uri: str, collab_id: str, project_id: str, expt_id: str, timeout: float = 3.0
+    ) -> dict[str, Any] | None:
         """`{registered_model, version, run_id}` of the experiment's champion, or None when there
         is none or MLflow does not answer within `timeout`."""
         uri = uri or self.default_uri
@@ -177,10 +203,10 @@ class Tracker:
         try:
             if uri.startswith(("http://", "https://")):
                 return _champion_over_rest(uri, name, timeout)
-            if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].split("?", 1)[0]).exists():
+            if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :].split("?", 1)[0]).exists():
                 return None
             return _champion_with_client(self._client_factory(uri), name)
-        except Exception as exc:  # unreachable, no such model, no alias: all mean "no champion known"
+        except Exception as exc:  # noqa: BLE001 - unreachable, no such model, no alias: "no champion known"
             log.debug("No MLflow champion for %s at %s: %s", name, display_uri(uri), exc)
             return None
 
@@ -215,14 +241,17 @@ class Tracker:
             left = len(self._queue)
             self._spool.close()
         if left:
-            log.warning("MLflow tracker stopped with %d operations pending; they are spooled in %s",
-                        left, self._spool.path or "memory only (lost)")
+            log.warning(
+                "MLflow tracker stopped with %d operations pending; they are spooled in %s",
+                left,
+                self._spool.path or "memory only (lost)",
+            )
 
     # -- internals ----------------------------------------------------------------------------
     def _submit(self, kind: str, uri: str, keys: Mapping[str, Any], fields: Callable[[], dict]) -> None:
         try:
             op = operations.new_op(kind, uri or self.default_uri, keys, **fields())
-        except Exception as exc:  # bad input: say so, never raise into training code
+        except Exception as exc:  # noqa: BLE001 - bad input: say so, never raise into training code
             log.error("MLflow %s not recorded: invalid input (%s: %s)", kind, type(exc).__name__, exc)
             return
         with self._cond:
@@ -263,8 +292,10 @@ class Tracker:
         """Apply one operation; True when it is finished with (applied or given up)."""
         op = entry.op
         uri = op["uri"]
-        where = f"{op['kind']} for {op['keys'].get('collab_id')}/{op['keys'].get('project_id')}/" \
-                f"{op['keys'].get('expt_id')}/{op['keys'].get('run_id')}"
+        where = (
+            f"{op['kind']} for {op['keys'].get('collab_id')}/{op['keys'].get('project_id')}/"
+            f"{op['keys'].get('expt_id')}/{op['keys'].get('run_id')}"
+        )
         if not self._probe(uri):
             self._outage(uri, "no answer")
             return False
@@ -273,23 +304,30 @@ class Tracker:
             if client is None:
                 client = self._clients[uri] = self._client_factory(uri)
             operations.apply(client, op)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the op spooled for a retry
             self._clients.pop(uri, None)
             code = operations.error_code(exc)
             if _is_unavailable(exc) or code in operations.UNAVAILABLE_CODES or not self._probe(uri):
                 self._outage(uri, f"{type(exc).__name__}: {exc}")
                 return False
-            if isinstance(exc, (operations.PermanentError, ValueError, TypeError, KeyError)) \
-                    or code in operations.PERMANENT_CODES:
+            if (
+                isinstance(exc, (operations.PermanentError, ValueError, TypeError, KeyError))
+                or code in operations.PERMANENT_CODES
+            ):
                 log.warning("MLflow at %s refused %s; dropped: %s", display_uri(uri), where, exc)
                 return True
             entry.attempts += 1
             if entry.attempts >= self._max_attempts:
-                log.error("MLflow at %s failed %s %d times; dropped: %s",
-                          display_uri(uri), where, entry.attempts, exc)
+                log.error("MLflow at %s failed %s %d times; dropped: %s", display_uri(uri), where, entry.attempts, exc)
                 return True
-            log.warning("MLflow at %s failed %s (attempt %d of %d), retrying: %s",
-                        display_uri(uri), where, entry.attempts, self._max_attempts, exc)
+            log.warning(
+                "MLflow at %s failed %s (attempt %d of %d), retrying: %s",
+                display_uri(uri),
+                where,
+                entry.attempts,
+                self._max_attempts,
+                exc,
+            )
             return False
         if uri in self._outages:
             self._outages.discard(uri)
@@ -300,8 +338,14 @@ class Tracker:
         if uri in self._outages:
             return
         self._outages.add(uri)
-        log.warning("MLflow at %s unreachable; %d operations waiting (retrying at least every %gs; spooled in %s): %s",
-                    display_uri(uri), self.pending(), self.retry_cap_s, self._spool.path or "memory", why)
+        log.warning(
+            "MLflow at %s unreachable; %d operations waiting (retrying at least every %gs; spooled in %s): %s",
+            display_uri(uri),
+            self.pending(),
+            self.retry_cap_s,
+            self._spool.path or "memory",
+            why,
+        )
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -324,15 +368,21 @@ def _champion_over_rest(uri: str, name: str, timeout: float) -> dict[str, Any] |
         run.raise_for_status()
         info = run.json()["run"]
         tags = {t["key"]: t["value"] for t in info.get("data", {}).get("tags", [])}
-        return {"registered_model": name, "version": str(version["version"]),
-                "run_id": _synergos_run_id(info["info"].get("run_name"), tags)}
+        return {
+            "registered_model": name,
+            "version": str(version["version"]),
+            "run_id": _synergos_run_id(info["info"].get("run_name"), tags),
+        }
 
 
 def _champion_with_client(client: Any, name: str) -> dict[str, Any] | None:
     version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     run = client.get_run(version.run_id)
-    return {"registered_model": name, "version": str(version.version),
-            "run_id": _synergos_run_id(run.info.run_name, run.data.tags)}
+    return {
+        "registered_model": name,
+        "version": str(version.version),
+        "run_id": _synergos_run_id(run.info.run_name, run.data.tags),
+    }
 
 
 def _synergos_run_id(run_name: str | None, tags: Mapping[str, str]) -> str | None:

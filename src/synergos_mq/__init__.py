@@ -10,6 +10,7 @@ poison message is dead-lettered, never requeued forever; consumers dedupe by job
     errors      `MQError` > `BrokerUnavailable` | `PublishError` | `TopologyConflict` |
                 `PoisonMessage` | `JobFailed`
 """
+
 from __future__ import annotations
 
 from .connection import BrokerAddress, parse_queue_flag
@@ -20,8 +21,20 @@ from .publisher import Publisher
 from .topology import COMPLETED_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUES, declare
 
 __all__ = [
-    "BrokerAddress", "parse_queue_flag",
-    "Publisher", "JobConsumer", "CompletedConsumer",
-    "MQError", "BrokerUnavailable", "PublishError", "TopologyConflict", "PoisonMessage", "JobFailed",
-    "JOB_QUEUES", "COMPLETED_QUEUE", "DEAD_LETTER_QUEUE", "MAX_MESSAGE_BYTES", "declare",
+    "BrokerAddress",
+    "parse_queue_flag",
+    "Publisher",
+    "JobConsumer",
+    "CompletedConsumer",
+    "MQError",
+    "BrokerUnavailable",
+    "PublishError",
+    "TopologyConflict",
+    "PoisonMessage",
+    "JobFailed",
+    "JOB_QUEUES",
+    "COMPLETED_QUEUE",
+    "DEAD_LETTER_QUEUE",
+    "MAX_MESSAGE_BYTES",
+    "declare",
 ]

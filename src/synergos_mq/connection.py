@@ -1,8 +1,9 @@
 """Where the broker is, and how to reach it: `BrokerAddress` and the `--queue` flag parser."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import pika
 import pika.exceptions
@@ -63,7 +64,9 @@ def parse_queue_flag(values: Sequence[str]) -> BrokerAddress:
     number in 1-65535.
     """
     if isinstance(values, str) or len(values) != 3:
-        raise ValueError(f"--queue takes three values: rabbitmq HOST PORT (got {list(values) if not isinstance(values, str) else values!r})")
+        raise ValueError(
+            f"--queue takes three values: rabbitmq HOST PORT (got {list(values) if not isinstance(values, str) else values!r})"
+        )
     kind, host, port = (str(v).strip() for v in values)
     if kind.lower() != "rabbitmq":
         raise ValueError(f"--queue supports only rabbitmq (got {kind!r})")

@@ -1,12 +1,14 @@
 """Consume jobs (and completed events) at least once; see `loop.ConsumerLoop` for the loop itself.
 
-    JobConsumer        preprocess/train/evaluate -> handler(job) -> completed event -> ack
-    CompletedConsumer  completed -> handler(event) -> ack
+JobConsumer        preprocess/train/evaluate -> handler(job) -> completed event -> ack
+CompletedConsumer  completed -> handler(event) -> ack
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from synergos_core.errors import log_failure
 
@@ -31,15 +33,31 @@ class JobConsumer(ConsumerLoop):
 
     _noun = "job"
 
-    def __init__(self, address: BrokerAddress, handler: Callable[[dict], dict],
-                 queues: Iterable[str] = topology.JOB_QUEUES, *, name: str, max_attempts: int = 3,
-                 idle_log_s: float = 60.0, poll_s: float = 0.2, stop_grace_s: float = 30.0,
-                 remember: int = 10_000) -> None:
+    def __init__(
+        self,
+        address: BrokerAddress,
+        handler: Callable[[dict], dict],
+        queues: Iterable[str] = topology.JOB_QUEUES,
+        *,
+        name: str,
+        max_attempts: int = 3,
+        idle_log_s: float = 60.0,
+        poll_s: float = 0.2,
+        stop_grace_s: float = 30.0,
+        remember: int = 10_000,
+    ) -> None:
         queues = tuple(queues)
         if any(q not in topology.JOB_QUEUES for q in queues):
             raise ValueError(f"a JobConsumer consumes job queues only: {', '.join(topology.JOB_QUEUES)}")
-        super().__init__(address, queues, name=name, max_attempts=max_attempts, idle_log_s=idle_log_s,
-                         poll_s=poll_s, stop_grace_s=stop_grace_s)
+        super().__init__(
+            address,
+            queues,
+            name=name,
+            max_attempts=max_attempts,
+            idle_log_s=idle_log_s,
+            poll_s=poll_s,
+            stop_grace_s=stop_grace_s,
+        )
         self.handler = handler
         self.processed = messages.ProcessedJobs(remember)
 
@@ -50,8 +68,7 @@ class JobConsumer(ConsumerLoop):
         event = self.processed.get(payload["job_id"])
         if event is None:
             return False
-        log.info("%s: job %s was already processed; re-publishing its completed event", self.name,
-                 payload["job_id"])
+        log.info("%s: job %s was already processed; re-publishing its completed event", self.name, payload["job_id"])
         self._publish_event(event)
         self._ack(delivery)
         return True
@@ -62,8 +79,9 @@ class JobConsumer(ConsumerLoop):
     def _finish(self, run: _Run) -> None:
         if run.error is None:
             try:
-                messages.encode(messages.completed_event(run.payload, run.result, attempt=run.delivery.attempt,
-                                                         consumer=self.name))
+                messages.encode(
+                    messages.completed_event(run.payload, run.result, attempt=run.delivery.attempt, consumer=self.name)
+                )
             except PublishError as exc:
                 # Deterministic: the same outcome would be refused again, so the job failed for good.
                 run.error = JobFailed(f"the handler's outcome cannot be sent: {exc}")
@@ -96,11 +114,26 @@ class CompletedConsumer(ConsumerLoop):
 
     _noun = "event for job"
 
-    def __init__(self, address: BrokerAddress, handler: Callable[[dict], None], *, name: str,
-                 max_attempts: int = 3, idle_log_s: float = 60.0, poll_s: float = 0.2,
-                 stop_grace_s: float = 30.0) -> None:
-        super().__init__(address, (topology.COMPLETED_QUEUE,), name=name, max_attempts=max_attempts,
-                         idle_log_s=idle_log_s, poll_s=poll_s, stop_grace_s=stop_grace_s)
+    def __init__(
+        self,
+        address: BrokerAddress,
+        handler: Callable[[dict], None],
+        *,
+        name: str,
+        max_attempts: int = 3,
+        idle_log_s: float = 60.0,
+        poll_s: float = 0.2,
+        stop_grace_s: float = 30.0,
+    ) -> None:
+        super().__init__(
+            address,
+            (topology.COMPLETED_QUEUE,),
+            name=name,
+            max_attempts=max_attempts,
+            idle_log_s=idle_log_s,
+            poll_s=poll_s,
+            stop_grace_s=stop_grace_s,
+        )
         self.handler = handler
 
     def _decode(self, body: bytes) -> dict[str, Any]:

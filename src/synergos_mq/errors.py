@@ -11,6 +11,7 @@ A handler raises `PoisonMessage` when the job itself can never succeed (unknown 
 mismatch) and `JobFailed` when it tried and gave up; any other exception is retried up to the
 consumer's `max_attempts`.
 """
+
 from __future__ import annotations
 
 

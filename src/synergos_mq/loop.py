@@ -16,6 +16,7 @@ A failed attempt is republished to its queue with `x-synergos-attempts` + 1 and 
 a failing job never loops forever nor blocks the queue; the last attempt, `PoisonMessage` and
 `JobFailed` go to `synergos.dead` with `x-synergos-reason`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,8 +24,9 @@ import copy
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import pika
 
@@ -59,6 +61,7 @@ class _Delivery:
 @dataclass
 class _Run:
     """A handler call on a worker thread; the I/O thread settles it once `done` is set."""
+
     delivery: _Delivery
     payload: dict[str, Any]
     started: float = field(default_factory=time.monotonic)
@@ -77,8 +80,17 @@ class ConsumerLoop:
 
     _noun = "message"  # what log lines call a delivery
 
-    def __init__(self, address: BrokerAddress, queues: Iterable[str], *, name: str, max_attempts: int,
-                 idle_log_s: float, poll_s: float, stop_grace_s: float) -> None:
+    def __init__(
+        self,
+        address: BrokerAddress,
+        queues: Iterable[str],
+        *,
+        name: str,
+        max_attempts: int,
+        idle_log_s: float,
+        poll_s: float,
+        stop_grace_s: float,
+    ) -> None:
         self.address = address
         self.queues = tuple(queues)
         unknown = [q for q in self.queues if q not in topology.ALL_QUEUES]
@@ -121,9 +133,15 @@ class ConsumerLoop:
                 except TopologyConflict:
                     raise
                 except RECOVERABLE_ERRORS + (MQError,) as exc:
-                    log.warning("%s: connection to %s lost (%s: %s); reconnecting in %.1f s", self.name,
-                                self.address, type(exc).__name__, exc, backoff)
-                except Exception:  # noqa: BLE001 - a bug must not end the service; log it and reconnect
+                    log.warning(
+                        "%s: connection to %s lost (%s: %s); reconnecting in %.1f s",
+                        self.name,
+                        self.address,
+                        type(exc).__name__,
+                        exc,
+                        backoff,
+                    )
+                except Exception:
                     log.exception("%s: unexpected error; reconnecting in %.1f s", self.name, backoff)
                 finally:
                     self._disconnect()
@@ -190,8 +208,12 @@ class ConsumerLoop:
         if self._running is None:
             self._consume()
         self.ready.set()
-        log.info("%s: connected to %s%s", self.name, self.address,
-                 f" (reconnect {self.reconnects})" if self.reconnects else "")
+        log.info(
+            "%s: connected to %s%s",
+            self.name,
+            self.address,
+            f" (reconnect {self.reconnects})" if self.reconnects else "",
+        )
 
     def _disconnect(self) -> None:
         self.ready.clear()
@@ -206,8 +228,12 @@ class ConsumerLoop:
     def _consume(self) -> None:
         for queue in self.queues:
             tag = self._channel.basic_consume(
-                queue=queue, auto_ack=False,
-                on_message_callback=lambda ch, method, props, body, queue=queue: self._on_message(queue, method, props, body))
+                queue=queue,
+                auto_ack=False,
+                on_message_callback=lambda ch, method, props, body, queue=queue: self._on_message(
+                    queue, method, props, body
+                ),
+            )
             self._consumer_tags[tag] = queue
 
     def _pause(self) -> None:
@@ -229,15 +255,24 @@ class ConsumerLoop:
                     self._pause()
                     self._release_pending()
                     if self._running is not None:
-                        log.info("%s: stopping; waiting up to %.0f s for %s %s", self.name,
-                                 self.stop_grace_s, self._noun, self._describe(self._running.payload))
+                        log.info(
+                            "%s: stopping; waiting up to %.0f s for %s %s",
+                            self.name,
+                            self.stop_grace_s,
+                            self._noun,
+                            self._describe(self._running.payload),
+                        )
                 if self._running is None:
                     return
                 if time.monotonic() >= grace_deadline:
-                    log.warning("%s: %s %s still running at stop; it returns to its queue", self.name,
-                                self._noun, self._describe(self._running.payload))
+                    log.warning(
+                        "%s: %s %s still running at stop; it returns to its queue",
+                        self.name,
+                        self._noun,
+                        self._describe(self._running.payload),
+                    )
                     return
-            self._connection.process_data_events(time_limit=self.poll_s)
+            self._connection.process_data_events(time_limit=self.poll_s)  # type: ignore[union-attr]  # connected above
             self._step()
             self._log_if_idle()
 
@@ -255,8 +290,13 @@ class ConsumerLoop:
             try:
                 payload = self._decode(delivery.body)
             except PoisonMessage as exc:
-                log.warning("%s: message %s on %s is poison (%s); dead-lettering it", self.name,
-                            delivery.props.message_id or "<no id>", delivery.queue, exc)
+                log.warning(
+                    "%s: message %s on %s is poison (%s); dead-lettering it",
+                    self.name,
+                    delivery.props.message_id or "<no id>",
+                    delivery.queue,
+                    exc,
+                )
                 self._dead_letter_and_ack(delivery, exc)
                 continue
             if self._settle_without_running(delivery, payload):
@@ -270,8 +310,14 @@ class ConsumerLoop:
     def _start(self, delivery: _Delivery, payload: dict[str, Any]) -> None:
         run = _Run(delivery, payload)
         self._running = run
-        log.info("%s: %s %s from %s started (attempt %d)", self.name, self._noun, self._describe(payload),
-                 delivery.queue, delivery.attempt)
+        log.info(
+            "%s: %s %s from %s started (attempt %d)",
+            self.name,
+            self._noun,
+            self._describe(payload),
+            delivery.queue,
+            delivery.attempt,
+        )
 
         def work() -> None:
             try:
@@ -304,22 +350,43 @@ class ConsumerLoop:
             return
         exc, attempt = run.error, run.delivery.attempt
         if messages.gives_up(exc, attempt, self.max_attempts):
-            log.warning("%s: %s %s failed for good on attempt %d after %.1f s (%s); dead-lettering it",
-                        self.name, self._noun, job, attempt, elapsed, type(exc).__name__)
+            log.warning(
+                "%s: %s %s failed for good on attempt %d after %.1f s (%s); dead-lettering it",
+                self.name,
+                self._noun,
+                job,
+                attempt,
+                elapsed,
+                type(exc).__name__,
+            )
             self._gave_up(run, exc)
             self._dead_letter_and_ack(run.delivery, exc)
         elif self._is_current(run.delivery):
-            log.warning("%s: %s %s failed on attempt %d of %d (%s); requeueing it", self.name, self._noun,
-                        job, attempt, self.max_attempts, type(exc).__name__)
-            props = messages.properties(run.delivery.props.message_id,
-                                        messages.retry_headers(run.delivery.headers), run.delivery.props.type)
+            log.warning(
+                "%s: %s %s failed on attempt %d of %d (%s); requeueing it",
+                self.name,
+                self._noun,
+                job,
+                attempt,
+                self.max_attempts,
+                type(exc).__name__,
+            )
+            props = messages.properties(
+                run.delivery.props.message_id, messages.retry_headers(run.delivery.headers), run.delivery.props.type
+            )
             confirm_publish(self._publish_channel, "", run.delivery.queue, run.delivery.body, props)
             self._ack(run.delivery)
         else:
             # The broker already requeued this delivery when the connection dropped: retrying
             # it is taken care of, and republishing too would run the job twice.
-            log.warning("%s: %s %s failed on attempt %d (%s); its delivery returned to the queue",
-                        self.name, self._noun, job, attempt, type(exc).__name__)
+            log.warning(
+                "%s: %s %s failed on attempt %d (%s); its delivery returned to the queue",
+                self.name,
+                self._noun,
+                job,
+                attempt,
+                type(exc).__name__,
+            )
 
     # --- settling deliveries (I/O thread only) --------------------------------------------
 
@@ -339,15 +406,24 @@ class ConsumerLoop:
 
     def _dead_letter_and_ack(self, delivery: _Delivery, exc: BaseException) -> None:
         headers = messages.dead_letter_headers(delivery.headers, exc, delivery.attempt, delivery.queue)
-        props = pika.BasicProperties(content_type=delivery.props.content_type, message_id=delivery.props.message_id,
-                                     type=delivery.props.type, headers=headers,
-                                     delivery_mode=pika.DeliveryMode.Persistent.value, timestamp=int(time.time()))
+        props = pika.BasicProperties(
+            content_type=delivery.props.content_type,
+            message_id=delivery.props.message_id,
+            type=delivery.props.type,
+            headers=headers,
+            delivery_mode=pika.DeliveryMode.Persistent.value,
+            timestamp=int(time.time()),
+        )
         try:
             self._publish(topology.DEAD_LETTER_EXCHANGE, delivery.queue, delivery.body, props)
         except PublishError as err:
             # Never requeue poison: let the broker dead-letter it (job queues have a DLX) instead.
-            log.error("%s: could not dead-letter message %s (%s); rejecting it without requeue",
-                      self.name, delivery.props.message_id, err)
+            log.error(
+                "%s: could not dead-letter message %s (%s); rejecting it without requeue",
+                self.name,
+                delivery.props.message_id,
+                err,
+            )
             if self._is_current(delivery):
                 self._channel.basic_reject(delivery.tag, requeue=False)
             return

@@ -6,12 +6,14 @@ event is `{job_id, process, keys, status, outcome | error, attempt, consumer}`, 
 public error object `{code, title, detail, correlation_id}` (synergos_core.errors), never the
 text of an unexpected exception.
 """
+
 from __future__ import annotations
 
 import json
 import time
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pika
 
@@ -31,6 +33,7 @@ CONTENT_TYPE = "application/json"
 
 # --- encoding -------------------------------------------------------------------------------
 
+
 def encode(message: Mapping[str, Any]) -> bytes:
     """JSON bytes of `message`; `PublishError` if it is not JSON or over `MAX_MESSAGE_BYTES`."""
     try:
@@ -45,11 +48,13 @@ def check_size(body: bytes) -> None:
     if len(body) > MAX_MESSAGE_BYTES:
         raise PublishError(
             f"message is {len(body)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit: "
-            "send references (ids, URIs), never weights or data")
+            "send references (ids, URIs), never weights or data"
+        )
 
 
-def properties(message_id: str | None, headers: Mapping[str, Any] | None = None,
-               kind: str | None = None) -> pika.BasicProperties:
+def properties(
+    message_id: str | None, headers: Mapping[str, Any] | None = None, kind: str | None = None
+) -> pika.BasicProperties:
     """Persistent JSON message properties; the message id is the job id (consumers dedupe on it)."""
     return pika.BasicProperties(
         content_type=CONTENT_TYPE,
@@ -71,6 +76,7 @@ def check_job_id(job_id: Any) -> str:
 
 
 # --- decoding -------------------------------------------------------------------------------
+
 
 def parse_object(body: bytes) -> dict[str, Any]:
     """The JSON object in `body`; `PoisonMessage` for anything else."""
@@ -109,13 +115,14 @@ def parse_event(body: bytes) -> dict[str, Any]:
 
 # --- attempts and dead-lettering ------------------------------------------------------------
 
+
 def attempt_of(headers: Mapping[str, Any] | None) -> int:
     """Which delivery attempt this is (1 for a fresh message, or a malformed header)."""
     value = (headers or {}).get(ATTEMPTS_HEADER)
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     try:
-        return max(1, int(value))
+        return max(1, int(value))  # type: ignore[arg-type]  # anything else raises below
     except (TypeError, ValueError):
         return 1
 
@@ -133,8 +140,9 @@ def reason_of(exc: BaseException) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
 
 
-def dead_letter_headers(headers: Mapping[str, Any] | None, exc: BaseException, attempt: int,
-                        queue: str) -> dict[str, Any]:
+def dead_letter_headers(
+    headers: Mapping[str, Any] | None, exc: BaseException, attempt: int, queue: str
+) -> dict[str, Any]:
     out = dict(headers or {})
     out[REASON_HEADER] = reason_of(exc)
     out[ATTEMPTS_HEADER] = attempt
@@ -149,16 +157,30 @@ def gives_up(exc: BaseException, attempt: int, max_attempts: int) -> bool:
 
 # --- completed events -----------------------------------------------------------------------
 
+
 def completed_event(job: Mapping[str, Any], outcome: Any, *, attempt: int, consumer: str) -> dict[str, Any]:
-    return {"job_id": job["job_id"], "process": job["process"], "keys": job.get("keys"),
-            "status": "completed", "outcome": outcome, "attempt": attempt, "consumer": consumer}
+    return {
+        "job_id": job["job_id"],
+        "process": job["process"],
+        "keys": job.get("keys"),
+        "status": "completed",
+        "outcome": outcome,
+        "attempt": attempt,
+        "consumer": consumer,
+    }
 
 
 def failed_event(job: Mapping[str, Any], exc: BaseException, *, attempt: int, consumer: str) -> dict[str, Any]:
     """The completed event of a job that failed for good; its `error` is `public_error` of the failure."""
-    return {"job_id": job["job_id"], "process": job["process"], "keys": job.get("keys"),
-            "status": "failed", "error": public_error(failure_of(exc)),
-            "attempt": attempt, "consumer": consumer}
+    return {
+        "job_id": job["job_id"],
+        "process": job["process"],
+        "keys": job.get("keys"),
+        "status": "failed",
+        "error": public_error(failure_of(exc)),
+        "attempt": attempt,
+        "consumer": consumer,
+    }
 
 
 def failure_of(exc: BaseException) -> BaseException:

@@ -5,11 +5,13 @@ the message on disk (persistent, durable queue), or raises.
       -> PublishError        nacked, unroutable (mandatory), too large, or not JSON
       -> BrokerUnavailable   the connection was lost and one reconnect + retry failed too
 """
+
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -21,16 +23,15 @@ from .errors import BrokerUnavailable, PublishError
 log = logging.getLogger(__name__)
 
 
-def confirm_publish(channel: Any, exchange: str, routing_key: str, body: bytes,
-                    props: pika.BasicProperties) -> None:
+def confirm_publish(channel: Any, exchange: str, routing_key: str, body: bytes, props: pika.BasicProperties) -> None:
     """Publish on a channel in confirm mode with `mandatory=True`; `PublishError` unless the broker
     routed the message to a queue and acked it. Connection and channel errors propagate as pika's."""
     try:
-        channel.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
-                              properties=props, mandatory=True)
+        channel.basic_publish(exchange=exchange, routing_key=routing_key, body=body, properties=props, mandatory=True)
     except pika.exceptions.UnroutableError as exc:
-        raise PublishError(f"unroutable: no queue is bound to exchange {exchange!r} "
-                           f"for routing key {routing_key!r}") from exc
+        raise PublishError(
+            f"unroutable: no queue is bound to exchange {exchange!r} for routing key {routing_key!r}"
+        ) from exc
     except pika.exceptions.NackError as exc:
         raise PublishError(f"the broker nacked the message for {exchange!r}/{routing_key!r}") from exc
 
@@ -67,8 +68,9 @@ class Publisher:
         job_id = messages.check_job_id(job.get("job_id"))
         if job.get("process", process) != process:
             raise ValueError(f"job process {job.get('process')!r} does not match {process!r}")
-        self.publish(topology.JOBS_EXCHANGE, process, {**job, "process": process},
-                     message_id=job_id, kind="synergos.job")
+        self.publish(
+            topology.JOBS_EXCHANGE, process, {**job, "process": process}, message_id=job_id, kind="synergos.job"
+        )
         return job_id
 
     def publish_completed(self, event: Mapping[str, Any]) -> None:
@@ -78,8 +80,16 @@ class Publisher:
         job_id = messages.check_job_id(event.get("job_id"))
         self.publish(topology.COMPLETED_EXCHANGE, "", event, message_id=job_id, kind="synergos.completed")
 
-    def publish(self, exchange: str, routing_key: str, message: Mapping[str, Any], *,
-                message_id: str, headers: Mapping[str, Any] | None = None, kind: str | None = None) -> None:
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        message: Mapping[str, Any],
+        *,
+        message_id: str,
+        headers: Mapping[str, Any] | None = None,
+        kind: str | None = None,
+    ) -> None:
         """Publish one JSON message, persistent and confirmed, to any exchange and routing key."""
         body = messages.encode(message)
         props = messages.properties(message_id, headers, kind)
@@ -93,7 +103,7 @@ class Publisher:
         if self._keepalive is not None and self._keepalive is not threading.current_thread():
             self._keepalive.join(timeout=5)
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -122,17 +132,30 @@ class Publisher:
                         raise PublishError(f"exchange {exchange!r} does not exist") from exc
                     if attempt == 2:
                         raise PublishError(f"the broker refused the publish: {exc.reply_text}") from exc
-                    log.warning("%s: channel closed by the broker (%s); reopening and retrying message %s",
-                                self.name, exc.reply_code, props.message_id)
+                    log.warning(
+                        "%s: channel closed by the broker (%s); reopening and retrying message %s",
+                        self.name,
+                        exc.reply_code,
+                        props.message_id,
+                    )
                 except RECOVERABLE_ERRORS as exc:
                     self._drop()
                     if attempt == 2:
                         raise BrokerUnavailable(f"broker {self.address} unavailable: {type(exc).__name__}") from exc
-                    log.warning("%s: connection lost (%s); reconnecting and retrying message %s",
-                                self.name, type(exc).__name__, props.message_id)
+                    log.warning(
+                        "%s: connection lost (%s); reconnecting and retrying message %s",
+                        self.name,
+                        type(exc).__name__,
+                        props.message_id,
+                    )
 
     def _ensure_channel(self) -> Any:
-        if self._channel is not None and self._channel.is_open and self._connection.is_open:
+        if (
+            self._channel is not None
+            and self._channel.is_open
+            and self._connection is not None
+            and self._connection.is_open
+        ):
             # Notice a connection the broker closed while we were idle before publishing on it.
             self._connection.process_data_events(0)
             if self._channel.is_open:
@@ -169,8 +192,9 @@ class Publisher:
                 if self._connection is not None and self._connection.is_open:
                     self._connection.process_data_events(0)
             except Exception as exc:  # noqa: BLE001 - reconnect lazily at the next publish
-                log.info("%s: idle connection lost (%s); will reconnect on the next publish",
-                         self.name, type(exc).__name__)
+                log.info(
+                    "%s: idle connection lost (%s); will reconnect on the next publish", self.name, type(exc).__name__
+                )
                 self._drop()
             finally:
                 self._lock.release()

@@ -7,6 +7,7 @@
 Job queues dead-letter to `synergos.dead` (`x-dead-letter-exchange`), so a message the broker
 itself rejects (reject without requeue, expiry) is kept, not dropped.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """`synergos-ttp`: run a TTP (basic mode; `--queue rabbitmq HOST PORT` for a cluster TTP)."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,13 @@ log = logging.getLogger("synergos_ttp")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("Synergos TTP: coordinates one federated grid and aggregates its model updates")
-    parser.add_argument("--queue", "-q", nargs=3, metavar=("rabbitmq", "HOST", "PORT"),
-                        help="consume jobs from the Synergos MQ (cluster mode): rabbitmq HOST PORT")
+    parser.add_argument(
+        "--queue",
+        "-q",
+        nargs=3,
+        metavar=("rabbitmq", "HOST", "PORT"),
+        help="consume jobs from the Synergos MQ (cluster mode): rabbitmq HOST PORT",
+    )
     parser.add_argument("--grid", "-g", type=int, help="which node of each participant this TTP drives (default 0)")
     return parser
 
@@ -52,8 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     else:
         app = create_app(settings)
     torch.set_num_threads(int(os.environ.get("SYNERGOS_TORCH_THREADS", "1")))
-    uvicorn.run(app, host=settings.host, port=settings.port, ws="none", log_config=None,
-                timeout_keep_alive=5, limit_concurrency=200)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="none",
+        log_config=None,
+        timeout_keep_alive=5,
+        limit_concurrency=200,
+    )
 
 
 if __name__ == "__main__":

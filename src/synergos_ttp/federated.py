@@ -8,16 +8,18 @@ round's global evaluate loss; the final round's loss comes from one closing `eva
 Early stopping on that loss ends training at the best-known round. Memory stays at one model
 plus a few shards per party in flight; model files are written on a background thread.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -98,7 +100,7 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
     except BaseException:
         try:
             await files.close()
-        except Exception as exc:  # the training error is the one to report
+        except Exception as exc:  # noqa: BLE001 - the training error is the one to report
             log.warning("run %s: writing model files failed too: %s", grid.run, exc)
         raise
     await files.close()
@@ -142,9 +144,14 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
         # written in the background while the next round broadcasts and the parties train: until the
         # next _aggregate, which waits for it, nothing writes into `state`
         files.submit(_checkpoint, out_dir, r, state, json.dumps(history, indent=2))
-        timings.append(RoundTiming(r, time.perf_counter() - started,
-                                   {p: h.compute_s for p, h in replies.items()},
-                                   2 * state_bytes * len(trainers)))
+        timings.append(
+            RoundTiming(
+                r,
+                time.perf_counter() - started,
+                {p: h.compute_s for p, h in replies.items()},
+                2 * state_bytes * len(trainers),
+            )
+        )
     final_s = 0.0
     if not stopped:
         started = time.perf_counter()
@@ -158,8 +165,14 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
     return TrainingOutcome(state, history, local_history, completed, stopped, timings, final_s)
 
 
-def record_assessment(history: dict[str, dict[int, float]], round_index: int, replies: Mapping[str, Update | Loss],
-                      action: str, progress: Progress | None = None, rounds: int | None = None) -> float | None:
+def record_assessment(
+    history: dict[str, dict[int, float]],
+    round_index: int,
+    replies: Mapping[str, Update | Loss],
+    action: str,
+    progress: Progress | None = None,
+    rounds: int | None = None,
+) -> float | None:
     """Pool the parties' assessments of round `round_index`'s global model into the history:
     `train` and `evaluate` losses (sample-weighted) and the evaluate metric (`evaluate_accuracy`
     or `evaluate_r2`, exact over the pooled data); report progress; return the evaluate loss."""
@@ -172,8 +185,7 @@ def record_assessment(history: dict[str, dict[int, float]], round_index: int, re
         if value is not None:
             history.setdefault(key, {})[round_index] = value
     if progress:
-        progress(round=round_index + 1, rounds=rounds, train_loss=train_loss, evaluate_loss=eval_loss,
-                 **{name: metric})
+        progress(round=round_index + 1, rounds=rounds, train_loss=train_loss, evaluate_loss=eval_loss, **{name: metric})
     return eval_loss
 
 
@@ -183,8 +195,9 @@ async def assess(grid: GridRun, state: dict[str, torch.Tensor], round_index: int
     return await grid.replies(sent, Loss)
 
 
-async def infer(grid: GridRun, state: dict[str, torch.Tensor], meta: str,
-                participants: list[str] | None = None) -> dict[str, dict]:
+async def infer(
+    grid: GridRun, state: dict[str, torch.Tensor], meta: str, participants: list[str] | None = None
+) -> dict[str, dict]:
     """Ask each node to predict on its own `meta` data and return only its statistics."""
     sent = await grid.broadcast(Infer, 0, state, participants=participants, meta=meta)
     return _statistics(await grid.replies(sent, Metrics))
@@ -201,24 +214,32 @@ async def infer_each(grid: GridRun, states: dict[str, dict[str, torch.Tensor]], 
 
 def _statistics(replies: dict[str, Metrics]) -> dict[str, dict]:
     # what the validation records store (`operations.infer_run`): the checked reply's payload as plain data
-    return {pid: m.model_dump(include={"meta", "statistics", "n_samples", "res_path", "parts"})
-            for pid, m in replies.items()}
+    return {
+        pid: m.model_dump(include={"meta", "statistics", "n_samples", "res_path", "parts"})
+        for pid, m in replies.items()
+    }
 
 
-async def _aggregate(grid: GridRun, replies: dict[str, Update], weights: dict[str, float], layout: Layout,
-                     target: dict[str, torch.Tensor], out_dir: Path, files: _FileQueue) -> None:
+async def _aggregate(
+    grid: GridRun,
+    replies: dict[str, Update],
+    weights: dict[str, float],
+    layout: Layout,
+    target: dict[str, torch.Tensor],
+    out_dir: Path,
+    files: _FileQueue,
+) -> None:
     pids = sorted(replies)
     counts = {replies[p].shards for p in pids}
     if len(counts) != 1:
         raise FederationError("participants sent differently sharded updates", "federation.bad_update")
     await files.wait()  # the previous round's files are written (and its failures raised) before this round's
-    streams = {p: iter_shards(grid.channels[p], replies[p].shards, layout, grid.limits.round_timeout_s)
-               for p in pids}
+    streams = {p: iter_shards(grid.channels[p], replies[p].shards, layout, grid.limits.round_timeout_s) for p in pids}
     writers = {p: StateFileWriter(out_dir / f"local_model_{p}.safetensors", layout) for p in pids}
     try:
         for _ in range(counts.pop()):
             shards = await asyncio.gather(*(anext(streams[p]) for p in pids))
-            fold_slices(target, [(p, weights[p], s) for p, s in zip(pids, shards)])
+            fold_slices(target, [(p, weights[p], s) for p, s in zip(pids, shards, strict=False)])
             # this shard is written while the next one arrives; no more than that is held
             await files.wait()
             files.submit(_write_locals, writers, pids, shards)
@@ -226,7 +247,7 @@ async def _aggregate(grid: GridRun, replies: dict[str, Update], weights: dict[st
     except BaseException:
         try:
             await files.wait()
-        except Exception:
+        except Exception:  # noqa: BLE001 - the streaming error that brought us here is the one to report
             pass
         for w in writers.values():
             w.abort()
@@ -234,9 +255,10 @@ async def _aggregate(grid: GridRun, replies: dict[str, Update], weights: dict[st
     files.submit(_commit_locals, writers)
 
 
-def _write_locals(writers: dict[str, StateFileWriter], pids: list[str],
-                  shards: list[list[tuple[str, int, torch.Tensor]]]) -> None:
-    for p, slices in zip(pids, shards):
+def _write_locals(
+    writers: dict[str, StateFileWriter], pids: list[str], shards: list[list[tuple[str, int, torch.Tensor]]]
+) -> None:
+    for p, slices in zip(pids, shards, strict=False):
         for name, offset, tensor in slices:
             writers[p].write(name, offset, tensor)
 

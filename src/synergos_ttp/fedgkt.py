@@ -6,6 +6,7 @@ predictions for its samples) and sends features and predictions; the server dist
 `evaluate` data. At the end each party hands over its extractor, so that validation and
 prediction can run the full model on the party's side.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,8 @@ from synergos_core.aggregation import EarlyStopping
 from synergos_core.checkpoints import save_state
 from synergos_core.errors import FederationError
 from synergos_core.federation import recv_tensors, send_message, send_state, send_tensors
-from synergos_core.gkt import ServerModel, output_kind, split_index, train_server
-from synergos_core.model import build_model
+from synergos_core.gkt import ServerModel, split_index, train_server
+from synergos_core.model import build_model, output_kind
 from synergos_core.protocol import GktEvaluate, GktExport, GktExtractor, GktFeatures, GktTrain, Loss
 
 from .federated import Progress, RoundTiming, TrainingOutcome, _checkpoint, _write_json, record_assessment
@@ -30,8 +31,14 @@ from .grid import GridRun
 T = TypeVar("T", GktFeatures, GktExtractor)
 
 
-async def _exchange(grid: GridRun, pid: str, request: GktTrain | GktExport, tensors: dict[str, torch.Tensor] | None,
-                    expect: type[T], allowed: set[str]) -> tuple[T, dict[str, torch.Tensor]]:
+async def _exchange(
+    grid: GridRun,
+    pid: str,
+    request: GktTrain | GktExport,
+    tensors: dict[str, torch.Tensor] | None,
+    expect: type[T],
+    allowed: set[str],
+) -> tuple[T, dict[str, torch.Tensor]]:
     ws = grid.channels[pid]
     if tensors:
         assert isinstance(request, GktTrain)  # the only request that carries tensors of its own
@@ -59,9 +66,19 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
     for r in range(rounds):
         started = time.perf_counter()
         requests = {pid: grid.request(GktTrain, r, epochs=epochs) for pid in trainers}
-        results = await asyncio.gather(*(
-            _exchange(grid, pid, requests[pid], {"server_out": teachers[pid]} if pid in teachers else None,
-                      GktFeatures, {"features", "local_out"}) for pid in trainers))
+        results = await asyncio.gather(
+            *(
+                _exchange(
+                    grid,
+                    pid,
+                    requests[pid],
+                    {"server_out": teachers[pid]} if pid in teachers else None,
+                    GktFeatures,
+                    {"features", "local_out"},
+                )
+                for pid in trainers
+            )
+        )
         replies = {pid: reply for pid, (reply, _) in zip(trainers, results, strict=True)}
         for pid, (_, tensors) in zip(trainers, results, strict=True):
             if set(tensors) != {"features", "local_out"}:
@@ -69,7 +86,7 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
         batches = [(tensors["features"], tensors["local_out"]) for _, tensors in results]
         history["server"][r] = await asyncio.to_thread(train_server, server, batches, hp, kind)
         with torch.no_grad():
-            teachers = {pid: server(features).detach() for pid, (features, _) in zip(trainers, batches)}
+            teachers = {pid: server(features).detach() for pid, (features, _) in zip(trainers, batches, strict=False)}
         del batches, results
         for pid, h in replies.items():
             local_history[pid][r] = h.train_loss
@@ -77,14 +94,14 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
         loss = record_assessment(history, r, await assess(grid, server.state(), r), grid.action, progress, rounds)
         completed = r + 1
         _checkpoint(out_dir, r, server.state(), json.dumps(history))
-        timings.append(RoundTiming(r, time.perf_counter() - started,
-                                   {p: h.compute_s for p, h in replies.items()}, 0))
+        timings.append(RoundTiming(r, time.perf_counter() - started, {p: h.compute_s for p, h in replies.items()}, 0))
         if stopper.step(loss):
             stopped = True
             break
     for pid in sorted(grid.channels):
-        _, extractor = await _exchange(grid, pid, grid.request(GktExport, completed), None, GktExtractor,
-                                       set(_extractor_names(server, split)))
+        _, extractor = await _exchange(
+            grid, pid, grid.request(GktExport, completed), None, GktExtractor, set(_extractor_names(server, split))
+        )
         save_state(extractor, out_dir / f"local_model_{pid}.safetensors")
     _write_json(out_dir / "global_loss_history.json", history)
     return TrainingOutcome(server.state(), history, local_history, completed, stopped, timings)
@@ -97,16 +114,19 @@ def _extractor_names(server: ServerModel, split: int) -> list[str]:
 
 async def assess(grid: GridRun, server_state: dict[str, torch.Tensor], round_index: int) -> dict[str, Loss]:
     """Every party's assessment of its full model with `server_state` as the server layers."""
+
     async def one(pid: str) -> Loss:
         request = grid.request(GktEvaluate, round_index, meta="evaluate", assess=True)
         await send_state(grid.channels[pid], request, server_state, grid.limits.shard_bytes)
         return await grid.reply(pid, request, Loss)
+
     pids = sorted(grid.channels)
-    return dict(zip(pids, await asyncio.gather(*(one(pid) for pid in pids))))
+    return dict(zip(pids, await asyncio.gather(*(one(pid) for pid in pids)), strict=False))
 
 
-def participant_states(out_dir: Path, server_state: dict[str, torch.Tensor], pids: list[str]
-                       ) -> dict[str, dict[str, torch.Tensor]]:
+def participant_states(
+    out_dir: Path, server_state: dict[str, torch.Tensor], pids: list[str]
+) -> dict[str, dict[str, torch.Tensor]]:
     """Each party's full model: its own extractor followed by the server layers."""
     from synergos_core.checkpoints import load_state
 

@@ -1,5 +1,6 @@
 """A run on one federated grid, seen from the TTP: initialise every node, open the authenticated
 channels, exchange requests and replies, and always terminate, even on failure."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from synergos_core.errors import FederationError, SynergosError, UpstreamError
 from synergos_core.federation import broadcast_state, new_token, recv_header, run_name, run_path, send_message
-from synergos_core.protocol import (PROTOCOL_HEADER, PROTOCOL_VERSION, Close, Error, ReplyMessage, RequestMessage,
-                                    new_nonce, parse_reply, version_mismatch)
+from synergos_core.protocol import (
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    Close,
+    Error,
+    ReplyMessage,
+    RequestMessage,
+    new_nonce,
+    parse_reply,
+    version_mismatch,
+)
 from synergos_core.settings import FederationLimits
 
 log = logging.getLogger(__name__)
@@ -63,18 +73,26 @@ async def worker_call(http: httpx.AsyncClient, node: GridNode, path: str, body: 
     if resp.status_code >= 400 or not payload.get("success"):
         error = payload.get("error") or {}
         detail = f"{node.participant_id}: {error.get('detail', 'request failed')}"
-        exc = SynergosError(detail, error.get("code", "worker.failed"))
-        exc.status = resp.status_code if 400 <= resp.status_code < 500 else 502
-        exc.title = error.get("title", "Worker error")
-        raise exc
+        relayed = SynergosError(detail, error.get("code", "worker.failed"))
+        relayed.status = resp.status_code if 400 <= resp.status_code < 500 else 502
+        relayed.title = error.get("title", "Worker error")
+        raise relayed
     return payload.get("data") or {}
 
 
 class GridRun:
     """`async with GridRun(...) as grid:` — channels to every node of one run."""
 
-    def __init__(self, keys: tuple[str, str, str, str], nodes: list[GridNode], action: str, model: list[dict],
-                 hyperparameters: dict[str, Any], limits: FederationLimits, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        keys: tuple[str, str, str, str],
+        nodes: list[GridNode],
+        action: str,
+        model: list[dict],
+        hyperparameters: dict[str, Any],
+        limits: FederationLimits,
+        http: httpx.AsyncClient,
+    ) -> None:
         self.keys = keys
         self.run = run_name(*keys)
         self.nodes = sorted(nodes, key=lambda n: n.participant_id)
@@ -89,7 +107,7 @@ class GridRun:
         self._initialised: list[GridNode] = []
         self._round = 0  # the latest round requested: a Worker refuses anything older, `close` included
 
-    async def __aenter__(self) -> "GridRun":
+    async def __aenter__(self) -> GridRun:
         try:
             await asyncio.gather(*(self._initialise(node) for node in self.nodes))
             await asyncio.gather(*(self._connect(node) for node in self.nodes))
@@ -99,7 +117,7 @@ class GridRun:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for pid, ws in list(self.channels.items()):
+        for _pid, ws in list(self.channels.items()):
             try:
                 await send_message(ws, self.request(Close, self._round))
             except (ConnectionClosed, OSError):
@@ -115,10 +133,17 @@ class GridRun:
         self._initialised.clear()
 
     async def _initialise(self, node: GridNode) -> None:
-        body = {"action": self.action, "tags": node.tags, "alignments": node.alignment, "model": self.model,
-                "hyperparameters": self.hyperparameters, "token": self.token,
-                "participant_id": node.participant_id, "superset": node.superset,
-                "preprocessing": node.preprocessing}
+        body = {
+            "action": self.action,
+            "tags": node.tags,
+            "alignments": node.alignment,
+            "model": self.model,
+            "hyperparameters": self.hyperparameters,
+            "token": self.token,
+            "participant_id": node.participant_id,
+            "superset": node.superset,
+            "preprocessing": node.preprocessing,
+        }
         data = await worker_call(self.http, node, "/worker/initialise/" + "/".join(self.keys), body)
         self._initialised.append(node)
         self.counts[node.participant_id] = data.get("counts", {})
@@ -128,27 +153,39 @@ class GridRun:
         read_ahead = min(self.limits.max_queue, max(1, READ_AHEAD_BYTES // max(1, self.limits.shard_bytes)))
         headers = {"Authorization": f"Bearer {self.token}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
         try:
-            ws = await connect(uri, additional_headers=headers,
-                               max_size=self.limits.max_frame_bytes, max_queue=read_ahead,
-                               compression=None, open_timeout=self.limits.open_timeout_s,
-                               ping_interval=self.limits.ping_interval_s, ping_timeout=self.limits.ping_timeout_s)
+            ws = await connect(
+                uri,
+                additional_headers=headers,
+                max_size=self.limits.max_frame_bytes,
+                max_queue=read_ahead,
+                compression=None,
+                open_timeout=self.limits.open_timeout_s,
+                ping_interval=self.limits.ping_interval_s,
+                ping_timeout=self.limits.ping_timeout_s,
+            )
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status == HTTPStatus.UPGRADE_REQUIRED:  # the Worker speaks another protocol version
                 said = exc.response.body.decode("utf-8", "replace").strip()[:300]
-                raise FederationError(f"{node.participant_id}'s node refused the channel: {said}",
-                                      "federation.protocol_mismatch") from None
-            raise FederationError(f"{node.participant_id}'s federation port refused the channel ({status})",
-                                  "federation.refused") from None
-        except (OSError, WebSocketException, asyncio.TimeoutError) as exc:
-            raise FederationError(f"{node.participant_id}'s federation port {node.host}:{node.port} is unreachable "
-                                  f"({type(exc).__name__})", "worker.unreachable") from None
+                raise FederationError(
+                    f"{node.participant_id}'s node refused the channel: {said}", "federation.protocol_mismatch"
+                ) from None
+            raise FederationError(
+                f"{node.participant_id}'s federation port refused the channel ({status})", "federation.refused"
+            ) from None
+        except (TimeoutError, OSError, WebSocketException) as exc:
+            raise FederationError(
+                f"{node.participant_id}'s federation port {node.host}:{node.port} is unreachable "
+                f"({type(exc).__name__})",
+                "worker.unreachable",
+            ) from None
         spoken = ws.response.headers.get(PROTOCOL_HEADER) if ws.response is not None else None
         if spoken != str(PROTOCOL_VERSION):
             # a Worker that accepted without naming our version (an older one) would misread us
             await ws.close(1002, "protocol version mismatch")
-            raise FederationError(f"{node.participant_id}'s node: {version_mismatch(spoken, peer='TTP')}",
-                                  "federation.protocol_mismatch")
+            raise FederationError(
+                f"{node.participant_id}'s node: {version_mismatch(spoken, peer='TTP')}", "federation.protocol_mismatch"
+            )
         self.channels[node.participant_id] = ws
 
     # -- messaging --
@@ -157,17 +194,23 @@ class GridRun:
         self._round = max(self._round, round_index)
         return kind(run=self.run, round=round_index, nonce=new_nonce(), **fields)
 
-    async def broadcast(self, kind: type[Q], round_index: int, state: dict[str, torch.Tensor],
-                        participants: list[str] | None = None, **fields: Any) -> dict[str, Q]:
+    async def broadcast(
+        self,
+        kind: type[Q],
+        round_index: int,
+        state: dict[str, torch.Tensor],
+        participants: list[str] | None = None,
+        **fields: Any,
+    ) -> dict[str, Q]:
         """Send the same weights to every (or the named) node; returns the requests sent, by participant."""
         targets = participants or list(self.channels)
         sent = {pid: self.request(kind, round_index, **fields) for pid in targets}
         try:
-            await broadcast_state([(self.channels[pid], sent[pid]) for pid in targets], state,
-                                  self.limits.shard_bytes)
+            await broadcast_state([(self.channels[pid], sent[pid]) for pid in targets], state, self.limits.shard_bytes)
         except ConnectionClosed as exc:
-            raise FederationError(f"a node closed its channel while receiving weights ({exc.rcvd})",
-                                  "worker.disconnected") from None
+            raise FederationError(
+                f"a node closed its channel while receiving weights ({exc.rcvd})", "worker.disconnected"
+            ) from None
         return sent
 
     async def reply(self, pid: str, request: RequestMessage, expect: type[R]) -> R:
@@ -177,8 +220,9 @@ class GridRun:
         try:
             header = await recv_header(ws, self.limits.round_timeout_s)
         except ConnectionClosed:
-            raise FederationError(f"{pid}'s node dropped its channel during {request.op} of round "
-                                  f"{request.round}", "worker.disconnected") from None
+            raise FederationError(
+                f"{pid}'s node dropped its channel during {request.op} of round {request.round}", "worker.disconnected"
+            ) from None
         try:
             reply = parse_reply(header)
         except FederationError as exc:
@@ -194,4 +238,4 @@ class GridRun:
     async def replies(self, sent: dict[str, Q], expect: type[R]) -> dict[str, R]:
         pids = list(sent)
         replies = await asyncio.gather(*(self.reply(pid, sent[pid], expect) for pid in pids))
-        return dict(zip(pids, replies))
+        return dict(zip(pids, replies, strict=False))

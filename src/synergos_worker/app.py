@@ -1,8 +1,9 @@
 """Worker app factory: REST commands on the f_port, federation WebSocket on the port."""
+
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 
@@ -15,6 +16,7 @@ from .sessions import SessionRegistry
 
 
 def create_app(settings: WorkerSettings, *, federation: bool = True) -> FastAPI:
+    assert settings.data_dir is not None and settings.outputs_dir is not None  # resolved by the CLI
     registry = SessionRegistry(settings.data_dir)
     server = FederationServer(registry, settings.federation, settings.outputs_dir)
 

@@ -1,4 +1,5 @@
 """synergos-worker: the guide's flags plus --host/--port (REST f_port) and --ws_port (federation port)."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,24 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(int(os.environ.get("SYNERGOS_TORCH_THREADS", "1")))
     from .app import create_app
 
-    logging.getLogger(__name__).info("worker %s: REST on %s:%d, federation on %s:%d, data in %s", settings.id,
-                                     settings.host, settings.port, settings.host, settings.ws_port,
-                                     settings.data_dir)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, ws="none",
-                timeout_keep_alive=5, limit_concurrency=200)
+    logging.getLogger(__name__).info(
+        "worker %s: REST on %s:%d, federation on %s:%d, data in %s",
+        settings.id,
+        settings.host,
+        settings.port,
+        settings.host,
+        settings.ws_port,
+        settings.data_dir,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        ws="none",
+        timeout_keep_alive=5,
+        limit_concurrency=200,
+    )
 
 
 if __name__ == "__main__":

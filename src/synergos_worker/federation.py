@@ -3,6 +3,7 @@
 The handshake checks the run token, then the protocol version (`protocol.PROTOCOL_VERSION`);
 each control frame received is parsed into its request model once, in `_handle`, and everything
 after works on the typed request."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,12 +22,37 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from synergos_core.errors import FederationError, SynergosError
-from synergos_core.federation import (WS_PATH_PREFIX, ReplayGuard, recv_header, recv_into, run_name, send_message,
-                                      send_state)
+from synergos_core.federation import (
+    WS_PATH_PREFIX,
+    ReplayGuard,
+    recv_header,
+    recv_into,
+    run_name,
+    send_message,
+    send_state,
+)
 from synergos_core.metrics import classification_statistics, metric_parts, predicted_classes, regression_statistics
-from synergos_core.protocol import (PROTOCOL_HEADER, PROTOCOL_VERSION, Close, Closed, Error, Evaluate, GktEvaluate,
-                                    GktExport, GktTrain, Infer, Loss, Metrics, RequestMessage, Train, Update,
-                                    new_nonce, parse_request, reply_to, version_mismatch)
+from synergos_core.protocol import (
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    Close,
+    Closed,
+    Error,
+    Evaluate,
+    GktEvaluate,
+    GktExport,
+    GktTrain,
+    Infer,
+    Loss,
+    Metrics,
+    RequestMessage,
+    Train,
+    Update,
+    new_nonce,
+    parse_request,
+    reply_to,
+    version_mismatch,
+)
 from synergos_core.settings import FederationLimits
 
 from . import gkt
@@ -38,7 +64,7 @@ log = logging.getLogger(__name__)
 def _run_key(path: str) -> RunKey | None:
     if not path.startswith(WS_PATH_PREFIX):
         return None
-    parts = path[len(WS_PATH_PREFIX):].split("?")[0].split("/")
+    parts = path[len(WS_PATH_PREFIX) :].split("?")[0].split("/")
     return tuple(parts) if len(parts) == 4 and all(parts) else None  # type: ignore[return-value]
 
 
@@ -56,15 +82,18 @@ class FederationServer:
         self.outputs_dir = outputs_dir
         self._server: Server | None = None
         # local training, evaluation and inference run here, off the event loop
-        self._compute = ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="synergos-compute",
-                                           initializer=_bind_torch_threads)
+        self._compute = ThreadPoolExecutor(
+            min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="synergos-compute", initializer=_bind_torch_threads
+        )
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._compute, fn, *args)
 
     async def start(self, host: str, port: int) -> None:
         self._server = await serve(
-            self._handle, host, port,
+            self._handle,
+            host,
+            port,
             process_request=self._authenticate,
             process_response=self._announce_version,
             max_size=self.limits.max_frame_bytes,
@@ -111,7 +140,7 @@ class FederationServer:
             response.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        key = _run_key(ws.request.path)
+        key = _run_key(ws.request.path) if ws.request is not None else None
         session = self.registry.find(key) if key else None
         if session is None:
             await ws.close(1008, "session closed")
@@ -144,27 +173,35 @@ class FederationServer:
                 except Exception as exc:  # a failure of local work: report it, keep the channel
                     op = request.op if request is not None else "request"
                     log.exception("run %s: %s failed", run, op)
-                    await send_message(ws, self._error(run, guard, request, header, "worker.failed",
-                                                       f"{op} failed: {type(exc).__name__}: {exc}"))
+                    await send_message(
+                        ws,
+                        self._error(
+                            run, guard, request, header, "worker.failed", f"{op} failed: {type(exc).__name__}: {exc}"
+                        ),
+                    )
         finally:
             if session.connection is ws:
                 session.connection = None
 
     @staticmethod
-    def _error(run: str, guard: ReplayGuard, request: RequestMessage | None, header: dict, code: str,
-               detail: str) -> Error:
+    def _error(
+        run: str, guard: ReplayGuard, request: RequestMessage | None, header: dict, code: str, detail: str
+    ) -> Error:
         """The error reply to `request`, or to a frame that never became one (then `reply_to` echoes
         its nonce only if it had a plausible one)."""
         if request is not None:
-            return Error(run=run, round=request.round, nonce=new_nonce(), reply_to=request.nonce, code=code,
-                         detail=detail[:8192])
+            return Error(
+                run=run, round=request.round, nonce=new_nonce(), reply_to=request.nonce, code=code, detail=detail[:8192]
+            )
         nonce = header.get("nonce")
         echo = nonce if isinstance(nonce, str) and 16 <= len(nonce) <= 128 else None
-        return Error(run=run, round=max(guard.round, 0), nonce=new_nonce(), reply_to=echo, code=code,
-                     detail=detail[:8192])
+        return Error(
+            run=run, round=max(guard.round, 0), nonce=new_nonce(), reply_to=echo, code=code, detail=detail[:8192]
+        )
 
-    async def _receive_weights(self, ws: ServerConnection, session: RunSession,
-                               request: Train | Evaluate | Infer) -> None:
+    async def _receive_weights(
+        self, ws: ServerConnection, session: RunSession, request: Train | Evaluate | Infer
+    ) -> None:
         trainer = session.trainer
         await recv_into(ws, request.shards, trainer.layout, trainer.state, self.limits.round_timeout_s)
 
@@ -216,5 +253,10 @@ class FederationServer:
         (out_dir / f"inference_statistics_{meta}.json").write_text(json.dumps(statistics, indent=2))
         session.results[meta] = {"statistics": statistics, "res_path": str(rel)}
         # sums from which the TTP pools metrics exactly across parties (e.g. R2 of the pooled data)
-        return {"meta": meta, "statistics": statistics, "n_samples": int(len(labels)), "res_path": str(rel),
-                "parts": metric_parts(labels, scores, session.action)}
+        return {
+            "meta": meta,
+            "statistics": statistics,
+            "n_samples": len(labels),
+            "res_path": str(rel),
+            "parts": metric_parts(labels, scores, session.action),
+        }

@@ -1,5 +1,6 @@
 """The Worker's side of FedGKT: train locally against the server's predictions, hand over
 features and predictions (never labels), evaluate with the server's layers, export the extractor."""
+
 from __future__ import annotations
 
 import asyncio

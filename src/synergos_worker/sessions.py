@@ -1,4 +1,5 @@
 """Federation sessions on a Worker, one per (collaboration, project, experiment, run)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,10 +13,10 @@ import numpy as np
 import torch
 
 from synergos_core.data import align_columns, apply_spacers, class_indices, load_meta, train_statistics
-from synergos_core.preprocessing import Preprocessing
 from synergos_core.errors import InvalidRequest, NotFound
-from synergos_core.schemas import METAS, InitialiseRequest
 from synergos_core.gkt import GKTTrainer
+from synergos_core.preprocessing import Preprocessing
+from synergos_core.schemas import METAS, InitialiseRequest
 from synergos_core.training import LocalTrainer, Split
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,9 @@ def run_preprocessing(data_root: Path, request: InitialiseRequest) -> Preprocess
     return Preprocessing(source="local", statistics=own) if own is not None else None
 
 
-def load_split(data_root: Path, meta: str, request: InitialiseRequest,
-               preprocessing: Preprocessing | None = None) -> Split | None:
+def load_split(
+    data_root: Path, meta: str, request: InitialiseRequest, preprocessing: Preprocessing | None = None
+) -> Split | None:
     """Load one meta's data, preprocessed with the run's statistics and aligned to the superset."""
     tags = getattr(request.tags, meta)
     prepared = load_meta(data_root, tags, request.action, preprocessing)
@@ -70,14 +72,19 @@ def load_split(data_root: Path, meta: str, request: InitialiseRequest,
         target = torch.from_numpy(class_indices(y).astype(np.int64))
     else:
         target = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).reshape(len(y), -1)
-    return Split(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), target,
-                 target_shift=prepared.target_shift, target_scale=prepared.target_scale)
+    return Split(
+        torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)),
+        target,
+        target_shift=prepared.target_shift,
+        target_scale=prepared.target_scale,
+    )
 
 
 class SessionRegistry:
     def __init__(self, data_root: Path) -> None:
         self.data_root = data_root
         self._sessions: dict[RunKey, RunSession] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     def get(self, key: RunKey) -> RunSession:
         session = self._sessions.get(key)
@@ -97,21 +104,31 @@ class SessionRegistry:
         if existing is not None and existing.authorised(request.token):
             return existing, False
         preprocessing = run_preprocessing(self.data_root, request)
-        data = {meta: split for meta in METAS
-                if (split := load_split(self.data_root, meta, request, preprocessing)) is not None}
+        data = {
+            meta: split
+            for meta in METAS
+            if (split := load_split(self.data_root, meta, request, preprocessing)) is not None
+        }
         if "train" not in data and "evaluate" not in data and "predict" not in data:
             raise InvalidRequest("no data selected by this participant's tags", "dataset.empty")
         trainer_class = GKTTrainer if request.hyperparameters.get("algorithm") == "FedGKT" else LocalTrainer
-        trainer = trainer_class([layer.model_dump() for layer in request.model], request.hyperparameters,
-                                request.action, data)
-        session = RunSession(key=key, token=request.token, participant_id=request.participant_id,
-                             action=request.action, trainer=trainer,
-                             counts={meta: len(split) for meta, split in data.items()})
+        trainer = trainer_class(
+            [layer.model_dump() for layer in request.model], request.hyperparameters, request.action, data
+        )
+        session = RunSession(
+            key=key,
+            token=request.token,
+            participant_id=request.participant_id,
+            action=request.action,
+            trainer=trainer,
+            counts={meta: len(split) for meta, split in data.items()},
+        )
         if existing is not None:
             self._drop(existing)
         self._sessions[key] = session
-        log.info("session opened for run %s (%s)", "/".join(key),
-                 ", ".join(f"{m}={n}" for m, n in session.counts.items()))
+        log.info(
+            "session opened for run %s (%s)", "/".join(key), ", ".join(f"{m}={n}" for m, n in session.counts.items())
+        )
         return session, True
 
     def close(self, key: RunKey) -> RunSession:
@@ -123,7 +140,9 @@ class SessionRegistry:
 
     def _drop(self, session: RunSession) -> None:
         if session.connection is not None:
-            asyncio.ensure_future(session.connection.close(1001, "session closed"))
+            closing = asyncio.ensure_future(session.connection.close(1001, "session closed"))
+            self._closing.add(closing)  # held until done: a task nobody references may be collected
+            closing.add_done_callback(self._closing.discard)
             session.connection = None
 
     def close_all(self) -> None:

@@ -1,4 +1,5 @@
 """The deployment guide on six hosts (network namespaces), each running its image's command."""
+
 from __future__ import annotations
 
 import os
@@ -12,6 +13,9 @@ def test_the_guide_runs_across_six_hosts(tmp_path):
     kinds = sorted(j["kind"] for j in outcome["jobs"])
     assert kinds == ["alignment", "prediction", "training", "validation"]
     assert all(j["state"] == "completed" for j in outcome["jobs"]), outcome["jobs"]
-    assert {v["key"]["participant_id"] for v in outcome["validations"]} == {"participant_1", "participant_2",
-                                                                              "aggregate"}
+    assert {v["key"]["participant_id"] for v in outcome["validations"]} == {
+        "participant_1",
+        "participant_2",
+        "aggregate",
+    }
     assert outcome["predictions"][0]["predict"]["statistics"]["n_samples"] > 0

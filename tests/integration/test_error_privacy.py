@@ -5,6 +5,7 @@ The grid's TTP has no internal failure a request can provoke on purpose, so a se
 grid's workspace with a fault injected at start-up (a `sitecustomize` on its PYTHONPATH makes a
 store read and `train_run` raise); its code is the real one, run as the real CLI.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ from .conftest import BLOCK, REST, TTP_HOST, WORKER_HOSTS, WS
 SECRET = "secret internal text: /srv/hospital/patients.csv"
 FAULTY_HOST = f"{BLOCK}.4"
 FAULTY = f"http://{FAULTY_HOST}:{REST}"
-FAULTS = f'''
+FAULTS = f"""
 from synergos_contract.store import Store
 from synergos_ttp import operations
 
@@ -37,7 +38,7 @@ async def _train_run(*args, **kwargs):
 
 Store.list_collaborations = _broken
 operations.train_run = _train_run
-'''
+"""
 MODEL = [{"l_type": "Linear", "structure": {"in_features": 30, "out_features": 1}, "activation": "sigmoid"}]
 CID = re.compile(r"[0-9a-f]{16}")
 
@@ -73,7 +74,7 @@ def _logged(log_path: Path, cid: str, timeout: float = 10.0) -> str:
     while True:
         text = log_path.read_text(errors="replace")
         if cid in text or time.monotonic() > deadline:
-            return text[text.find(cid):] if cid in text else ""
+            return text[text.find(cid) :] if cid in text else ""
         time.sleep(0.1)
 
 
@@ -89,23 +90,31 @@ def test_an_internal_failure_answers_500_with_an_id_the_log_explains(faulty_ttp)
 def test_a_training_that_fails_internally_shows_an_id_not_its_text_on_the_job_board(faulty_ttp):
     c = f"{FAULTY}/ttp/connect/collaborations"
     p = f"{c}/privacy/projects"
-    for url, body in [(c, {"collab_id": "privacy"}),
-                      (p, {"project_id": "p", "action": "classify", "incentives": {}}),
-                      (f"{p}/p/experiments", {"expt_id": "e", "model": MODEL}),
-                      (f"{p}/p/experiments/e/runs", {"run_id": "r", "rounds": 1, "criterion": "BCELoss",
-                                                     "lr_scheduler": "none"})]:
+    for url, body in [
+        (c, {"collab_id": "privacy"}),
+        (p, {"project_id": "p", "action": "classify", "incentives": {}}),
+        (f"{p}/p/experiments", {"expt_id": "e", "model": MODEL}),
+        (f"{p}/p/experiments/e/runs", {"run_id": "r", "rounds": 1, "criterion": "BCELoss", "lr_scheduler": "none"}),
+    ]:
         assert httpx.post(url, json=body).status_code == 201
     for i, host in enumerate(WORKER_HOSTS.values(), start=1):
         pid = f"privacy_participant_{i}"
         assert httpx.post(f"{FAULTY}/ttp/connect/participants", json={"id": pid}).status_code == 201
         registration = f"{p}/p/participants/{pid}/registration"
         node = {"host": host, "port": WS, "f_port": REST}
-        assert httpx.post(registration, json={"role": "host" if i == 1 else "guest", "n_count": 1,
-                                              "node_0": node}).status_code == 201
+        assert (
+            httpx.post(
+                registration, json={"role": "host" if i == 1 else "guest", "n_count": 1, "node_0": node}
+            ).status_code
+            == 201
+        )
         assert httpx.post(f"{registration}/tags", json={"train": [["breast_cancer", "train"]]}).status_code == 201
 
-    cid = _internal_error(httpx.post(f"{FAULTY}/ttp/train/collaborations/privacy/projects/p/models",
-                                     json={"auto_align": False}, timeout=60))
+    cid = _internal_error(
+        httpx.post(
+            f"{FAULTY}/ttp/train/collaborations/privacy/projects/p/models", json={"auto_align": False}, timeout=60
+        )
+    )
     jobs = httpx.get(f"{FAULTY}/ttp/status/jobs", params={"collab_id": "privacy"})
     (job,) = [j for j in jobs.json()["data"] if j["kind"] == "training"]
     assert job["state"] == "failed" and cid in job["detail"]  # the same id as the answer's

@@ -5,10 +5,10 @@ References: central training on the pooled data and a plain in-process torch Fed
 the statistics computed here with numpy from the raw CSVs; and the same row predicted alone and
 inside a batch.
 """
+
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,10 +24,21 @@ from .conftest import REST, WORKER_HOSTS, WS, register_parties
 
 SCHEMA = {"f1": "float64", "f2": "float64", "f3": "float64", "kind": "category", "target": "int64"}
 COLLAB, PROJECT, EXPT, RUN = "shifted", "shifted_ranges", "logistic", "run_1"
-HP = dict(algorithm="FedAvg", mu=0.0, rounds=20, epochs=3, lr=2.0, optimizer="SGD", criterion="BCELoss",
-          lr_scheduler="none", patience=0, seed=7)
-MODEL = [{"activation": "sigmoid", "is_input": True, "l_type": "Linear",
-          "structure": {"in_features": 1, "out_features": 1}}]
+HP = dict(
+    algorithm="FedAvg",
+    mu=0.0,
+    rounds=20,
+    epochs=3,
+    lr=2.0,
+    optimizer="SGD",
+    criterion="BCELoss",
+    lr_scheduler="none",
+    patience=0,
+    seed=7,
+)
+MODEL = [
+    {"activation": "sigmoid", "is_input": True, "l_type": "Linear", "structure": {"in_features": 1, "out_features": 1}}
+]
 
 
 def _party(seed: int, n: int, shift: np.ndarray, kinds: list[str]) -> pd.DataFrame:
@@ -36,8 +47,7 @@ def _party(seed: int, n: int, shift: np.ndarray, kinds: list[str]) -> pd.DataFra
     # one labelling rule in raw units whose boundary crosses both parties' regions (covariate
     # shift): f3 is noise, shifted too
     target = (25 * x[:, 0] + 40 * x[:, 1] + rng.normal(0, 15, n) > 0).astype(int)
-    frame = pd.DataFrame({"f1": x[:, 0], "f2": x[:, 1], "f3": x[:, 2],
-                          "kind": rng.choice(kinds, n), "target": target})
+    frame = pd.DataFrame({"f1": x[:, 0], "f2": x[:, 1], "f3": x[:, 2], "kind": rng.choice(kinds, n), "target": target})
     frame.loc[::9, "f3"] = np.nan
     frame.loc[::11, "kind"] = None
     return frame
@@ -51,7 +61,7 @@ PARTIES = {
 
 def _splits(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     cut = int(len(frame) * 0.7)
-    return {"train": frame.iloc[:cut], "evaluate": frame.iloc[cut:], "predict": frame.iloc[cut:cut + 10]}
+    return {"train": frame.iloc[:cut], "evaluate": frame.iloc[cut:], "predict": frame.iloc[cut : cut + 10]}
 
 
 def _prepare(frame: pd.DataFrame, train: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -95,8 +105,12 @@ def shifted(grid):
     model = driver.models.create(collab_id=COLLAB, project_id=PROJECT, expt_id=EXPT, run_id=RUN)["data"][0]
     validations = driver.validations.create(collab_id=COLLAB, project_id=PROJECT, expt_id=EXPT, run_id=RUN)["data"]
     layers = driver.experiments.read(collab_id=COLLAB, project_id=PROJECT, expt_id=EXPT)["data"]["model"]
-    return {"alignments": alignments, "model": model, "layers": layers,
-            "validations": {v["key"]["participant_id"]: v for v in validations}}
+    return {
+        "alignments": alignments,
+        "model": model,
+        "layers": layers,
+        "validations": {v["key"]["participant_id"]: v for v in validations},
+    }
 
 
 def _pooled(meta: str) -> pd.DataFrame:
@@ -165,8 +179,9 @@ def test_one_row_predicts_as_inside_its_batch(shifted, grid):
         tag = f"row_{row}"
         write_tabular(grid.workspace / "worker_1" / "data" / "shifted" / tag, evaluate.iloc[[row]], SCHEMA)
         participant = f"{COLLAB}_participant_1"
-        driver.predictions.create(participant_id=participant, collab_id=COLLAB,
-                                  tags={PROJECT: [["shifted", tag]]}, project_id=PROJECT)
+        driver.predictions.create(
+            participant_id=participant, collab_id=COLLAB, tags={PROJECT: [["shifted", tag]]}, project_id=PROJECT
+        )
         run_out = grid.workspace / "worker_1" / "outputs" / COLLAB / PROJECT / EXPT / RUN
         alone = np.loadtxt(run_out / "predict" / "inference_scores_predict.txt")
         batched = np.loadtxt(run_out / "evaluate" / "inference_scores_evaluate.txt")
@@ -177,8 +192,9 @@ def test_one_row_predicts_as_inside_its_batch(shifted, grid):
 def test_scaling_options_are_per_project(grid):
     driver = grid.driver()
     project = "shifted_minmax"
-    driver.projects.create(collab_id=COLLAB, project_id=project, action="classify", scaling="minmax",
-                           statistics="local")
+    driver.projects.create(
+        collab_id=COLLAB, project_id=project, action="classify", scaling="minmax", statistics="local"
+    )
     with pytest.raises(Exception) as refused:
         driver.projects.create(collab_id=COLLAB, project_id="bad_scaling", action="classify", scaling="robust")
     assert "scaling" in str(refused.value)
@@ -186,10 +202,16 @@ def test_scaling_options_are_per_project(grid):
         pid = f"{COLLAB}_participant_{i}"
         registrations = driver.registrations
         registrations.add_node(host=WORKER_HOSTS[f"worker_{i}"], port=WS, f_port=REST)
-        registrations.create(collab_id=COLLAB, project_id=project, participant_id=pid,
-                                    role="host" if i == 1 else "guest")
-        driver.tags.create(collab_id=COLLAB, project_id=project, participant_id=pid,
-                           train=[["shifted", "train"]], evaluate=[["shifted", "evaluate"]])
+        registrations.create(
+            collab_id=COLLAB, project_id=project, participant_id=pid, role="host" if i == 1 else "guest"
+        )
+        driver.tags.create(
+            collab_id=COLLAB,
+            project_id=project,
+            participant_id=pid,
+            train=[["shifted", "train"]],
+            evaluate=[["shifted", "evaluate"]],
+        )
     records = driver.alignments.create(collab_id=COLLAB, project_id=project)["data"]
     by_party = {r["key"]["participant_id"]: r["preprocessing"] for r in records}
     assert {p["scaling"] for p in by_party.values()} == {"minmax"}

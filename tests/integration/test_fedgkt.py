@@ -1,4 +1,5 @@
 """FedGKT on a real grid: the guide's model form trains, validates and predicts; labels stay home."""
+
 from __future__ import annotations
 
 from safetensors.torch import load_file
@@ -6,8 +7,12 @@ from safetensors.torch import load_file
 from .conftest import register_parties
 
 GUIDE_FEDGKT = [
-    {"activation": None, "is_input": True, "l_type": "Linear",
-     "structure": {"bias": True, "in_features": 18, "out_features": 1}},
+    {
+        "activation": None,
+        "is_input": True,
+        "l_type": "Linear",
+        "structure": {"bias": True, "in_features": 18, "out_features": 1},
+    },
     {"activation": None, "is_input": False, "l_type": "Sigmoid", "structure": {}},
 ]
 DEEPER = [
@@ -25,17 +30,34 @@ def test_guide_fedgkt_model_trains_validates_and_predicts(grid):
     c = "gkt_guide"
     register_parties(driver, c, "p", "penguins")
     driver.experiments.create(collab_id=c, project_id="p", expt_id="e", model=GUIDE_FEDGKT)
-    driver.runs.create(collab_id=c, project_id="p", expt_id="e", run_id="r", algorithm="FedGKT", rounds=3,
-                       epochs=20, lr=0.5, criterion="BCELoss", lr_scheduler="none", temperature=2.0, alpha=0.5)
+    driver.runs.create(
+        collab_id=c,
+        project_id="p",
+        expt_id="e",
+        run_id="r",
+        algorithm="FedGKT",
+        rounds=3,
+        epochs=20,
+        lr=0.5,
+        criterion="BCELoss",
+        lr_scheduler="none",
+        temperature=2.0,
+        alpha=0.5,
+    )
     driver.alignments.create(collab_id=c, project_id="p")
     model = driver.models.create(collab_id=c, project_id="p", expt_id="e", run_id="r")["data"][0]
     assert model["rounds_completed"] == 3
     validations = driver.validations.create(collab_id=c, project_id="p", expt_id="e", run_id="r")["data"]
     stats = next(v for v in validations if v["key"]["participant_id"] == "aggregate")["evaluate"]["statistics"]
     assert stats["overall_accuracy"] > 0.6 and len(stats["accuracy"]) == 3
-    pred = driver.predictions.create(collab_id=c, tags={"p": [["penguins", "predict"]]},
-                                     participant_id=f"{c}_participant_1", project_id="p", expt_id="e",
-                                     run_id="r")["data"]
+    pred = driver.predictions.create(
+        collab_id=c,
+        tags={"p": [["penguins", "predict"]]},
+        participant_id=f"{c}_participant_1",
+        project_id="p",
+        expt_id="e",
+        run_id="r",
+    )["data"]
     assert pred[0]["predict"]["statistics"]["n_samples"] > 0
 
 
@@ -45,9 +67,22 @@ def test_fedgkt_split_model_learns_by_knowledge_transfer(grid):
     register_parties(driver, c, "p", "breast_cancer")
     driver.experiments.create(collab_id=c, project_id="p", expt_id="e", model=DEEPER)
     # inputs are z-scores of the pooled train data: a gentler lr than [0, 1]-scaled inputs took
-    driver.runs.create(collab_id=c, project_id="p", expt_id="e", run_id="r", algorithm="FedGKT", L=2, rounds=5,
-                       epochs=30, lr=0.05, criterion="BCELoss", lr_scheduler="none", server_epochs=50,
-                       temperature=3.0, alpha=1.0)
+    driver.runs.create(
+        collab_id=c,
+        project_id="p",
+        expt_id="e",
+        run_id="r",
+        algorithm="FedGKT",
+        L=2,
+        rounds=5,
+        epochs=30,
+        lr=0.05,
+        criterion="BCELoss",
+        lr_scheduler="none",
+        server_epochs=50,
+        temperature=3.0,
+        alpha=1.0,
+    )
     driver.alignments.create(collab_id=c, project_id="p", auto_fix=False)
     model = driver.models.create(collab_id=c, project_id="p", expt_id="e", run_id="r")["data"][0]
     history = model["global"]["loss_history"]

@@ -2,6 +2,7 @@
 
 The server runs on a random loopback address and free port with its store in a temp dir; it is
 stopped by PID at the end, even on failure. One test stops and restarts it (the outage case)."""
+
 from __future__ import annotations
 
 import json
@@ -53,9 +54,24 @@ class MLflowServer:
     def start(self, timeout: float = 60.0) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [*mlops_command(), "--id", "mlops", "--logging_variant", "basic", "--host", self.host,
-                 "--port", str(self.port), "--mlflow_dir", str(self.mlflow_dir)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    *mlops_command(),
+                    "--id",
+                    "mlops",
+                    "--logging_variant",
+                    "basic",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--mlflow_dir",
+                    str(self.mlflow_dir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"synergos-mlops exited:\n{self.tail()}"
@@ -104,8 +120,9 @@ def tracker(tmp_path):
 @pytest.fixture
 def training_outputs(tmp_path) -> tuple[Path, Path]:
     model = tmp_path / "global_model.safetensors"
-    save_file({"layer.weight": np.ones((3, 2), dtype=np.float32), "layer.bias": np.zeros(3, dtype=np.float32)},
-              str(model))
+    save_file(
+        {"layer.weight": np.ones((3, 2), dtype=np.float32), "layer.bias": np.zeros(3, dtype=np.float32)}, str(model)
+    )
     history = tmp_path / "history.json"
     history.write_text(json.dumps({"train": {"1": 0.7, "2": 0.5}, "evaluate": {"1": 0.8, "2": 0.6}}))
     return model, history
@@ -117,9 +134,14 @@ def keys(run_id: str) -> dict[str, str]:
 
 def record_training(tracker: Tracker, uri: str, run_id: str, model: Path, history: Path) -> None:
     tracker.start_run(uri, keys(run_id), {"algorithm": "FedProx", "rounds": 2, "lr": 0.001, "batch_size": None})
-    tracker.log_training(uri, keys(run_id), json.loads(history.read_text()),
-                         {"participant_1": {1: 0.65, 2: 0.45}, "participant_2": {"1": 0.75, "2": 0.55}},
-                         [history], model)
+    tracker.log_training(
+        uri,
+        keys(run_id),
+        json.loads(history.read_text()),
+        {"participant_1": {1: 0.65, 2: 0.45}, "participant_2": {"1": 0.75, "2": 0.55}},
+        [history],
+        model,
+    )
 
 
 class MLflowRest:
@@ -135,9 +157,13 @@ class MLflowRest:
 
     def run(self, run_id: str) -> dict:
         experiment = self.get("/experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
-        response = self.http.post("/runs/search", json={
-            "experiment_ids": [experiment["experiment_id"]],
-            "filter": f"tags.`synergos.run_key` = 'mlops_c/mlops_p/e1/{run_id}'"})
+        response = self.http.post(
+            "/runs/search",
+            json={
+                "experiment_ids": [experiment["experiment_id"]],
+                "filter": f"tags.`synergos.run_key` = 'mlops_c/mlops_p/e1/{run_id}'",
+            },
+        )
         runs = response.json().get("runs", [])
         assert len(runs) == 1, response.text
         return runs[0]
@@ -173,13 +199,20 @@ def assert_training_recorded(rest: MLflowRest, run_id: str) -> dict:
 
 def test_a_federated_run_is_recorded_in_mlflow(mlflow_server, tracker, training_outputs):
     model, history = training_outputs
-    uri = tracking_uri({"host": mlflow_server.host, "ports": {"main": mlflow_server.port, "ui": mlflow_server.port},
-                        "secure": False}, "unused-default")
+    uri = tracking_uri(
+        {"host": mlflow_server.host, "ports": {"main": mlflow_server.port, "ui": mlflow_server.port}, "secure": False},
+        "unused-default",
+    )
     record_training(tracker, uri, "run_1", model, history)
-    tracker.log_validation(uri, keys("run_1"),
-                           {"participant_1": {"accuracy": [0.5, 0.75], "f_score": 0.6, "TP": 3},
-                            "participant_2": {"accuracy": [0.25, 1.0], "f_score": 0.7, "TP": 5}},
-                           {"accuracy": 0.625, "f_score": 0.65})
+    tracker.log_validation(
+        uri,
+        keys("run_1"),
+        {
+            "participant_1": {"accuracy": [0.5, 0.75], "f_score": 0.6, "TP": 3},
+            "participant_2": {"accuracy": [0.25, 1.0], "f_score": 0.7, "TP": 5},
+        },
+        {"accuracy": 0.625, "f_score": 0.65},
+    )
     assert tracker.flush(30), "operations still pending"
 
     rest = MLflowRest(mlflow_server.url)
@@ -194,19 +227,22 @@ def test_a_federated_run_is_recorded_in_mlflow(mlflow_server, tracker, training_
     assert tracker.flush(30)
     version = rest.versions(run["info"]["run_id"])[0]["version"]
     assert tracker.champion(uri, "mlops_c", "mlops_p", "e1") == {
-        "registered_model": EXPERIMENT, "version": version, "run_id": "run_1"}
+        "registered_model": EXPERIMENT,
+        "version": version,
+        "run_id": "run_1",
+    }
     assert tracker.champion(uri, "mlops_c", "mlops_p", "no_such_expt") is None
 
     tracker.fail_run(uri, keys("run_2"), "worker_2 stopped answering in round 1")
     assert tracker.flush(30)
     failed = rest.run("run_2")
     assert failed["info"]["status"] == "FAILED"
-    assert {t["key"]: t["value"] for t in failed["data"]["tags"]}["synergos.failure"] == \
-        "worker_2 stopped answering in round 1"
+    assert {t["key"]: t["value"] for t in failed["data"]["tags"]}[
+        "synergos.failure"
+    ] == "worker_2 stopped answering in round 1"
 
 
-def test_runs_recorded_while_mlflow_is_down_arrive_once_it_is_back(mlflow_server, tracker, training_outputs,
-                                                                   caplog):
+def test_runs_recorded_while_mlflow_is_down_arrive_once_it_is_back(mlflow_server, tracker, training_outputs, caplog):
     model, history = training_outputs
     uri = mlflow_server.url
     assert mlflow_server.stop() == 0  # SIGTERM is forwarded and the service exits cleanly
@@ -241,9 +277,22 @@ def test_without_a_server_runs_go_to_the_shared_sqlite_store(tmp_path, tracker, 
     assert experiment.artifact_location == f"file://{tmp_path}/mlflow/artifacts/{EXPERIMENT}"
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "run_local" and run.info.status == "FINISHED"
-    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "global_train_loss")] == \
-        [(1, 0.7), (2, 0.5)]
-    assert (tmp_path / "mlflow" / "artifacts" / EXPERIMENT / run.info.run_id / "artifacts" / "model"
-            / "global_model.safetensors").read_bytes() == model.read_bytes()
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "global_train_loss")] == [
+        (1, 0.7),
+        (2, 0.5),
+    ]
+    assert (
+        tmp_path
+        / "mlflow"
+        / "artifacts"
+        / EXPERIMENT
+        / run.info.run_id
+        / "artifacts"
+        / "model"
+        / "global_model.safetensors"
+    ).read_bytes() == model.read_bytes()
     assert tracker.champion(uri, "mlops_c", "mlops_p", "e1") == {
-        "registered_model": EXPERIMENT, "version": "1", "run_id": "run_local"}
+        "registered_model": EXPERIMENT,
+        "version": "1",
+        "run_id": "run_local",
+    }

@@ -2,6 +2,7 @@
 another version (or none) is refused with a text naming both, after the token check, so that a
 client without the run's token learns nothing; and the TTP surfaces either side's refusal as a
 clear `federation.protocol_mismatch`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,14 @@ HYPERPARAMETERS = {"criterion": "BCELoss", "lr_scheduler": "none"}
 @pytest.fixture(scope="module")
 def run_token(grid):
     token = secrets.token_urlsafe(32)
-    body = {"action": "classify", "tags": TAGS, "model": MODEL, "hyperparameters": HYPERPARAMETERS,
-            "token": token, "participant_id": "p1"}
+    body = {
+        "action": "classify",
+        "tags": TAGS,
+        "model": MODEL,
+        "hyperparameters": HYPERPARAMETERS,
+        "token": token,
+        "participant_id": "p1",
+    }
     resp = httpx.post(f"{WORKER}/worker/initialise/{'/'.join(RUN)}", json=body)
     assert resp.status_code in (200, 201), resp.text
     yield token
@@ -52,17 +59,21 @@ def _refusal(token: str, version: str | None, run: tuple[str, ...] = RUN) -> Inv
     async def attempt() -> None:
         async with _open(token, version, run):
             pass
+
     with pytest.raises(InvalidStatus) as info:
         asyncio.run(attempt())
     return info.value
 
 
-@pytest.mark.parametrize("version, said", [
-    ("2", "federation protocol 2 is not supported; this Worker speaks 1"),
-    ("0", "federation protocol 0 is not supported; this Worker speaks 1"),
-    ("one", "federation protocol one is not supported; this Worker speaks 1"),
-    (None, f"no federation protocol version was named ({PROTOCOL_HEADER}); this Worker speaks 1"),
-])
+@pytest.mark.parametrize(
+    "version, said",
+    [
+        ("2", "federation protocol 2 is not supported; this Worker speaks 1"),
+        ("0", "federation protocol 0 is not supported; this Worker speaks 1"),
+        ("one", "federation protocol one is not supported; this Worker speaks 1"),
+        (None, f"no federation protocol version was named ({PROTOCOL_HEADER}); this Worker speaks 1"),
+    ],
+)
 def test_a_valid_token_with_another_protocol_version_is_refused_naming_both(run_token, version, said):
     refused = _refusal(run_token, version)
     assert refused.response.status_code == 426
@@ -83,6 +94,7 @@ def test_the_right_version_is_accepted_and_announced(run_token):
             request = Close(run="/".join(RUN), round=0, nonce=new_nonce())
             await send_message(ws, request)
             return announced, request, parse_reply(await recv_header(ws, 10))
+
     announced, request, reply = asyncio.run(exchange())
     assert announced == str(PROTOCOL_VERSION)
     assert isinstance(reply, Closed) and reply.reply_to == request.nonce
@@ -105,11 +117,13 @@ def test_a_ttp_of_another_version_gets_the_workers_clear_refusal(grid, monkeypat
             tokens.append(grid_run.token)
             async with grid_run:
                 pass
+
     with pytest.raises(FederationError) as info:
         asyncio.run(run())
     assert info.value.code == "federation.protocol_mismatch"
-    assert info.value.detail == ("party_1's node refused the channel: federation protocol 2 is not supported; "
-                                 "this Worker speaks 1")
+    assert info.value.detail == (
+        "party_1's node refused the channel: federation protocol 2 is not supported; this Worker speaks 1"
+    )
     # and the run it had initialised is terminated on the Worker: its token opens nothing any more
     assert _refusal(tokens[0], str(PROTOCOL_VERSION), keys).response.status_code == 401
 
@@ -124,6 +138,7 @@ def test_the_ttp_refuses_a_node_that_accepts_without_speaking_its_version(announ
     async def run() -> FederationError:
         async def handler(ws) -> None:
             await ws.wait_closed()
+
         async with serve(handler, "127.0.0.1", 0, process_response=announce) as server:
             port = server.sockets[0].getsockname()[1]
             async with httpx.AsyncClient() as http:
@@ -133,10 +148,12 @@ def test_the_ttp_refuses_a_node_that_accepts_without_speaking_its_version(announ
                 except FederationError as exc:
                     return exc
         raise AssertionError("the channel was accepted")
+
     error = asyncio.run(run())
     assert error.code == "federation.protocol_mismatch"
     if announced is None:
-        assert error.detail == (f"party_1's node: no federation protocol version was named ({PROTOCOL_HEADER}); "
-                                "this TTP speaks 1")
+        assert error.detail == (
+            f"party_1's node: no federation protocol version was named ({PROTOCOL_HEADER}); this TTP speaks 1"
+        )
     else:
         assert error.detail == "party_1's node: federation protocol 2 is not supported; this TTP speaks 1"

@@ -1,5 +1,6 @@
 """Security baseline against real processes: authenticated channels, safe frames, confined tags,
 clear 4xx errors for bad input, and no request that makes a service fail."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,10 +30,14 @@ RUN = ("sec", "proj", "expt", "run")
 @pytest.fixture(scope="module")
 def session_token(grid):
     token = secrets.token_urlsafe(32)
-    body = {"action": "classify", "tags": {"train": [["breast_cancer", "train"]],
-                                           "evaluate": [["breast_cancer", "evaluate"]]},
-            "model": MODEL, "hyperparameters": {"criterion": "BCELoss", "lr_scheduler": "none"},
-            "token": token, "participant_id": "p1"}
+    body = {
+        "action": "classify",
+        "tags": {"train": [["breast_cancer", "train"]], "evaluate": [["breast_cancer", "evaluate"]]},
+        "model": MODEL,
+        "hyperparameters": {"criterion": "BCELoss", "lr_scheduler": "none"},
+        "token": token,
+        "participant_id": "p1",
+    }
     resp = httpx.post(f"{WORKER}/worker/initialise/{'/'.join(RUN)}", json=body)
     assert resp.status_code in (200, 201), resp.text
     yield token
@@ -54,6 +59,7 @@ def test_federation_channel_refuses_missing_or_wrong_token(session_token, token)
     async def attempt():
         async with _connect(token):
             pass
+
     with pytest.raises(InvalidStatus) as info:
         asyncio.run(attempt())
     assert info.value.response.status_code == 401
@@ -80,19 +86,23 @@ def test_authenticated_channel_answers_and_refuses_a_replayed_request(session_to
             with pytest.raises(ConnectionClosed):
                 await ws.recv()
             return first, second
+
     first, second = asyncio.run(exchange())
     assert isinstance(first, Loss) and first.n_samples > 0 and first.loss > 0
     assert isinstance(second, Error) and second.code == "federation.replay"
 
 
-@pytest.mark.parametrize("change", [
-    {"op": "evaluat"},                     # an op the protocol does not name
-    {"meta": "../../etc"},                 # a meta that is not one of the splits
-    {"assess": "yes"},                     # a string where a boolean must be
-    {"shards": -1},
-    {"round": float("nan")},               # json writes NaN; the protocol refuses it
-    {"pickle": "cos\nsystem\n"},          # a field the protocol does not name
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"op": "evaluat"},  # an op the protocol does not name
+        {"meta": "../../etc"},  # a meta that is not one of the splits
+        {"assess": "yes"},  # a string where a boolean must be
+        {"shards": -1},
+        {"round": float("nan")},  # json writes NaN; the protocol refuses it
+        {"pickle": "cos\nsystem\n"},  # a field the protocol does not name
+    ],
+)
 def test_malformed_request_is_refused_as_a_protocol_error_and_closes_the_channel(session_token, change):
     state = build_model(MODEL, seed=1).state_dict()
 
@@ -104,16 +114,20 @@ def test_malformed_request_is_refused_as_a_protocol_error_and_closes_the_channel
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
             return reply, closed.value.rcvd.code
+
     reply, code = asyncio.run(exchange())
     assert isinstance(reply, Error) and reply.code == "federation.protocol", reply
     assert code == 1008
 
 
-@pytest.mark.parametrize("frame", [
-    pickle.dumps({"op": "train"}),          # pickle is never decoded
-    b"\x02" + b"\x00" * 64,                 # a tensor frame where a header must be
-    "a text frame",                          # text frames are not part of the protocol
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pickle.dumps({"op": "train"}),  # pickle is never decoded
+        b"\x02" + b"\x00" * 64,  # a tensor frame where a header must be
+        "a text frame",  # text frames are not part of the protocol
+    ],
+)
 def test_foreign_frames_close_the_channel(session_token, frame):
     async def send():
         async with _connect(session_token) as ws:
@@ -123,6 +137,7 @@ def test_foreign_frames_close_the_channel(session_token, frame):
                     await ws.recv()
                 except ConnectionClosed as closed:
                     return closed.rcvd.code if closed.rcvd else None
+
     assert asyncio.run(send()) == 1008
 
 
@@ -136,6 +151,7 @@ def test_oversized_frame_is_refused(session_token):
             pass
         await ws.wait_closed()
         return ws.close_code
+
     assert asyncio.run(send()) == 1009
 
 
@@ -146,8 +162,11 @@ def test_tags_that_could_leave_the_data_root_are_refused(grid, tag):
     assert resp.json()["success"] == 0
     driver = grid.driver()
     register_parties(driver, f"tags{abs(hash(str(tag))) % 10**6}", "p", "penguins")
-    ttp = httpx.post(f"{TTP}/ttp/connect/collaborations/tags{abs(hash(str(tag))) % 10**6}/projects/p/participants/"
-                     f"tags{abs(hash(str(tag))) % 10**6}_participant_1/registration/tags", json={"train": [tag]})
+    ttp = httpx.post(
+        f"{TTP}/ttp/connect/collaborations/tags{abs(hash(str(tag))) % 10**6}/projects/p/participants/"
+        f"tags{abs(hash(str(tag))) % 10**6}_participant_1/registration/tags",
+        json={"train": [tag]},
+    )
     assert ttp.status_code in (409, 422)
 
 
@@ -176,17 +195,22 @@ def test_invalid_bodies_get_422_with_field_paths(grid):
     resp = httpx.post(f"{base}/experiments/e/runs", json={"run_id": "r", "rounds": "many"})
     assert resp.status_code == 422
     assert "rounds" in [f["path"] for f in resp.json()["error"]["fields"]]
-    resp = httpx.post(f"{base}/participants/invalid_participant_1/registration",
-                      json={"role": "guest", "n_count": 1, "node_0": {"host": "h", "port": 99999, "f_port": 5000}})
+    resp = httpx.post(
+        f"{base}/participants/invalid_participant_1/registration",
+        json={"role": "guest", "n_count": 1, "node_0": {"host": "h", "port": 99999, "f_port": 5000}},
+    )
     assert resp.status_code == 422 and any("port" in f["path"] for f in resp.json()["error"]["fields"])
     resp = httpx.post(f"{WORKER}/worker/initialise/a/b/c/d", json={"action": "guess"})
     assert resp.status_code == 422 and resp.json()["error"]["fields"]
 
 
-@pytest.mark.parametrize("field, value, expected", [
-    ("l_type", "Linaer", "Linaer"),
-    ("activation", "__import__", "__import__"),
-])
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("l_type", "Linaer", "Linaer"),
+        ("activation", "__import__", "__import__"),
+    ],
+)
 def test_unknown_layer_or_activation_is_422_naming_it_and_stores_nothing(grid, field, value, expected):
     driver = grid.driver()
     collab = f"names{field}"
@@ -198,8 +222,10 @@ def test_unknown_layer_or_activation_is_422_naming_it_and_stores_nothing(grid, f
     assert httpx.get(f"{base}/bad").status_code == 404
 
 
-@pytest.mark.parametrize("field, value", [("criterion", "NoSuchLoss"), ("criterion", "CTCLoss"),
-                                          ("optimizer", "Sgd"), ("lr_scheduler", "NoSuchLR")])
+@pytest.mark.parametrize(
+    "field, value",
+    [("criterion", "NoSuchLoss"), ("criterion", "CTCLoss"), ("optimizer", "Sgd"), ("lr_scheduler", "NoSuchLR")],
+)
 def test_unknown_loss_optimizer_or_scheduler_is_422_naming_it(grid, field, value):
     driver = grid.driver()
     collab = f"recipe{field}{value}".lower()
@@ -219,18 +245,35 @@ def test_oversized_bodies_get_413(grid):
 
         def chunks():
             yield big
+
         resp = httpx.post(url, content=chunks(), headers={"content-type": "application/json"})
         assert resp.status_code == 413
 
 
-GARBAGE = [None, [], "x", 0, {"a": {"b": [1, 2, {"c": None}]}}, {"collab_id": "../../etc"}, {"id": 10**40},
-           {"tags": {"p": [[".."]]}}, {"model": "Linear"}, {"run_id": "r", "rounds": -1, "lr": "NaN"}]
-PATHS = ["/ttp/connect/collaborations", "/ttp/connect/collaborations/zz", "/ttp/connect/collaborations/zz/projects",
-         "/ttp/connect/collaborations/zz/projects/p/experiments", "/ttp/connect/participants",
-         "/ttp/connect/collaborations/zz/projects/p/participants/q/registration",
-         "/ttp/train/collaborations/zz/projects/p/alignments", "/ttp/train/collaborations/zz/projects/p/models",
-         "/ttp/evaluate/collaborations/zz/projects/p/validations",
-         "/ttp/evaluate/participants/q/collaborations/zz/predictions"]
+GARBAGE = [
+    None,
+    [],
+    "x",
+    0,
+    {"a": {"b": [1, 2, {"c": None}]}},
+    {"collab_id": "../../etc"},
+    {"id": 10**40},
+    {"tags": {"p": [[".."]]}},
+    {"model": "Linear"},
+    {"run_id": "r", "rounds": -1, "lr": "NaN"},
+]
+PATHS = [
+    "/ttp/connect/collaborations",
+    "/ttp/connect/collaborations/zz",
+    "/ttp/connect/collaborations/zz/projects",
+    "/ttp/connect/collaborations/zz/projects/p/experiments",
+    "/ttp/connect/participants",
+    "/ttp/connect/collaborations/zz/projects/p/participants/q/registration",
+    "/ttp/train/collaborations/zz/projects/p/alignments",
+    "/ttp/train/collaborations/zz/projects/p/models",
+    "/ttp/evaluate/collaborations/zz/projects/p/validations",
+    "/ttp/evaluate/participants/q/collaborations/zz/predictions",
+]
 
 
 def test_no_request_makes_a_service_fail(grid):
@@ -244,14 +287,17 @@ def test_no_request_makes_a_service_fail(grid):
         for body in GARBAGE:
             resp = httpx.post(WORKER + path, json=body)
             assert resp.status_code < 500, (path, body, resp.text)
-    resp = httpx.post(f"{TTP}/ttp/connect/collaborations", content=b"{not json",
-                      headers={"content-type": "application/json"})
+    resp = httpx.post(
+        f"{TTP}/ttp/connect/collaborations", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 422
     # and training against a participant whose node is down is a clear 502, not a crash
     driver = grid.driver()
     register_parties(driver, "down", "p", "penguins")
-    httpx.put(f"{TTP}/ttp/connect/collaborations/down/projects/p/participants/down_participant_2/registration",
-              json={"node_0": {"host": "127.0.0.250", "port": 8020, "f_port": 5000}})
+    httpx.put(
+        f"{TTP}/ttp/connect/collaborations/down/projects/p/participants/down_participant_2/registration",
+        json={"node_0": {"host": "127.0.0.250", "port": 8020, "f_port": 5000}},
+    )
     resp = httpx.post(f"{TTP}/ttp/train/collaborations/down/projects/p/alignments", json={})
     assert resp.status_code == 502 and "127.0.0.250" in resp.json()["error"]["detail"]
     # the services are still up

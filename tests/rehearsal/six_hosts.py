@@ -9,6 +9,7 @@ talks to its own namespaces.
 
     .venv/bin/python -m tests.rehearsal.six_hosts [--keep-logs DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,18 @@ HOSTS = {"mq": 151, "director": 152, "ttp": 153, "worker_1": 154, "worker_2": 15
 # what each image's ENTRYPOINT and the guide's `docker run` arguments amount to
 COMMANDS = {
     "director": ["synergos-director", "--id", "director", "--logging_variant", "basic"],
-    "ttp": ["synergos-ttp", "--id", "ttp", "--logging_variant", "basic", "--queue", "rabbitmq", f"{SUBNET}.151",
-            "5672", "--censored"],
+    "ttp": [
+        "synergos-ttp",
+        "--id",
+        "ttp",
+        "--logging_variant",
+        "basic",
+        "--queue",
+        "rabbitmq",
+        f"{SUBNET}.151",
+        "5672",
+        "--censored",
+    ],
     "worker_1": ["synergos-worker", "--id", "worker_1", "--logging_variant", "basic", "--censored"],
     "worker_2": ["synergos-worker", "--id", "worker_2", "--logging_variant", "basic", "--censored"],
     "mlops": ["synergos-mlops"],
@@ -83,28 +94,39 @@ def start_broker(network: Network, stack: ExitStack, definitions: Path | None) -
 
     def in_namespace(root: Path) -> dict[str, str]:
         env = prepare(root)
-        config = ["log.file.level = info", "disk_free_limit.absolute = 1MB", "loopback_users = none",
-                  "management.tcp.port = 15672"]
+        config = [
+            "log.file.level = info",
+            "disk_free_limit.absolute = 1MB",
+            "loopback_users = none",
+            "management.tcp.port = 15672",
+        ]
         if definitions is not None:
             config.append(f"management.load_definitions = {definitions}")
         (root / "rabbitmq.conf").write_text("\n".join(config) + "\n")
         env.update(RABBITMQ_NODE_IP_ADDRESS="0.0.0.0", RABBITMQ_NODE_PORT="5672")
-        broker.address = broker.address.__class__(host=f"{SUBNET}.151", port=5672, connection_attempts=1,
-                                                   retry_delay=0.2)
+        broker.address = broker.address.__class__(
+            host=f"{SUBNET}.151", port=5672, connection_attempts=1, retry_delay=0.2
+        )
         broker.management_url = f"http://{SUBNET}.151:15672"
         return env
+
     broker._prepare = in_namespace  # type: ignore[method-assign]
     broker.start()
     stack.callback(broker.stop)
     return broker
 
 
-def start_service(network: Network, stack: ExitStack, name: str, env: dict[str, str], logs: Path
-                  ) -> subprocess.Popen:
+def start_service(network: Network, stack: ExitStack, name: str, env: dict[str, str], logs: Path) -> subprocess.Popen:
     command = [str(BIN / COMMANDS[name][0]), *COMMANDS[name][1:]]
     log = open(logs / f"{name}.log", "ab")
-    process = subprocess.Popen([*network.prefix(name), *command], env={**os.environ, **env}, stdout=log,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [*network.prefix(name), *command],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     log.close()
 
     def stop() -> None:
@@ -115,6 +137,7 @@ def start_service(network: Network, stack: ExitStack, name: str, env: dict[str, 
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
+
     stack.callback(stop)
     return process
 
@@ -144,10 +167,16 @@ def rehearse(workdir: Path, logs: Path) -> dict:
         start_broker(network, stack, definitions if definitions.exists() else None)
         image_env = {"SYNERGOS_HOST": "0.0.0.0"}  # the images' ENV
         volumes = {
-            "director": {"SYNERGOS_DATA_DIR": shared / "ttp_data", "SYNERGOS_OUTPUTS_DIR": shared / "ttp_outputs",
-                         "SYNERGOS_MLFLOW_DIR": shared / "mlflow"},
-            "ttp": {"SYNERGOS_DATA_DIR": shared / "ttp_data", "SYNERGOS_OUTPUTS_DIR": shared / "ttp_outputs",
-                    "SYNERGOS_MLFLOW_DIR": shared / "mlflow"},
+            "director": {
+                "SYNERGOS_DATA_DIR": shared / "ttp_data",
+                "SYNERGOS_OUTPUTS_DIR": shared / "ttp_outputs",
+                "SYNERGOS_MLFLOW_DIR": shared / "mlflow",
+            },
+            "ttp": {
+                "SYNERGOS_DATA_DIR": shared / "ttp_data",
+                "SYNERGOS_OUTPUTS_DIR": shared / "ttp_outputs",
+                "SYNERGOS_MLFLOW_DIR": shared / "mlflow",
+            },
             "worker_1": {"SYNERGOS_DATA_DIR": roots["worker_1"], "SYNERGOS_OUTPUTS_DIR": workdir / "outputs_1"},
             "worker_2": {"SYNERGOS_DATA_DIR": roots["worker_2"], "SYNERGOS_OUTPUTS_DIR": workdir / "outputs_2"},
             "mlops": {"SYNERGOS_MLFLOW_DIR": shared / "mlflow", "GUNICORN_CMD_ARGS": "--bind=0.0.0.0"},
@@ -158,8 +187,14 @@ def rehearse(workdir: Path, logs: Path) -> dict:
             processes[name] = start_service(network, stack, name, env, logs)
         for name, process in processes.items():
             wait_healthy(name, process, logs)
-        script = [sys.executable, str(ROOT / "examples" / "guide_script.py"), f"{SUBNET}.152", "5000",
-                  f"{SUBNET}.154", f"{SUBNET}.155"]
+        script = [
+            sys.executable,
+            str(ROOT / "examples" / "guide_script.py"),
+            f"{SUBNET}.152",
+            "5000",
+            f"{SUBNET}.154",
+            f"{SUBNET}.155",
+        ]
         result = subprocess.run(script, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             raise RuntimeError(f"the guide's script failed:\n{result.stdout}\n{result.stderr}")
@@ -170,12 +205,17 @@ def rehearse(workdir: Path, logs: Path) -> dict:
             if jobs and all(j["state"] in {"completed", "failed"} for j in jobs):
                 break
             time.sleep(1)
-        validations = httpx.get(f"{base}/ttp/evaluate/collaborations/collaboration_1/projects/project_1/"
-                                "validations/experiment_1/run_1").json()
-        predictions = httpx.get(f"{base}/ttp/evaluate/participants/participant_1/collaborations/collaboration_1/"
-                                "predictions").json()
-        return {"jobs": jobs, "validations": validations.get("data") or [],
-                "predictions": predictions.get("data") or []}
+        validations = httpx.get(
+            f"{base}/ttp/evaluate/collaborations/collaboration_1/projects/project_1/validations/experiment_1/run_1"
+        ).json()
+        predictions = httpx.get(
+            f"{base}/ttp/evaluate/participants/participant_1/collaborations/collaboration_1/predictions"
+        ).json()
+        return {
+            "jobs": jobs,
+            "validations": validations.get("data") or [],
+            "predictions": predictions.get("data") or [],
+        }
 
 
 def main() -> int:
@@ -185,8 +225,14 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="synergos-six-hosts-"))
     try:
         outcome = rehearse(workdir, args.keep_logs or workdir / "logs")
-        print(json.dumps({"jobs": [(j["kind"], j["state"]) for j in outcome["jobs"]],
-                          "validated": [v["key"]["participant_id"] for v in outcome["validations"]]}))
+        print(
+            json.dumps(
+                {
+                    "jobs": [(j["kind"], j["state"]) for j in outcome["jobs"]],
+                    "validated": [v["key"]["participant_id"] for v in outcome["validations"]],
+                }
+            )
+        )
         return 0 if all(j["state"] == "completed" for j in outcome["jobs"]) else 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

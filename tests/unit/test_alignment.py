@@ -1,4 +1,5 @@
 """Header alignment across parties and the auto_fix of a model's input and output sizes."""
+
 from __future__ import annotations
 
 import copy
@@ -13,10 +14,8 @@ from synergos_core.errors import InvalidRequest
 
 def test_superset_and_spacers_across_parties_and_metas() -> None:
     headers = {
-        "p1": {"train": {"X": ["a", "c"], "y": ["target_0", "target_1"]},
-               "evaluate": {"X": ["a"], "y": ["target_1"]}},
-        "p2": {"train": {"X": ["b", "c", "d"], "y": ["target_1", "target_2"]},
-               "predict": {"X": [], "y": []}},
+        "p1": {"train": {"X": ["a", "c"], "y": ["target_0", "target_1"]}, "evaluate": {"X": ["a"], "y": ["target_1"]}},
+        "p2": {"train": {"X": ["b", "c", "d"], "y": ["target_1", "target_2"]}, "predict": {"X": [], "y": []}},
     }
     result = align_headers(headers)
     assert result.superset == {"X": ["a", "b", "c", "d"], "y": ["target_0", "target_1", "target_2"]}
@@ -29,8 +28,9 @@ def test_superset_and_spacers_across_parties_and_metas() -> None:
 def test_spacers_reproduce_superset_order_for_every_party() -> None:
     rng = np.random.default_rng(0)
     universe = [f"f{i:02d}" for i in range(12)]
-    parties = {f"p{k}": sorted(rng.choice(universe, size=int(rng.integers(1, 12)), replace=False).tolist())
-               for k in range(5)}
+    parties = {
+        f"p{k}": sorted(rng.choice(universe, size=int(rng.integers(1, 12)), replace=False).tolist()) for k in range(5)
+    }
     result = align_headers({pid: {"train": {"X": names, "y": ["target"]}} for pid, names in parties.items()})
     for pid, names in parties.items():
         # Encode each column's identity as its superset position + 1, so misplacement shows.
@@ -47,7 +47,12 @@ def test_repeated_header_is_refused() -> None:
 
 MLP = [
     {"l_type": "Linear", "structure": {"in_features": 3, "out_features": 8}, "activation": "relu", "is_input": True},
-    {"l_type": "Linear", "structure": {"in_features": 8, "out_features": 5}, "activation": "sigmoid", "is_input": False},
+    {
+        "l_type": "Linear",
+        "structure": {"in_features": 8, "out_features": 5},
+        "activation": "sigmoid",
+        "is_input": False,
+    },
 ]
 
 
@@ -83,8 +88,10 @@ def test_convolution_input_and_embedding_are_not_touched() -> None:
     assert fixed[0]["structure"] == cnn[0]["structure"]
     assert fixed[2]["structure"] == {"in_features": 100, "out_features": 10}
 
-    emb = [{"l_type": "Embedding", "structure": {"num_embeddings": 50, "embedding_dim": 8}, "is_input": True},
-           {"l_type": "Linear", "structure": {"in_features": 8, "out_features": 3}}]
+    emb = [
+        {"l_type": "Embedding", "structure": {"num_embeddings": 50, "embedding_dim": 8}, "is_input": True},
+        {"l_type": "Linear", "structure": {"in_features": 8, "out_features": 3}},
+    ]
     assert fix_model_io(emb, x_width=999, n_classes=2, action="classify")[0] == emb[0]
 
 

@@ -1,4 +1,5 @@
 """Datasets on a Worker: tag lookup is safe, preprocessing is local, alignment makes parties agree."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,13 @@ from synergos_core.errors import InvalidRequest, NotFound
 SCHEMA = {"age": "int64", "chol": "float64", "sex": "category", "target": "int64"}
 
 
-def write_dataset(directory: Path, rows: list[dict], schema: dict[str, str] = SCHEMA,
-                  datatype: str = "tabular", name: str = "data.csv") -> Path:
+def write_dataset(
+    directory: Path,
+    rows: list[dict],
+    schema: dict[str, str] = SCHEMA,
+    datatype: str = "tabular",
+    name: str = "data.csv",
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(directory / name, index=False)
     (directory / "schema.json").write_text(json.dumps(schema))
@@ -53,6 +59,7 @@ def root(tmp_path: Path) -> Path:
 
 # ---- finding datasets ----
 
+
 def test_tag_selects_dataset_by_unordered_tokens(root: Path) -> None:
     assert find_dataset(root, ["train", "data2", "heart"]) == (root / "heart" / "data2" / "train").resolve()
 
@@ -82,8 +89,12 @@ def test_symlink_escaping_the_root_is_refused_and_not_read(
     (root / "stolen").symlink_to(outside, target_is_directory=True)
     opened: list[str] = []
     real_read_csv, real_read_text = pd.read_csv, Path.read_text
-    monkeypatch.setattr(pd, "read_csv", lambda path, *a, **k: (opened.append(str(path)), real_read_csv(path, *a, **k))[1])
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (opened.append(str(self)), real_read_text(self, *a, **k))[1])
+    monkeypatch.setattr(
+        pd, "read_csv", lambda path, *a, **k: (opened.append(str(path)), real_read_csv(path, *a, **k))[1]
+    )
+    monkeypatch.setattr(
+        Path, "read_text", lambda self, *a, **k: (opened.append(str(self)), real_read_text(self, *a, **k))[1]
+    )
     with pytest.raises(InvalidRequest) as err:
         load_meta(root, [["stolen"]], "classify")
     assert err.value.code == "tag.invalid"
@@ -119,9 +130,13 @@ def test_symlink_inside_the_root_is_followed(root: Path) -> None:
 
 # ---- loading and preprocessing ----
 
+
 def test_missing_target_is_an_error(root: Path) -> None:
-    write_dataset(root / "untargeted", [{"age": 1, "chol": 2.0, "sex": "M"}],
-                  schema={"age": "int64", "chol": "float64", "sex": "category"})
+    write_dataset(
+        root / "untargeted",
+        [{"age": 1, "chol": 2.0, "sex": "M"}],
+        schema={"age": "int64", "chol": "float64", "sex": "category"},
+    )
     with pytest.raises(InvalidRequest) as err:
         load_meta(root, [["untargeted"]], "classify")
     assert err.value.code == "dataset.invalid"
@@ -196,7 +211,9 @@ def test_metadata_holds_no_row_values(root: Path) -> None:
         {"age": 33, "chol": 987654.321, "note": "alpha", "target": 1},
         {"age": 99, "chol": 1234567.0, "note": "beta", "target": 1},
     ]
-    write_dataset(root / "private", rows, schema={"age": "int64", "chol": "float64", "note": "object", "target": "int64"})
+    write_dataset(
+        root / "private", rows, schema={"age": "int64", "chol": "float64", "note": "object", "target": "int64"}
+    )
     data = load_meta(root, [["private"]], "classify")
     assert data is not None
     dumped = json.dumps(data.metadata)
@@ -208,6 +225,7 @@ def test_metadata_holds_no_row_values(root: Path) -> None:
 
 
 # ---- alignment on the Worker ----
+
 
 def test_party_lacking_a_category_gets_zero_column_and_classes_agree(root: Path) -> None:
     party_a = load_meta(root, [["data1", "train"]], "classify")

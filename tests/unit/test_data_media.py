@@ -1,5 +1,6 @@
 """Image and text datasets: they load to model-ready arrays, align across parties like tabular
 headers, refuse paths that leave the dataset, and leak no pixel or sentence in their metadata."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ def write_metadata(directory: Path, datatype: str, operations: dict | None = Non
     (directory / "metadata.json").write_text(json.dumps({"datatype": datatype, "operations": operations or {}}))
 
 
-def write_images(directory: Path, rows: list[tuple[str, object]], operations: dict | None = None,
-                 size: tuple[int, int] = (10, 12), mode: str = "RGB") -> Path:
+def write_images(
+    directory: Path,
+    rows: list[tuple[str, object]],
+    operations: dict | None = None,
+    size: tuple[int, int] = (10, 12),
+    mode: str = "RGB",
+) -> Path:
     """Images of varied sizes and modes (the loader must normalise them) plus mapping.csv."""
     write_metadata(directory, "image", operations)
     rng = np.random.default_rng(len(rows))
@@ -33,19 +39,23 @@ def write_images(directory: Path, rows: list[tuple[str, object]], operations: di
         pixels = rng.integers(0, 256, size=(size[0], size[1], 3), dtype=np.uint8)
         Image.fromarray(pixels).convert(mode).save(directory / name)
     pd.DataFrame({"image": [r[0] for r in rows], "target": [r[1] for r in rows]}).to_csv(
-        directory / "mapping.csv", index=False)
+        directory / "mapping.csv", index=False
+    )
     return directory
 
 
-def write_texts(directory: Path, rows: list[tuple[str, object]], operations: dict | None = None,
-                column: str = "text") -> Path:
+def write_texts(
+    directory: Path, rows: list[tuple[str, object]], operations: dict | None = None, column: str = "text"
+) -> Path:
     write_metadata(directory, "text", operations)
     pd.DataFrame({column: [r[0] for r in rows], "target": [r[1] for r in rows]}).to_csv(
-        directory / "data.csv", index=False)
+        directory / "data.csv", index=False
+    )
     return directory
 
 
 # ---- images ----
+
 
 def test_image_parties_load_to_nchw_and_align_without_spacers(tmp_path: Path) -> None:
     root_a, root_b = tmp_path / "a", tmp_path / "b"
@@ -205,6 +215,7 @@ def test_text_metadata_holds_no_sentence(tmp_path: Path) -> None:
 
 # ---- dispatch ----
 
+
 def test_mixed_datatypes_in_one_meta_are_refused(tmp_path: Path) -> None:
     write_texts(tmp_path / "mix" / "words", REVIEWS_A)
     write_images(tmp_path / "mix" / "pics", [("a.png", 0)])
@@ -221,6 +232,7 @@ def test_two_image_datasets_of_one_meta_concatenate(tmp_path: Path) -> None:
 
 
 # ---- example data ----
+
 
 def test_prepare_digits_images_writes_the_documented_layout(tmp_path: Path) -> None:
     roots = datasets.prepare_digits_images(tmp_path, binary=True)
@@ -252,7 +264,9 @@ def test_prepare_text_reviews_writes_the_documented_layout(tmp_path: Path) -> No
         for meta in ("train", "evaluate", "predict"):
             directory = root / "reviews" / meta
             assert json.loads((directory / "metadata.json").read_text()) == {
-                "datatype": "text", "operations": {"max_features": 500}}
+                "datatype": "text",
+                "operations": {"max_features": 500},
+            }
             frame = pd.read_csv(directory / "data.csv")
             assert list(frame.columns) == ["text", "target"] and set(frame["target"]) <= {0, 1}
             sizes += len(frame)

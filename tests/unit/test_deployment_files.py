@@ -4,6 +4,7 @@ are read statically (no Docker engine) and checked against the packages themselv
 scripts in pyproject.toml, each service's real command line, its settings defaults, the
 container paths of `default_dir`, and the MQ topology that `synergos_mq.topology.declare` builds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,14 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 SCRIPTS: dict[str, str] = PROJECT.get("scripts", {})
 TAG = "v" + PROJECT["version"]
 
-IMAGES = {"synergos_mq", "synergos_director", "synergos_ttp", "synergos_ttp_cluster", "synergos_worker",
-          "synergos_mlops"}
+IMAGES = {
+    "synergos_mq",
+    "synergos_director",
+    "synergos_ttp",
+    "synergos_ttp_cluster",
+    "synergos_worker",
+    "synergos_mlops",
+}
 MQ_IMAGE = "synergos_mq"
 MLOPS_IMAGE = "synergos_mlops"  # MLflow: its health probe asks the UI page, /
 MANAGEMENT_UI_PORT = 15672
@@ -54,6 +61,7 @@ UNPUBLISHED_ON_ONE_HOST = {"ttp": {5000}}
 
 
 # ---------------------------------------------------------------- Dockerfiles
+
 
 @dataclass
 class Image:
@@ -150,8 +158,9 @@ def parse_dockerfile(path: Path) -> dict[str, Image]:
 
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 ALL_STAGES = {path: parse_dockerfile(path) for path in DOCKERFILES}
-TARGETS: dict[str, Image] = {name: image for stages in ALL_STAGES.values() for name, image in stages.items()
-                             if name.startswith("synergos_")}
+TARGETS: dict[str, Image] = {
+    name: image for stages in ALL_STAGES.values() for name, image in stages.items() if name.startswith("synergos_")
+}
 PYTHON_IMAGES = sorted(name for name in TARGETS if name != MQ_IMAGE)
 
 
@@ -283,6 +292,7 @@ def compose_service_for(run: Run) -> str:
 
 # ---------------------------------------------------------------- running a service's real CLI
 
+
 class _Stop(Exception):
     """Raised where a CLI's main() would first touch the machine: dirs, ports, processes."""
 
@@ -303,6 +313,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.Capt
     main() is stopped at the first of `ServiceSettings.resolve_dirs`, `uvicorn.run`, a subprocess
     or an exec (MLOps's MLflow launcher). Logging it configured is undone afterwards.
     """
+
     def run(script: str, args: list[str], env: dict[str, str]) -> Parsed:
         assert script in SCRIPTS, f"{script} is not a console script in pyproject.toml [project.scripts]"
         module_name, _, function = SCRIPTS[script].partition(":")
@@ -367,12 +378,17 @@ def invocations() -> list[Any]:
     for name, service in SERVICES.items():
         image = image_name(service["image"])[0]
         if image != MQ_IMAGE:
-            cases.append(pytest.param(image, effective_args(image, compose_command(service)),
-                                      service.get("environment") or {}, id=f"compose:{name}"))
+            cases.append(
+                pytest.param(
+                    image,
+                    effective_args(image, compose_command(service)),
+                    service.get("environment") or {},
+                    id=f"compose:{name}",
+                )
+            )
     for run in GUIDE_RUNS:
         if run.image != MQ_IMAGE:
-            cases.append(pytest.param(run.image, effective_args(run.image, run.args), run.env,
-                                      id=f"guide:{run.name}"))
+            cases.append(pytest.param(run.image, effective_args(run.image, run.args), run.env, id=f"guide:{run.name}"))
     return cases
 
 
@@ -382,6 +398,7 @@ def parse_default(run_cli, name: str) -> Parsed:
 
 
 # ================================================================ images and tags
+
 
 def test_the_six_images_are_dockerfile_targets() -> None:
     assert set(TARGETS) == IMAGES
@@ -396,7 +413,8 @@ def test_compose_images_are_built_from_their_dockerfile_target(name: str) -> Non
     dockerfile = (ROOT / build.get("context", ".") / build["dockerfile"]).resolve()
     assert dockerfile in ALL_STAGES, f"{name}: {build['dockerfile']} is not one of docker/*.Dockerfile"
     assert build["target"] == image and image in ALL_STAGES[dockerfile], (
-        f"{name}: image {image} must be built from the target of the same name in {dockerfile.name}")
+        f"{name}: image {image} must be built from the target of the same name in {dockerfile.name}"
+    )
 
 
 def test_readme_builds_every_image_from_its_target() -> None:
@@ -425,6 +443,7 @@ def test_entrypoint_is_a_console_script(name: str) -> None:
 
 # ================================================================ command lines
 
+
 @pytest.mark.parametrize(("image", "args", "env"), invocations())
 def test_flags_are_accepted_by_the_service_cli(run_cli, image: str, args: list[str], env: dict) -> None:
     target = TARGETS[image]
@@ -449,10 +468,11 @@ def test_image_env_sets_a_real_settings_variable() -> None:
     for name in PYTHON_IMAGES:
         for key in TARGETS[name].env:
             if key.startswith(prefix):
-                assert key[len(prefix):].lower() in ServiceSettings.model_fields, f"{name}: {key} is read by nothing"
+                assert key[len(prefix) :].lower() in ServiceSettings.model_fields, f"{name}: {key} is read by nothing"
 
 
 # ================================================================ ports
+
 
 @pytest.mark.parametrize("name", PYTHON_IMAGES)
 def test_exposed_ports_are_the_service_ports(run_cli, name: str) -> None:
@@ -464,8 +484,9 @@ def test_exposed_ports_are_the_service_ports(run_cli, name: str) -> None:
     assert guide_ports <= image.expose
     # the health probe asks the service's REST port, in python (slim images have no curl)
     program, script, url = image.healthcheck
-    assert program == "python" and re.search(rf"COPY docker/healthcheck\.py {re.escape(script)}$",
-                                              "\n".join(f"{k} {r}" for k, r in image.instructions), re.M)
+    assert program == "python" and re.search(
+        rf"COPY docker/healthcheck\.py {re.escape(script)}$", "\n".join(f"{k} {r}" for k, r in image.instructions), re.M
+    )
     path = "/" if name == MLOPS_IMAGE else "/health"
     assert url == f"http://127.0.0.1:{rest_port}{path}"
 
@@ -490,6 +511,7 @@ def test_compose_publishes_the_guides_ports(run: Run) -> None:
 
 # ================================================================ container paths
 
+
 def container_dirs(monkeypatch: pytest.MonkeyPatch, role: str, service_id: str) -> set[str]:
     """default_dir's answers for ROLE inside an image, where /ROLE exists."""
     is_dir = Path.is_dir
@@ -512,7 +534,8 @@ def test_volumes_are_the_container_paths_created_for_a_non_root_user(run_cli, mo
     runs = [rest for keyword, rest in image.instructions if keyword == "RUN"]
     for path in image.volumes:
         assert any(re.search(rf"install -d -o {image.user} .*(?<!\S){re.escape(path)}(?!\S)", r) for r in runs), (
-            f"{name}: {path} must be created owned by {image.user} before VOLUME")
+            f"{name}: {path} must be created owned by {image.user} before VOLUME"
+        )
 
 
 def test_python_base_is_pinned_and_torch_comes_first_from_the_cpu_index() -> None:
@@ -534,6 +557,7 @@ def test_python_base_is_pinned_and_torch_comes_first_from_the_cpu_index() -> Non
 
 # ================================================================ the MQ
 
+
 class RecordingChannel:
     """pika's BlockingChannel calls `declare` makes, with pika's defaults filled in."""
 
@@ -542,10 +566,23 @@ class RecordingChannel:
         self.queues: dict[str, dict] = {}
         self.bindings: set[tuple[str, str, str]] = set()
 
-    def exchange_declare(self, exchange, exchange_type="direct", passive=False, durable=False, auto_delete=False,
-                         internal=False, arguments=None):
-        self.exchanges[exchange] = {"type": exchange_type, "durable": durable, "auto_delete": auto_delete,
-                                    "internal": internal, "arguments": arguments or {}}
+    def exchange_declare(
+        self,
+        exchange,
+        exchange_type="direct",
+        passive=False,
+        durable=False,
+        auto_delete=False,
+        internal=False,
+        arguments=None,
+    ):
+        self.exchanges[exchange] = {
+            "type": exchange_type,
+            "durable": durable,
+            "auto_delete": auto_delete,
+            "internal": internal,
+            "arguments": arguments or {},
+        }
 
     def queue_declare(self, queue, passive=False, durable=False, exclusive=False, auto_delete=False, arguments=None):
         self.queues[queue] = {"durable": durable, "auto_delete": auto_delete, "arguments": arguments or {}}
@@ -569,8 +606,10 @@ def test_definitions_declare_exactly_the_topology() -> None:
     topology.declare(channel)
     source, _ = mq_file(TARGETS[MQ_IMAGE], "definitions.json")
     definitions = json.loads(source.read_text())
-    exchanges = {e["name"]: {k: e[k] for k in ("type", "durable", "auto_delete", "internal", "arguments")}
-                 for e in definitions["exchanges"]}
+    exchanges = {
+        e["name"]: {k: e[k] for k in ("type", "durable", "auto_delete", "internal", "arguments")}
+        for e in definitions["exchanges"]
+    }
     queues = {q["name"]: {k: q[k] for k in ("durable", "auto_delete", "arguments")} for q in definitions["queues"]}
     bindings = {(b["source"], b["destination"], b["routing_key"]) for b in definitions["bindings"]}
     assert exchanges == channel.exchanges
@@ -590,7 +629,8 @@ def test_definitions_keep_the_guest_user_the_guide_logs_in_with() -> None:
     salt, hashed = digest[:4], digest[4:]
     assert hashlib.sha256(salt + b"guest").digest() == hashed, "guest's password must be guest"
     assert definitions["permissions"] == [
-        {"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}]
+        {"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+    ]
 
 
 def test_rabbitmq_conf_loads_the_definitions_and_lets_guest_in_remotely() -> None:
@@ -598,8 +638,11 @@ def test_rabbitmq_conf_loads_the_definitions_and_lets_guest_in_remotely() -> Non
     assert re.fullmatch(r"rabbitmq:\d+\.\d+\.\d+-management", image.base), f"pin the broker: {image.base}"
     conf_source, conf_path = mq_file(image, "rabbitmq.conf")
     assert re.fullmatch(r"/etc/rabbitmq/(rabbitmq\.conf|conf\.d/[\w.-]+\.conf)", conf_path)
-    settings = dict(line.split("=", 1) for line in conf_source.read_text().splitlines()
-                    if line.strip() and not line.lstrip().startswith("#"))
+    settings = dict(
+        line.split("=", 1)
+        for line in conf_source.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
     settings = {k.strip(): v.strip() for k, v in settings.items()}
     _, definitions_path = mq_file(image, "definitions.json")
     assert settings["management.load_definitions"] == definitions_path
@@ -607,6 +650,7 @@ def test_rabbitmq_conf_loads_the_definitions_and_lets_guest_in_remotely() -> Non
 
 
 # ================================================================ compose.yaml
+
 
 @pytest.mark.parametrize("run", GUIDE_RUNS, ids=lambda r: r.name)
 def test_compose_mounts_what_the_guide_mounts(run: Run) -> None:
@@ -622,9 +666,10 @@ def test_compose_shares_volumes_exactly_where_the_guide_shares_directories() -> 
     assert set(guide) == set(compose)
     mounts = sorted(guide)
     for i, a in enumerate(mounts):
-        for b in mounts[i + 1:]:
+        for b in mounts[i + 1 :]:
             assert (guide[a] == guide[b]) == (compose[a] == compose[b]), (
-                f"{a} and {b}: the guide {'shares' if guide[a] == guide[b] else 'separates'} them")
+                f"{a} and {b}: the guide {'shares' if guide[a] == guide[b] else 'separates'} them"
+            )
     shared = {compose[m] for m in mounts if list(guide.values()).count(guide[m]) > 1}
     assert shared and shared <= set(COMPOSE_DATA.get("volumes") or {}), "shared mounts are named volumes"
     sharing = {name for (name, _), source in compose.items() if source in shared}
@@ -640,7 +685,8 @@ def test_compose_starts_services_after_the_ones_they_need_are_healthy() -> None:
         for needed, condition in depends.items():
             assert condition == {"condition": "service_healthy"}, f"{name} -> {needed}"
             assert TARGETS[image_name(SERVICES[needed]["image"])[0]].healthcheck or SERVICES[needed].get(
-                "healthcheck"), f"{needed} has no health check, so {name} would never start"
+                "healthcheck"
+            ), f"{needed} has no health check, so {name} would never start"
 
 
 @pytest.mark.parametrize("run", [r for r in GUIDE_RUNS if r.env], ids=lambda r: r.name)
@@ -653,30 +699,37 @@ def test_compose_comment_prepares_the_workers_data(tmp_path: Path) -> None:
     (command,) = re.findall(r"^#\s*\.venv/bin/python -c (\".*\")$", COMPOSE.read_text(), re.M)
     subprocess.run([sys.executable, "-c", shlex.split(command)[0]], cwd=tmp_path, check=True, timeout=120)
     for name, service in SERVICES.items():
-        for source, target, _ in compose_volumes(service):
+        for source, _target, _ in compose_volumes(service):
             if source.startswith("./"):  # a bind mount: the documented command must fill it
                 assert any((tmp_path / source).rglob("metadata.json")), f"{name}: nothing prepared in {source}"
 
 
 # ================================================================ .dockerignore and the probe
 
+
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     for needed in (".venv", ".git", "demo_workspace", "deploy", ".pytest_cache"):
         assert needed in patterns, f".dockerignore must exclude {needed}"
-    sources = {s for image in TARGETS.values() for keyword, rest in image.instructions
-               if keyword == "COPY" and "--from=" not in rest
-               for s in [t for t in rest.split() if not t.startswith("--")][:-1]}
+    sources = {
+        s
+        for image in TARGETS.values()
+        for keyword, rest in image.instructions
+        if keyword == "COPY" and "--from=" not in rest
+        for s in [t for t in rest.split() if not t.startswith("--")][:-1]
+    }
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: no such file"
         assert not any(fnmatch(source, p) or fnmatch(source.split("/")[0], p) for p in patterns), (
-            f".dockerignore hides {source}, which an image COPYs")
+            f".dockerignore hides {source}, which an image COPYs"
+        )
 
 
 def test_healthcheck_probe_passes_on_2xx_only(tmp_path: Path) -> None:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200 if self.path == "/health" else 503)
             self.end_headers()
 

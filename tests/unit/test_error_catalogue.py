@@ -5,6 +5,7 @@ for any error code a raise site, an error object or a Driver error uses that `Er
 hold; the translator tests show what clients get of an unexpected exception (code, public text,
 correlation id) and that the service's log has the rest under the same id.
 """
+
 from __future__ import annotations
 
 import ast
@@ -44,8 +45,9 @@ CODE_PATTERN = re.compile(r"^[a-z]+(?:_[a-z]+)*\.[a-z]+(?:_[a-z]+)*$")
 SECRET = "secret internal text: /srv/data/participant_1.csv"
 
 # The classes of synergos_core.errors, by the names a module may import them under.
-ERROR_CLASSES = {name: cls for name, cls in vars(errors).items()
-                 if isinstance(cls, type) and issubclass(cls, ServiceError)}
+ERROR_CLASSES = {
+    name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, ServiceError)
+}
 
 # Codes put together at runtime: each site, by file and expression, with every code it can make.
 BUILT_CODES: dict[tuple[str, str], list[str]] = {
@@ -61,11 +63,12 @@ BUILT_CODES: dict[tuple[str, str], list[str]] = {
 @dataclass(frozen=True)
 class Use:
     """One place a code is used: a literal, an `ErrorCode.X`, or an expression that makes one."""
-    where: str          # path:line
-    path: str           # relative to src/
-    cls: str | None     # the synergos_core error class constructed there, if any
-    code: str | None    # the literal's (or member's) value
-    built: str | None   # the expression, for a code made at runtime
+
+    where: str  # path:line
+    path: str  # relative to src/
+    cls: str | None  # the synergos_core error class constructed there, if any
+    code: str | None  # the literal's (or member's) value
+    built: str | None  # the expression, for a code made at runtime
 
 
 def _member_value(node: ast.AST) -> str | None:
@@ -126,7 +129,8 @@ class _Scanner(ast.NodeVisitor):
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 from_core = node.module == "synergos_core.errors" or (
-                    node.module == "errors" and node.level == 1 and self.path.startswith("synergos_core/"))
+                    node.module == "errors" and node.level == 1 and self.path.startswith("synergos_core/")
+                )
                 if from_core:
                     names.update({a.asname or a.name: a.name for a in node.names if a.name in ERROR_CLASSES})
         if self.path == "synergos_core/errors.py":
@@ -197,9 +201,8 @@ class _Scanner(ast.NodeVisitor):
                     self._add(ret, ret.value, None)
         args = node.args  # a `code` parameter's default (`code: str = "synergos.error"`)
         positional = args.posonlyargs + args.args
-        defaults = list(zip(positional[len(positional) - len(args.defaults):], args.defaults, strict=True))
-        defaults += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
-                     if d is not None]
+        defaults = list(zip(positional[len(positional) - len(args.defaults) :], args.defaults, strict=True))
+        defaults += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None]
         for arg, default in defaults:
             if arg.arg == "code":
                 self._add(node, default, None)
@@ -224,6 +227,7 @@ USES = scan()
 
 # ---- the catalogue -------------------------------------------------------------------------
 
+
 def test_every_code_used_in_src_is_catalogued() -> None:
     known = set(ErrorCode)
     missing = sorted(f"{u.where}: {u.code!r}" for u in USES if u.code is not None and u.code not in known)
@@ -233,13 +237,20 @@ def test_every_code_used_in_src_is_catalogued() -> None:
 def test_the_scan_sees_the_raise_sites() -> None:
     # a scanner that found nothing would pass the test above: check it sees what is known to be there
     codes = {u.code for u in USES}
-    assert {"run.not_found", "dataset.invalid", "route.not_found", "internal.error", "request.too_large",
-            "model.unknown_layer", "connection.failed"} <= codes
+    assert {
+        "run.not_found",
+        "dataset.invalid",
+        "route.not_found",
+        "internal.error",
+        "request.too_large",
+        "model.unknown_layer",
+        "connection.failed",
+    } <= codes
     assert len([u for u in USES if u.cls is not None]) > 100
 
 
 def test_the_scanner_sees_every_kind_of_use() -> None:
-    source = '''
+    source = """
 from synergos_core.errors import InvalidRequest, NotFound as Missing
 def _invalid(detail, code, path):
     return InvalidRequest(detail, code, fields=[path])
@@ -256,12 +267,22 @@ def f(reply, code: str = "d.default"):
     raise Missing("x", reply.code or "i.fallback")
     raise Missing("x", ErrorCode.NO_SUCH_MEMBER)
     raise Missing("x", f"{reply}.built")
-'''
+"""
     scanner = _Scanner("synergos_example/module.py", tree := ast.parse(source))
     scanner.visit(tree)
     assert {u.code for u in scanner.uses} == {
-        "a.class_default", "b.returned", "c.in_table", "d.default", "e.positional", "f.keyword", "g.forwarded",
-        "h.by_hand", "i.fallback", "<no member ErrorCode.NO_SUCH_MEMBER>", None}
+        "a.class_default",
+        "b.returned",
+        "c.in_table",
+        "d.default",
+        "e.positional",
+        "f.keyword",
+        "g.forwarded",
+        "h.by_hand",
+        "i.fallback",
+        "<no member ErrorCode.NO_SUCH_MEMBER>",
+        None,
+    }
     assert [u.built for u in scanner.uses if u.built] == ["f'{reply}.built'"]
     assert {u.cls for u in scanner.uses if u.code == "e.positional"} == {"NotFound"}
 
@@ -269,17 +290,23 @@ def f(reply, code: str = "d.default"):
 def test_every_code_built_at_runtime_is_listed_and_catalogued() -> None:
     built = {(u.path, u.built): u.where for u in USES if u.built is not None}
     unlisted = sorted(f"{where}: {expr}" for (path, expr), where in built.items() if (path, expr) not in BUILT_CODES)
-    assert not unlisted, ("codes made at runtime must be listed in BUILT_CODES with every code they can "
-                          "make:\n" + "\n".join(unlisted))
+    assert not unlisted, (
+        "codes made at runtime must be listed in BUILT_CODES with every code they can make:\n" + "\n".join(unlisted)
+    )
     missing = sorted({code for codes in BUILT_CODES.values() for code in codes} - set(ErrorCode))
     assert not missing, f"codes made at runtime missing from ErrorCode: {missing}"
 
 
 def test_a_class_and_the_codes_it_is_raised_with_agree_on_the_status() -> None:
-    wrong = sorted(f"{u.where}: {u.cls}({u.code!r}) answers {ERROR_CLASSES[u.cls].status}, the catalogue says "
-                   f"{lookup(u.code).status}"
-                   for u in USES if u.cls and u.code in set(ErrorCode) and ERROR_CLASSES[u.cls] is not ServiceError
-                   and ERROR_CLASSES[u.cls].status != lookup(u.code).status)
+    wrong = sorted(
+        f"{u.where}: {u.cls}({u.code!r}) answers {ERROR_CLASSES[u.cls].status}, the catalogue says "
+        f"{lookup(u.code).status}"
+        for u in USES
+        if u.cls
+        and u.code in set(ErrorCode)
+        and ERROR_CLASSES[u.cls] is not ServiceError
+        and ERROR_CLASSES[u.cls].status != lookup(u.code).status
+    )
     assert not wrong, "\n".join(wrong)
 
 
@@ -333,6 +360,7 @@ def test_every_class_builds_with_each_code_of_its_status(cls, monkeypatch) -> No
 
 
 # ---- what a client gets: the REST translator ----------------------------------------------
+
 
 def _app() -> FastAPI:
     app = FastAPI()
@@ -396,14 +424,18 @@ def test_a_body_over_the_limit_gets_an_id_too(tmp_path) -> None:
     from synergos_core.settings import TTPSettings
     from synergos_ttp.app import create_app
 
-    settings = TTPSettings(id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", mlflow_dir=tmp_path / "mlflow", max_body_bytes=64)
+    settings = TTPSettings(
+        id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", mlflow_dir=tmp_path / "mlflow", max_body_bytes=64
+    )
     with TestClient(create_app(settings)) as client:
-        response = client.post("/ttp/connect/collaborations", content=b"x" * 100,
-                               headers={"content-type": "application/json"})
+        response = client.post(
+            "/ttp/connect/collaborations", content=b"x" * 100, headers={"content-type": "application/json"}
+        )
     _error_of(response, 413, "request.too_large")
 
 
 # ---- what a client gets: the job board, the TTP app, the MQ's failed events ---------------
+
 
 def test_failure_reason_is_public_text_only(caplog) -> None:
     assert failure_reason(UpstreamError("participant_1's node is unreachable")) == "participant_1's node is unreachable"
@@ -425,32 +457,45 @@ def test_a_job_failing_unexpectedly_shows_no_internal_text_on_the_board() -> Non
     assert re.search(r"correlation id [0-9a-f]{16}$", listed["detail"])
 
 
-TABULAR_MODEL = [{"activation": "sigmoid", "is_input": True, "l_type": "Linear",
-                  "structure": {"bias": True, "in_features": 4, "out_features": 1}}]
+TABULAR_MODEL = [
+    {
+        "activation": "sigmoid",
+        "is_input": True,
+        "l_type": "Linear",
+        "structure": {"bias": True, "in_features": 4, "out_features": 1},
+    }
+]
 
 
 def _project_to_train(client: TestClient) -> str:
     """A project with one run and two registered participants; returns its train URL."""
     c = "/ttp/connect/collaborations"
     p = f"{c}/c/projects"
-    for url, body in [(c, {"collab_id": "c"}),
-                      (p, {"project_id": "p", "action": "classify", "incentives": {}}),
-                      (f"{p}/p/experiments", {"expt_id": "e", "model": TABULAR_MODEL}),
-                      (f"{p}/p/experiments/e/runs", {"run_id": "r", "rounds": 2, "epochs": 1, "criterion": "BCELoss",
-                                                     "lr_scheduler": "none"})]:
+    for url, body in [
+        (c, {"collab_id": "c"}),
+        (p, {"project_id": "p", "action": "classify", "incentives": {}}),
+        (f"{p}/p/experiments", {"expt_id": "e", "model": TABULAR_MODEL}),
+        (
+            f"{p}/p/experiments/e/runs",
+            {"run_id": "r", "rounds": 2, "epochs": 1, "criterion": "BCELoss", "lr_scheduler": "none"},
+        ),
+    ]:
         assert client.post(url, json=body).status_code == 201, client.post(url, json=body).text
     for i in (1, 2):
         assert client.post("/ttp/connect/participants", json={"id": f"u{i}"}).status_code == 201
         node = {"host": f"127.0.0.{i}", "port": 8020, "f_port": 5000}
         url = f"{p}/p/participants/u{i}/registration"
-        assert client.post(url, json={"role": "host" if i == 1 else "guest", "n_count": 1,
-                                      "node_0": node}).status_code == 201
+        assert (
+            client.post(url, json={"role": "host" if i == 1 else "guest", "n_count": 1, "node_0": node}).status_code
+            == 201
+        )
         assert client.post(f"{url}/tags", json={"train": [["d", "train"]]}).status_code == 201
     return "/ttp/train/collaborations/c/projects/p/models"
 
 
 def test_the_ttp_answers_an_internal_failure_with_an_id_and_its_job_board_shows_no_internal_text(
-        tmp_path, monkeypatch, caplog) -> None:
+    tmp_path, monkeypatch, caplog
+) -> None:
     from synergos_core.settings import TTPSettings
     from synergos_ttp import operations
     from synergos_ttp.app import create_app

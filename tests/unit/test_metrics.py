@@ -1,4 +1,5 @@
 """Validation statistics agree with scikit-learn and aggregate by sample count."""
+
 from __future__ import annotations
 
 import json
@@ -43,10 +44,17 @@ def test_binary_matches_sklearn() -> None:
 
 def test_multiclass_matches_sklearn_one_vs_rest() -> None:
     y = np.array([0, 1, 2, 2, 1, 0, 2])
-    scores = np.array([
-        [0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.3, 0.4, 0.3],
-        [0.3, 0.3, 0.4], [0.6, 0.3, 0.1], [0.2, 0.1, 0.7],
-    ])
+    scores = np.array(
+        [
+            [0.7, 0.2, 0.1],
+            [0.2, 0.5, 0.3],
+            [0.1, 0.2, 0.7],
+            [0.3, 0.4, 0.3],
+            [0.3, 0.3, 0.4],
+            [0.6, 0.3, 0.1],
+            [0.2, 0.1, 0.7],
+        ]
+    )
     stats = classification_statistics(y, scores)
     pred = scores.argmax(axis=1)
     assert len(stats["accuracy"]) == 3
@@ -107,13 +115,16 @@ def test_aggregate_of_real_parts_equals_pooled_accuracy() -> None:
 
 
 def test_aggregate_ranking_scores_ignore_parties_without_the_class():
-    from synergos_core.metrics import aggregate_statistics, classification_statistics
     import numpy as np
 
+    from synergos_core.metrics import aggregate_statistics, classification_statistics
+
     # party A never has class 2, party B never has class 1
-    a = classification_statistics(np.array([0, 1, 0, 1]), np.array([[.9, .1, 0], [.1, .9, 0], [.8, .2, 0],
-                                                                     [.2, .8, 0]]))
-    b = classification_statistics(np.array([0, 2, 0, 2]), np.array([[.9, 0, .1], [.1, 0, .9], [.8, 0, .2],
-                                                                     [.2, 0, .8]]))
+    a = classification_statistics(
+        np.array([0, 1, 0, 1]), np.array([[0.9, 0.1, 0], [0.1, 0.9, 0], [0.8, 0.2, 0], [0.2, 0.8, 0]])
+    )
+    b = classification_statistics(
+        np.array([0, 2, 0, 2]), np.array([[0.9, 0, 0.1], [0.1, 0, 0.9], [0.8, 0, 0.2], [0.2, 0, 0.8]])
+    )
     merged = aggregate_statistics([a, b])
     assert merged["roc_auc_score"] == [1.0, 1.0, 1.0]

@@ -2,6 +2,7 @@
 
 A small in-memory stand-in for `MlflowClient` is injected through `client_factory`; the real
 server is exercised in tests/integration/test_mlops_tracker.py."""
+
 from __future__ import annotations
 
 import itertools
@@ -47,8 +48,9 @@ class FakeMlflow:
         self._call("create_experiment")
         if name in self.experiments:
             raise MlflowException("exists", RESOURCE_ALREADY_EXISTS)
-        self.experiments[name] = SimpleNamespace(experiment_id=str(next(self.ids)), lifecycle_stage="active",
-                                                 name=name, artifact_location=artifact_location)
+        self.experiments[name] = SimpleNamespace(
+            experiment_id=str(next(self.ids)), lifecycle_stage="active", name=name, artifact_location=artifact_location
+        )
         return self.experiments[name].experiment_id
 
     def restore_experiment(self, experiment_id):
@@ -57,16 +59,25 @@ class FakeMlflow:
     def search_runs(self, experiment_ids, filter_string="", max_results=1000, order_by=None):
         self._call("search_runs")
         wanted = filter_string.split("=", 1)[1].strip().strip("'\"")
-        return [r for r in self.runs.values()
-                if r.info.experiment_id in experiment_ids and r.data.tags.get("synergos.run_key") == wanted]
+        return [
+            r
+            for r in self.runs.values()
+            if r.info.experiment_id in experiment_ids and r.data.tags.get("synergos.run_key") == wanted
+        ]
 
     def create_run(self, experiment_id, start_time=None, tags=None, run_name=None):
         self._call("create_run")
         run_id = f"mlrun{next(self.ids)}"
         run = SimpleNamespace(
-            info=SimpleNamespace(run_id=run_id, experiment_id=experiment_id, run_name=run_name, status="RUNNING",
-                                 artifact_uri=f"fake-artifacts:/{run_id}/artifacts"),
-            data=SimpleNamespace(params={}, tags=dict(tags or {})))
+            info=SimpleNamespace(
+                run_id=run_id,
+                experiment_id=experiment_id,
+                run_name=run_name,
+                status="RUNNING",
+                artifact_uri=f"fake-artifacts:/{run_id}/artifacts",
+            ),
+            data=SimpleNamespace(params={}, tags=dict(tags or {})),
+        )
         self.runs[run_id] = run
         return run
 
@@ -150,6 +161,7 @@ class Flaky:
                 self.raised += 1
                 raise self.exc
             return target(*args, **kwargs)
+
         return call
 
 
@@ -189,15 +201,23 @@ def test_training_metrics_take_str_or_int_rounds_and_skip_missing_values():
     history = {"train": {"1": 0.5, 2: 0.4, "3": None}, "evaluate": {"1": math.nan, "2": 0.7}}
     local = {"worker 1": {1: 0.3, "x": 0.2}}
     assert sorted(operations.training_metrics(history, local)) == [
-        ["global_evaluate_loss", 0.7, 2], ["global_train_loss", 0.4, 2], ["global_train_loss", 0.5, 1],
-        ["worker_1_local_loss", 0.3, 1]]
+        ["global_evaluate_loss", 0.7, 2],
+        ["global_train_loss", 0.4, 2],
+        ["global_train_loss", 0.5, 1],
+        ["worker_1_local_loss", 0.3, 1],
+    ]
 
 
 def test_validation_metrics_prefix_participants_and_split_lists_per_class():
-    metrics = operations.validation_metrics({"p1": {"accuracy": [0.5, 0.75], "f_score": 0.6, "note": "text"}},
-                                 {"accuracy": 0.625})
-    assert sorted(metrics) == [["aggregate_accuracy", 0.625, 0], ["p1_accuracy_class_0", 0.5, 0],
-                               ["p1_accuracy_class_1", 0.75, 0], ["p1_f_score", 0.6, 0]]
+    metrics = operations.validation_metrics(
+        {"p1": {"accuracy": [0.5, 0.75], "f_score": 0.6, "note": "text"}}, {"accuracy": 0.625}
+    )
+    assert sorted(metrics) == [
+        ["aggregate_accuracy", 0.625, 0],
+        ["p1_accuracy_class_0", 0.5, 0],
+        ["p1_accuracy_class_1", 0.75, 0],
+        ["p1_f_score", 0.6, 0],
+    ]
 
 
 # -- applying operations ---------------------------------------------------------------------------
@@ -220,13 +240,17 @@ def test_a_run_is_recorded_end_to_end_and_replaying_it_changes_nothing(tmp_path)
     assert fake.artifacts[run.info.run_id] == ["artifacts/global.safetensors", "model/global.safetensors"]
     version = fake.models["c1_>_p1_>_e1"]["versions"][0]
     assert version.source == f"fake-artifacts:/{run.info.run_id}/artifacts/model/global.safetensors"
-    assert tracker.champion(URI, "c1", "p1", "e1") == {"registered_model": "c1_>_p1_>_e1", "version": "1",
-                                                      "run_id": "r1"}
+    assert tracker.champion(URI, "c1", "p1", "e1") == {
+        "registered_model": "c1_>_p1_>_e1",
+        "version": "1",
+        "run_id": "r1",
+    }
     tracker.close()
 
     # a crash after applying but before the journal said so: the same operation runs again
-    op = operations.new_op("log_training", URI, KEYS, metrics=[["global_train_loss", 0.5, 1]], artifacts=[],
-                           model=str(model))
+    op = operations.new_op(
+        "log_training", URI, KEYS, metrics=[["global_train_loss", 0.5, 1]], artifacts=[], model=str(model)
+    )
     operations.apply(fake, op)
     operations.apply(fake, op)
     assert len(fake.runs) == 1
@@ -270,7 +294,7 @@ def test_an_operation_mlflow_refuses_is_dropped_and_the_queue_moves_on(tmp_path,
     tracker = make_tracker(tmp_path, fake)
     tracker.start_run(URI, KEYS, {"lr": 0.1})
     tracker.start_run(URI, KEYS, {"lr": 0.2, "new": 1})  # a param may not change: warned, kept
-    tracker.set_champion(URI, "c1", "p1", "e1", "r1")     # no model registered: refused, dropped
+    tracker.set_champion(URI, "c1", "p1", "e1", "r1")  # no model registered: refused, dropped
     tracker.fail_run(URI, KEYS, "later")
     with caplog.at_level(logging.WARNING, logger="synergos_mlops"):
         assert tracker.flush(5)
@@ -298,6 +322,7 @@ def test_callers_never_wait_for_mlflow_nor_see_its_errors(tmp_path):
             def call(*args, **kwargs):
                 release.wait(10)
                 raise ConnectionError("down")
+
             return call
 
     tracker = make_tracker(tmp_path, Hanging())
@@ -352,15 +377,23 @@ def test_pending_operations_survive_a_restart_in_order(tmp_path, caplog):
     second.close()
     assert fake.run("r1").info.status == "FINISHED"
     assert {(m[0], m[1], m[3]) for m in fake.metrics[fake.run("r1").info.run_id]} == {
-        ("global_train_loss", 0.5, 1), ("global_train_loss", 0.25, 2)}
+        ("global_train_loss", 0.5, 1),
+        ("global_train_loss", 0.25, 2),
+    }
     assert fake.run("r2").info.status == "FAILED"
     assert (tmp_path / "spool" / "mlflow-spool.jsonl").read_text() == ""
 
 
 def test_the_spool_skips_done_and_torn_lines_and_adopts_orphaned_journals(tmp_path):
     (tmp_path / "mlflow-spool.jsonl").write_text(
-        json.dumps({"seq": 0, "op": {"kind": "a"}}) + "\n" + json.dumps({"seq": 1, "op": {"kind": "b"}}) + "\n"
-        + json.dumps({"done": 0}) + "\n" + '{"seq": 2, "op": {"ki')
+        json.dumps({"seq": 0, "op": {"kind": "a"}})
+        + "\n"
+        + json.dumps({"seq": 1, "op": {"kind": "b"}})
+        + "\n"
+        + json.dumps({"done": 0})
+        + "\n"
+        + '{"seq": 2, "op": {"ki'
+    )
     (tmp_path / "mlflow-spool-123-0.jsonl").write_text(json.dumps({"seq": 0, "op": {"kind": "c"}}) + "\n")
     spool = Spool(tmp_path)
     assert [op["kind"] for _, op in spool.open()] == ["b", "c"]

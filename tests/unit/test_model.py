@@ -1,22 +1,45 @@
 """Layer lists become torch models; every name a user sends is checked against torch's own lists."""
+
 import numpy as np
 import pytest
 import torch
 
 from synergos_core.aggregation import EarlyStopping, fold_slices, sample_weights
 from synergos_core.errors import FederationError, InvalidRequest
-from synergos_core.model import (LOSSES, build_criterion, build_model, build_optimizer, build_scheduler,
-                                 format_target, validate_model_spec, validate_run)
+from synergos_core.model import (
+    LOSSES,
+    build_criterion,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    format_target,
+    validate_model_spec,
+    validate_run,
+)
 from synergos_core.wire import Layout, decode_shard, encode_state
 
-GUIDE_TABULAR = [{"activation": "sigmoid", "is_input": True, "l_type": "Linear",
-                  "structure": {"bias": True, "in_features": 18, "out_features": 1}}]
+GUIDE_TABULAR = [
+    {
+        "activation": "sigmoid",
+        "is_input": True,
+        "l_type": "Linear",
+        "structure": {"bias": True, "in_features": 18, "out_features": 1},
+    }
+]
 GUIDE_CNN = [
-    {"activation": "relu", "is_input": True, "l_type": "Conv2d",
-     "structure": {"in_channels": 1, "out_channels": 4, "kernel_size": 3, "stride": 1, "padding": 1}},
+    {
+        "activation": "relu",
+        "is_input": True,
+        "l_type": "Conv2d",
+        "structure": {"in_channels": 1, "out_channels": 4, "kernel_size": 3, "stride": 1, "padding": 1},
+    },
     {"activation": None, "is_input": False, "l_type": "Flatten", "structure": {}},
-    {"activation": "sigmoid", "is_input": False, "l_type": "Linear",
-     "structure": {"bias": True, "in_features": 4 * 32 * 32, "out_features": 1}},
+    {
+        "activation": "sigmoid",
+        "is_input": False,
+        "l_type": "Linear",
+        "structure": {"bias": True, "in_features": 4 * 32 * 32, "out_features": 1},
+    },
 ]
 
 
@@ -28,26 +51,35 @@ def test_guide_models_build_and_run():
 
 def test_same_seed_same_weights():
     a, b = build_model(GUIDE_TABULAR, seed=7), build_model(GUIDE_TABULAR, seed=7)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=False))
 
 
 def test_recurrent_layers_pass_their_output_sequence_on():
-    model = build_model([{"l_type": "Embedding", "structure": {"num_embeddings": 20, "embedding_dim": 4}},
-                         {"l_type": "LSTM", "structure": {"input_size": 4, "hidden_size": 3, "batch_first": True}},
-                         {"l_type": "Flatten", "structure": {}},
-                         {"l_type": "Linear", "structure": {"in_features": 15, "out_features": 2},
-                          "activation": "softmax"}])
+    model = build_model(
+        [
+            {"l_type": "Embedding", "structure": {"num_embeddings": 20, "embedding_dim": 4}},
+            {"l_type": "LSTM", "structure": {"input_size": 4, "hidden_size": 3, "batch_first": True}},
+            {"l_type": "Flatten", "structure": {}},
+            {"l_type": "Linear", "structure": {"in_features": 15, "out_features": 2}, "activation": "softmax"},
+        ]
+    )
     out = model(torch.randint(0, 20, (6, 5)))
     assert out.shape == (6, 2) and torch.allclose(out.sum(1), torch.ones(6))
 
 
-@pytest.mark.parametrize("layer, code, path", [
-    ({"l_type": "Linearr", "structure": {}}, "model.unknown_layer", "model.0.l_type"),
-    ({"l_type": "Linear", "structure": {"in_features": 2, "out_features": 1}, "activation": "os.system"},
-     "model.unknown_activation", "model.0.activation"),
-    ({"l_type": "Linear", "structure": {"in_featurez": 2}}, "model.invalid_structure", "model.0.structure"),
-    ({"l_type": "Module", "structure": {}}, "model.unknown_layer", "model.0.l_type"),
-])
+@pytest.mark.parametrize(
+    "layer, code, path",
+    [
+        ({"l_type": "Linearr", "structure": {}}, "model.unknown_layer", "model.0.l_type"),
+        (
+            {"l_type": "Linear", "structure": {"in_features": 2, "out_features": 1}, "activation": "os.system"},
+            "model.unknown_activation",
+            "model.0.activation",
+        ),
+        ({"l_type": "Linear", "structure": {"in_featurez": 2}}, "model.invalid_structure", "model.0.structure"),
+        ({"l_type": "Module", "structure": {}}, "model.unknown_layer", "model.0.l_type"),
+    ],
+)
 def test_bad_layers_are_refused_naming_the_problem(layer, code, path):
     with pytest.raises(InvalidRequest) as info:
         validate_model_spec([layer])
@@ -60,13 +92,16 @@ def test_huge_model_is_checked_without_allocating():
         validate_model_spec([{"l_type": "Linear", "structure": {"in_features": 100_000, "out_features": 100_000}}])
 
 
-@pytest.mark.parametrize("hp, code", [
-    ({"optimizer": "SGDD", "criterion": "BCELoss", "lr_scheduler": None}, "run.unknown_optimizer"),
-    ({"optimizer": "SGD", "criterion": "BCELosss", "lr_scheduler": None}, "run.unknown_criterion"),
-    ({"optimizer": "SGD", "criterion": "CTCLoss", "lr_scheduler": None}, "run.unsupported_criterion"),
-    ({"optimizer": "SGD", "criterion": "BCELoss", "lr_scheduler": "Cyclic"}, "run.unknown_scheduler"),
-    ({"optimizer": "SGD", "criterion": "BCELoss", "lr_scheduler": "CyclicLR"}, "run.invalid_scheduler"),
-])
+@pytest.mark.parametrize(
+    "hp, code",
+    [
+        ({"optimizer": "SGDD", "criterion": "BCELoss", "lr_scheduler": None}, "run.unknown_optimizer"),
+        ({"optimizer": "SGD", "criterion": "BCELosss", "lr_scheduler": None}, "run.unknown_criterion"),
+        ({"optimizer": "SGD", "criterion": "CTCLoss", "lr_scheduler": None}, "run.unsupported_criterion"),
+        ({"optimizer": "SGD", "criterion": "BCELoss", "lr_scheduler": "Cyclic"}, "run.unknown_scheduler"),
+        ({"optimizer": "SGD", "criterion": "BCELoss", "lr_scheduler": "CyclicLR"}, "run.invalid_scheduler"),
+    ],
+)
 def test_bad_run_recipes_are_refused(hp, code):
     with pytest.raises(InvalidRequest) as info:
         validate_run({"lr": 0.01, **hp})
@@ -107,14 +142,20 @@ def test_fold_is_the_sample_weighted_mean_and_rejects_nan():
     layout = Layout.of(a)
     target = {"w": torch.zeros(1000)}
     weights = sample_weights({"p1": 30, "p2": 10})
-    for fa, fb in zip(encode_state(a, 1024), encode_state(b, 1024)):
-        fold_slices(target, [("p1", weights["p1"], decode_shard(fa, layout)),
-                             ("p2", weights["p2"], decode_shard(fb, layout))])
+    for fa, fb in zip(encode_state(a, 1024), encode_state(b, 1024), strict=False):
+        fold_slices(
+            target, [("p1", weights["p1"], decode_shard(fa, layout)), ("p2", weights["p2"], decode_shard(fb, layout))]
+        )
     assert torch.allclose(target["w"], torch.full((1000,), 1.75))
     bad = {"w": torch.full((1000,), float("nan"))}
     with pytest.raises(FederationError, match="p2 sent non-finite"):
-        fold_slices(target, [("p1", 0.5, decode_shard(next(encode_state(a, 1 << 20)), layout)),
-                             ("p2", 0.5, decode_shard(next(encode_state(bad, 1 << 20)), layout))])
+        fold_slices(
+            target,
+            [
+                ("p1", 0.5, decode_shard(next(encode_state(a, 1 << 20)), layout)),
+                ("p2", 0.5, decode_shard(next(encode_state(bad, 1 << 20)), layout)),
+            ],
+        )
 
 
 def test_early_stopping_waits_for_patience():
@@ -128,16 +169,23 @@ from synergos_core.training import LocalTrainer, Split  # noqa: E402
 
 _X = torch.rand(64, 6, generator=torch.Generator().manual_seed(0))
 _Y = (_X[:, 0] > 0.5).long()
-_MLP = [{"l_type": "Linear", "structure": {"in_features": 6, "out_features": 4}, "activation": "relu"},
-        {"l_type": "Linear", "structure": {"in_features": 4, "out_features": 1}, "activation": "sigmoid"}]
-_NO_BIAS = [{"l_type": "Linear", "structure": {"in_features": 6, "out_features": 4, "bias": False},
-             "activation": "relu"},
-            {"l_type": "Linear", "structure": {"in_features": 4, "out_features": 1, "bias": False},
-             "activation": "sigmoid"}]
-_SCHEDULER_ARGS = {"CosineAnnealingLR": {"T_max": 5}, "CosineAnnealingWarmRestarts": {"T_0": 2},
-                   "CyclicLR": {"base_lr": 0.01, "max_lr": 0.1}, "ExponentialLR": {"gamma": 0.9},
-                   "MultiStepLR": {"milestones": [1, 2]}, "OneCycleLR": {"max_lr": 0.1, "total_steps": 10},
-                   "StepLR": {"step_size": 1}}
+_MLP = [
+    {"l_type": "Linear", "structure": {"in_features": 6, "out_features": 4}, "activation": "relu"},
+    {"l_type": "Linear", "structure": {"in_features": 4, "out_features": 1}, "activation": "sigmoid"},
+]
+_NO_BIAS = [
+    {"l_type": "Linear", "structure": {"in_features": 6, "out_features": 4, "bias": False}, "activation": "relu"},
+    {"l_type": "Linear", "structure": {"in_features": 4, "out_features": 1, "bias": False}, "activation": "sigmoid"},
+]
+_SCHEDULER_ARGS = {
+    "CosineAnnealingLR": {"T_max": 5},
+    "CosineAnnealingWarmRestarts": {"T_0": 2},
+    "CyclicLR": {"base_lr": 0.01, "max_lr": 0.1},
+    "ExponentialLR": {"gamma": 0.9},
+    "MultiStepLR": {"milestones": [1, 2]},
+    "OneCycleLR": {"max_lr": 0.1, "total_steps": 10},
+    "StepLR": {"step_size": 1},
+}
 
 
 @pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - {"SparseAdam"}))
@@ -158,8 +206,7 @@ def test_optimizers_that_cannot_serve_a_model_are_refused_with_the_reason():
 
 @pytest.mark.parametrize("name", sorted(set(SCHEDULERS) - {"ChainedScheduler", "SequentialLR"}))
 def test_every_scheduler_steps_with_arguments_from_the_run(name):
-    hp = {"optimizer": "SGD", "criterion": "BCELoss", "lr_scheduler": name, "lr": 0.05,
-          **_SCHEDULER_ARGS.get(name, {})}
+    hp = {"optimizer": "SGD", "criterion": "BCELoss", "lr_scheduler": name, "lr": 0.05, **_SCHEDULER_ARGS.get(name, {})}
     validate_run(hp)
     result = LocalTrainer(_MLP, hp, "classify", {"train": Split(_X, _Y)}).train(4, 0)
     assert len(result["epoch_losses"]) == 4
@@ -172,10 +219,12 @@ def test_schedulers_of_schedulers_are_refused_with_the_reason(name):
 
 
 def test_batchnorm_dropout_and_recurrent_layers_train():
-    conv = [{"l_type": "Linear", "structure": {"in_features": 6, "out_features": 8}, "activation": None},
-            {"l_type": "BatchNorm1d", "structure": {"num_features": 8}, "activation": "relu"},
-            {"l_type": "Dropout", "structure": {"p": 0.2}},
-            {"l_type": "Linear", "structure": {"in_features": 8, "out_features": 1}, "activation": "sigmoid"}]
+    conv = [
+        {"l_type": "Linear", "structure": {"in_features": 6, "out_features": 8}, "activation": None},
+        {"l_type": "BatchNorm1d", "structure": {"num_features": 8}, "activation": "relu"},
+        {"l_type": "Dropout", "structure": {"p": 0.2}},
+        {"l_type": "Linear", "structure": {"in_features": 8, "out_features": 1}, "activation": "sigmoid"},
+    ]
     hp = {"criterion": "BCELoss", "lr_scheduler": "none", "lr": 0.1}
     trainer = LocalTrainer(conv, hp, "classify", {"train": Split(_X, _Y)})
     losses = trainer.train(10, 0)["epoch_losses"]
@@ -184,11 +233,17 @@ def test_batchnorm_dropout_and_recurrent_layers_train():
     tokens = torch.randint(0, 30, (64, 5), generator=torch.Generator().manual_seed(1))
     labels = (tokens[:, 0] > 15).long()
     for cell in ("RNN", "GRU", "LSTM"):
-        seq = [{"l_type": "Embedding", "structure": {"num_embeddings": 30, "embedding_dim": 4}},
-               {"l_type": cell, "structure": {"input_size": 4, "hidden_size": 6, "batch_first": True}},
-               {"l_type": "Flatten", "structure": {}},
-               {"l_type": "Linear", "structure": {"in_features": 30, "out_features": 2}, "activation": None}]
-        trainer = LocalTrainer(seq, {"criterion": "CrossEntropyLoss", "lr_scheduler": "none", "lr": 0.5,
-                                     "optimizer": "Adam"}, "classify", {"train": Split(tokens.float(), labels)})
+        seq = [
+            {"l_type": "Embedding", "structure": {"num_embeddings": 30, "embedding_dim": 4}},
+            {"l_type": cell, "structure": {"input_size": 4, "hidden_size": 6, "batch_first": True}},
+            {"l_type": "Flatten", "structure": {}},
+            {"l_type": "Linear", "structure": {"in_features": 30, "out_features": 2}, "activation": None},
+        ]
+        trainer = LocalTrainer(
+            seq,
+            {"criterion": "CrossEntropyLoss", "lr_scheduler": "none", "lr": 0.5, "optimizer": "Adam"},
+            "classify",
+            {"train": Split(tokens.float(), labels)},
+        )
         losses = trainer.train(15, 0)["epoch_losses"]
         assert losses[-1] < losses[0], cell

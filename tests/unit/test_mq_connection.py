@@ -1,4 +1,5 @@
 """`--queue rabbitmq HOST PORT` parsing and the connection settings Synergos insists on."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,19 +13,22 @@ def test_queue_flag_gives_the_broker_address() -> None:
     assert parse_queue_flag(("RabbitMQ", "127.0.0.1", "5672")).host == "127.0.0.1"
 
 
-@pytest.mark.parametrize("values", [
-    ["kafka", "host", "5672"],
-    ["redis", "host", "6379"],
-    ["rabbitmq", "host", "amqp"],
-    ["rabbitmq", "host", "-1"],
-    ["rabbitmq", "host", "0"],
-    ["rabbitmq", "host", "65536"],
-    ["rabbitmq", "host", "5672.0"],
-    ["rabbitmq", "", "5672"],
-    ["rabbitmq", "host"],
-    ["rabbitmq", "host", "5672", "extra"],
-    "rabbitmq host 5672",
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["kafka", "host", "5672"],
+        ["redis", "host", "6379"],
+        ["rabbitmq", "host", "amqp"],
+        ["rabbitmq", "host", "-1"],
+        ["rabbitmq", "host", "0"],
+        ["rabbitmq", "host", "65536"],
+        ["rabbitmq", "host", "5672.0"],
+        ["rabbitmq", "", "5672"],
+        ["rabbitmq", "host"],
+        ["rabbitmq", "host", "5672", "extra"],
+        "rabbitmq host 5672",
+    ],
+)
 def test_queue_flag_refuses_anything_else(values) -> None:
     with pytest.raises(ValueError):
         parse_queue_flag(values)
@@ -37,7 +41,9 @@ def test_password_never_shows_in_repr_or_str() -> None:
 
 
 def test_parameters_keep_heartbeats_on_and_bound_a_blocked_connection() -> None:
-    params = BrokerAddress(host="mq", port=5673, username="u", password="p", virtual_host="synergos").parameters("ttp-1")
+    params = BrokerAddress(host="mq", port=5673, username="u", password="p", virtual_host="synergos").parameters(
+        "ttp-1"
+    )
     assert (params.host, params.port, params.virtual_host) == ("mq", 5673, "synergos")
     assert params.heartbeat == 10
     assert params.blocked_connection_timeout == 30

@@ -1,5 +1,6 @@
 """How a JobConsumer settles each delivery, driven step by step against a scripted channel
 (the reconnect loop itself is exercised against a real broker in tests/integration/test_mq.py)."""
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,15 @@ def make(handler, **kwargs) -> tuple[JobConsumer, FakeChannel]:
     return consumer, channel
 
 
-def deliver(consumer: JobConsumer, body: bytes | dict, *, tag: int = 1, attempt: int | None = None,
-            queue: str = "train", before_finish=None) -> None:
+def deliver(
+    consumer: JobConsumer,
+    body: bytes | dict,
+    *,
+    tag: int = 1,
+    attempt: int | None = None,
+    queue: str = "train",
+    before_finish=None,
+) -> None:
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
     job_id = body.get("job_id") if isinstance(body, dict) else None
     headers = {ATTEMPTS_HEADER: attempt} if attempt else None
@@ -94,9 +102,15 @@ def test_the_handler_runs_off_the_io_thread_and_the_event_is_confirmed_before_th
     deliver(consumer, job(), tag=7)
     assert threads and threads[0] is not threading.current_thread()
     [event] = channel.published("synergos.completed")
-    assert json.loads(event[3]) == {"job_id": "j-1", "process": "train", "keys": {"run_id": "r"},
-                                    "status": "completed", "outcome": {"model": "ref://m"}, "attempt": 1,
-                                    "consumer": "ttp-1"}
+    assert json.loads(event[3]) == {
+        "job_id": "j-1",
+        "process": "train",
+        "keys": {"run_id": "r"},
+        "status": "completed",
+        "outcome": {"model": "ref://m"},
+        "attempt": 1,
+        "consumer": "ttp-1",
+    }
     assert event[4].message_id == "j-1" and event[4].delivery_mode == 2
     assert channel.log.index(event) < channel.log.index(("ack", 7))
     assert channel.acks() == [7]
@@ -124,11 +138,14 @@ def test_a_failed_attempt_is_republished_with_the_next_attempt_then_acked() -> N
     assert channel.acks() == [3] and channel.published("synergos.completed") == []
 
 
-@pytest.mark.parametrize("error, attempt, reason", [
-    (RuntimeError("still down"), 3, "RuntimeError: still down"),
-    (JobFailed("diverged"), 1, "JobFailed: diverged"),
-    (PoisonMessage("unknown project"), 1, "PoisonMessage: unknown project"),
-])
+@pytest.mark.parametrize(
+    "error, attempt, reason",
+    [
+        (RuntimeError("still down"), 3, "RuntimeError: still down"),
+        (JobFailed("diverged"), 1, "JobFailed: diverged"),
+        (PoisonMessage("unknown project"), 1, "PoisonMessage: unknown project"),
+    ],
+)
 def test_a_final_failure_is_dead_lettered_reported_and_acked(error, attempt, reason) -> None:
     def handler(j):
         raise error
@@ -155,8 +172,10 @@ def test_unparseable_messages_are_dead_lettered_without_running_anything() -> No
     deliver(consumer, {"process": "train"}, tag=2)
     assert calls == []
     reasons = [e[4].headers[REASON_HEADER] for e in channel.published("synergos.dead")]
-    assert reasons == ["PoisonMessage: body is not JSON (UnicodeDecodeError)",
-                       "PoisonMessage: a job needs a non-empty string job_id"]
+    assert reasons == [
+        "PoisonMessage: body is not JSON (UnicodeDecodeError)",
+        "PoisonMessage: a job needs a non-empty string job_id",
+    ]
     assert channel.acks() == [1, 2]
 
 
@@ -188,7 +207,7 @@ def test_after_a_reconnect_a_stale_delivery_is_never_acked_nor_requeued_twice() 
     deliver(ok, job(), tag=1, before_finish=lambda: reconnect(ok))
     assert ok_channel.acks() == []
     assert len(ok_channel.published("synergos.completed")) == 1  # the outcome is not lost...
-    assert ok.processed.get("j-1")["status"] == "completed"      # ...and its redelivery won't rerun it
+    assert ok.processed.get("j-1")["status"] == "completed"  # ...and its redelivery won't rerun it
 
     def flaky(j):
         raise RuntimeError("boom")

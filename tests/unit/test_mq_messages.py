@@ -1,4 +1,5 @@
 """Wire rules: size limit, JSON only, attempts header, dead-letter reasons, job-id memory."""
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,19 @@ def test_properties_are_persistent_json_with_the_job_id() -> None:
     assert props.headers == {"a": 1}
 
 
-@pytest.mark.parametrize("headers, attempt", [
-    (None, 1), ({}, 1), ({ATTEMPTS_HEADER: 2}, 2), ({ATTEMPTS_HEADER: "3"}, 3), ({ATTEMPTS_HEADER: b"4"}, 4),
-    ({ATTEMPTS_HEADER: "garbage"}, 1), ({ATTEMPTS_HEADER: 0}, 1), ({ATTEMPTS_HEADER: -5}, 1),
-])
+@pytest.mark.parametrize(
+    "headers, attempt",
+    [
+        (None, 1),
+        ({}, 1),
+        ({ATTEMPTS_HEADER: 2}, 2),
+        ({ATTEMPTS_HEADER: "3"}, 3),
+        ({ATTEMPTS_HEADER: b"4"}, 4),
+        ({ATTEMPTS_HEADER: "garbage"}, 1),
+        ({ATTEMPTS_HEADER: 0}, 1),
+        ({ATTEMPTS_HEADER: -5}, 1),
+    ],
+)
 def test_attempt_of(headers, attempt) -> None:
     assert messages.attempt_of(headers) == attempt
 
@@ -58,24 +68,31 @@ def test_when_a_failed_attempt_is_final() -> None:
 
 def test_dead_letter_headers_say_why_and_how_often() -> None:
     headers = messages.dead_letter_headers({"trace": "t"}, ValueError("bad shape"), 3, "train")
-    assert headers == {"trace": "t", REASON_HEADER: "ValueError: bad shape", ATTEMPTS_HEADER: 3,
-                       "x-synergos-queue": "train"}
+    assert headers == {
+        "trace": "t",
+        REASON_HEADER: "ValueError: bad shape",
+        ATTEMPTS_HEADER: 3,
+        "x-synergos-queue": "train",
+    }
     long = messages.reason_of(RuntimeError("x" * 5000))
     assert len(long) == messages.MAX_REASON_CHARS and long.endswith("...")
     assert messages.reason_of(KeyError()) == "KeyError"
 
 
-@pytest.mark.parametrize("body, why", [
-    (b"{not json", "not JSON"),
-    (b"\xff\xfe\x00", "not JSON"),
-    (b"[1, 2]", "not an object"),
-    (b'{"process": "train"}', "job_id"),
-    (b'{"job_id": "", "process": "train"}', "job_id"),
-    (b'{"job_id": 7, "process": "train"}', "job_id"),
-    (json.dumps({"job_id": "j" * 300, "process": "train"}).encode(), "longer"),
-    (b'{"job_id": "j", "process": "mine_bitcoin"}', "process"),
-    (b'{"job_id": "j"}', "process"),
-])
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe\x00", "not JSON"),
+        (b"[1, 2]", "not an object"),
+        (b'{"process": "train"}', "job_id"),
+        (b'{"job_id": "", "process": "train"}', "job_id"),
+        (b'{"job_id": 7, "process": "train"}', "job_id"),
+        (json.dumps({"job_id": "j" * 300, "process": "train"}).encode(), "longer"),
+        (b'{"job_id": "j", "process": "mine_bitcoin"}', "process"),
+        (b'{"job_id": "j"}', "process"),
+    ],
+)
 def test_unusable_jobs_are_poison(body, why) -> None:
     with pytest.raises(PoisonMessage, match=why):
         messages.parse_job(body)
@@ -89,8 +106,14 @@ def test_a_good_job_parses() -> None:
 def test_completed_and_failed_events() -> None:
     job = {"job_id": "j", "process": "train", "keys": {"run_id": "r"}, "parameters": {"secret": "not copied"}}
     assert messages.completed_event(job, {"m": 1}, attempt=2, consumer="ttp") == {
-        "job_id": "j", "process": "train", "keys": {"run_id": "r"}, "status": "completed",
-        "outcome": {"m": 1}, "attempt": 2, "consumer": "ttp"}
+        "job_id": "j",
+        "process": "train",
+        "keys": {"run_id": "r"},
+        "status": "completed",
+        "outcome": {"m": 1},
+        "attempt": 2,
+        "consumer": "ttp",
+    }
     failed = messages.failed_event(job, JobFailed("no"), attempt=1, consumer="ttp")
     assert failed["status"] == "failed" and failed["error"]["code"] == "internal.error"
     assert failed["error"]["correlation_id"] in failed["error"]["detail"]

@@ -1,5 +1,6 @@
 """Publisher rules that need no broker: refusals happen before any connection, a lost connection
 is retried once with the same message id, broker refusals are `PublishError`s."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,8 @@ import json
 import pika.exceptions
 import pytest
 
-from synergos_mq import BrokerAddress, BrokerUnavailable, Publisher, PublishError, publisher as publisher_module
+from synergos_mq import BrokerAddress, BrokerUnavailable, Publisher, PublishError
+from synergos_mq import publisher as publisher_module
 from synergos_mq.messages import MAX_MESSAGE_BYTES
 
 
@@ -18,10 +20,17 @@ class FakeChannel:
         self.is_open = True
 
     # topology.declare
-    def exchange_declare(self, **kw): pass
-    def queue_declare(self, **kw): pass
-    def queue_bind(self, **kw): pass
-    def confirm_delivery(self): pass
+    def exchange_declare(self, **kw):
+        pass
+
+    def queue_declare(self, **kw):
+        pass
+
+    def queue_bind(self, **kw):
+        pass
+
+    def confirm_delivery(self):
+        pass
 
     def basic_publish(self, exchange, routing_key, body, properties, mandatory):
         assert mandatory is True
@@ -100,8 +109,10 @@ def test_a_lost_connection_is_retried_once_with_the_same_message_id(fake_broker)
 
 
 def test_a_second_loss_is_broker_unavailable(fake_broker) -> None:
-    fake_broker["channels"] = [FakeChannel([pika.exceptions.StreamLostError("reset")]),
-                               FakeChannel([pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED")])]
+    fake_broker["channels"] = [
+        FakeChannel([pika.exceptions.StreamLostError("reset")]),
+        FakeChannel([pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED")]),
+    ]
     with pytest.raises(BrokerUnavailable):
         Publisher(ADDRESS).publish_job("train", {"job_id": "j-1"})
     assert fake_broker["connects"] == 2

@@ -1,4 +1,5 @@
 """The one place that names Synergos exchanges and queues."""
+
 from __future__ import annotations
 
 import pika.exceptions
@@ -29,7 +30,10 @@ def test_names() -> None:
     assert COMPLETED_QUEUE == "completed"
     assert DEAD_LETTER_QUEUE == "dead_letters"
     assert (topology.JOBS_EXCHANGE, topology.COMPLETED_EXCHANGE, topology.DEAD_LETTER_EXCHANGE) == (
-        "synergos.jobs", "synergos.completed", "synergos.dead")
+        "synergos.jobs",
+        "synergos.completed",
+        "synergos.dead",
+    )
 
 
 def test_declare_builds_durable_exchanges_queues_and_bindings() -> None:

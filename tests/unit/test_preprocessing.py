@@ -1,4 +1,5 @@
 """Preprocessing shared across parties: statistics combined exactly, every split scaled the same way."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,9 +17,14 @@ SCHEMA = {"x": "float64", "z": "float64", "colour": "category", "target": "float
 def party(seed: int, n: int, shift: float) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     x = rng.normal(shift, 1.0, n)
-    frame = pd.DataFrame({"x": x, "z": rng.uniform(0, 1, n),
-                          "colour": rng.choice(["red", "blue"] if shift else ["red", "green"], n),
-                          "target": 3 * x + rng.normal(0, 0.1, n)})
+    frame = pd.DataFrame(
+        {
+            "x": x,
+            "z": rng.uniform(0, 1, n),
+            "colour": rng.choice(["red", "blue"] if shift else ["red", "green"], n),
+            "target": 3 * x + rng.normal(0, 0.1, n),
+        }
+    )
     frame.loc[::7, "z"] = np.nan
     return frame
 
@@ -60,8 +66,10 @@ def test_every_split_scaled_with_the_pooled_train_statistics(scaling: str, scale
 
 def test_one_row_is_prepared_as_inside_its_batch() -> None:
     a, b = party(7, 30, 0.0), party(8, 30, 5.0)
-    plans = plan(PreprocessingOptions(), {"a": tabular_statistics([a], "regress", SCHEMA),
-                                          "b": tabular_statistics([b], "regress", SCHEMA)})
+    plans = plan(
+        PreprocessingOptions(),
+        {"a": tabular_statistics([a], "regress", SCHEMA), "b": tabular_statistics([b], "regress", SCHEMA)},
+    )
     batch = prepare_tabular([b], "regress", SCHEMA, plans["b"])
     for row in (0, 7, 13):  # 0 and 7 have a missing z, imputed with the pooled mean
         one = prepare_tabular([b.iloc[[row]]], "regress", SCHEMA, plans["b"])
@@ -86,8 +94,10 @@ def test_missing_category_takes_the_pooled_most_frequent() -> None:
     a = pd.DataFrame({"colour": ["blue"] * 5 + ["red"], "x": range(6), "target": range(6)})
     b = pd.DataFrame({"colour": ["red", "red", None], "x": range(3), "target": range(3)})
     schema = {"colour": "category", "x": "float64", "target": "float64"}
-    plans = plan(PreprocessingOptions(), {"a": tabular_statistics([a], "regress", schema),
-                                          "b": tabular_statistics([b], "regress", schema)})
+    plans = plan(
+        PreprocessingOptions(),
+        {"a": tabular_statistics([a], "regress", schema), "b": tabular_statistics([b], "regress", schema)},
+    )
     prepared = prepare_tabular([b], "regress", schema, plans["b"])
     # blue (5 in all) outnumbers red (3): B's missing colour is blue although B never saw one
     assert prepared.x_headers == ["colour_blue", "colour_red", "x"]
@@ -97,8 +107,9 @@ def test_missing_category_takes_the_pooled_most_frequent() -> None:
 def test_none_scaling_keeps_values_and_target_in_units() -> None:
     a = party(11, 20, 3.0)
     stats = tabular_statistics([a], "regress", SCHEMA)
-    prepared = prepare_tabular([a], "regress", SCHEMA,
-                               Preprocessing(scaling="none", target_scaling="none", statistics=stats))
+    prepared = prepare_tabular(
+        [a], "regress", SCHEMA, Preprocessing(scaling="none", target_scaling="none", statistics=stats)
+    )
     np.testing.assert_allclose(prepared.X[:, prepared.x_headers.index("x")], a["x"], rtol=1e-6)
     np.testing.assert_allclose(prepared.y[:, 0], a["target"], rtol=1e-6)
 

@@ -1,6 +1,7 @@
 """The federation protocol's messages: each survives the wire as itself, is parsed by its op into
 its own model, and anything malformed (unknown op, missing or mistyped field, a NaN loss) is
 refused as `federation.protocol` before either end acts on it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,16 +14,46 @@ from pydantic import BaseModel
 
 from synergos_core.errors import FederationError, SynergosError
 from synergos_core.federation import broadcast_state, recv_into, recv_tensors, send_message, send_state, send_tensors
-from synergos_core.protocol import (PROTOCOL_VERSION, Assessment, ClassificationParts, Close, Closed, Error, Evaluate,
-                                    GktEvaluate, GktExport, GktExtractor, GktFeatures, GktTrain, Infer, Loss, Metrics,
-                                    Op, RegressionParts, ReplyMessage, RequestMessage, Train, Update, as_header,
-                                    new_nonce, parse_reply, parse_request, reply_to, version_mismatch)
+from synergos_core.protocol import (
+    PROTOCOL_VERSION,
+    Assessment,
+    ClassificationParts,
+    Close,
+    Closed,
+    Error,
+    Evaluate,
+    GktEvaluate,
+    GktExport,
+    GktExtractor,
+    GktFeatures,
+    GktTrain,
+    Infer,
+    Loss,
+    Metrics,
+    Op,
+    RegressionParts,
+    ReplyMessage,
+    RequestMessage,
+    Train,
+    Update,
+    as_header,
+    new_nonce,
+    parse_reply,
+    parse_request,
+    reply_to,
+    version_mismatch,
+)
 from synergos_core.wire import Layout, decode_control, encode_control
 
 RUN = "c/p/e/r"
 TRAINING = {"n_samples": 40, "train_loss": 0.25, "epoch_losses": [0.5, 0.25], "compute_s": 0.01, "lrs": [0.1, 0.05]}
-ASSESSMENT = {"train_loss": 0.3, "train_samples": 40, "eval_loss": 0.4, "eval_samples": 10,
-              "metric": {"n": 10, "correct": 7}}
+ASSESSMENT = {
+    "train_loss": 0.3,
+    "train_samples": 40,
+    "eval_loss": 0.4,
+    "eval_samples": 10,
+    "metric": {"n": 10, "correct": 7},
+}
 
 
 def _envelope(round_index: int = 3) -> dict:
@@ -30,29 +61,48 @@ def _envelope(round_index: int = 3) -> dict:
 
 
 def _requests() -> list[RequestMessage]:
-    return [Train(**_envelope(), epochs=5, evaluate=True, shards=2),
-            Evaluate(**_envelope(), meta="evaluate", assess=True), Infer(**_envelope(0), meta="predict", shards=1),
-            Close(**_envelope()), GktTrain(**_envelope(), epochs=2),
-            GktTrain(**_envelope(), epochs=2, shards=1, layout=[("server_out", "F32", [40, 3])]),
-            GktEvaluate(**_envelope(), meta="evaluate", assess=False, shards=1), GktExport(**_envelope())]
+    return [
+        Train(**_envelope(), epochs=5, evaluate=True, shards=2),
+        Evaluate(**_envelope(), meta="evaluate", assess=True),
+        Infer(**_envelope(0), meta="predict", shards=1),
+        Close(**_envelope()),
+        GktTrain(**_envelope(), epochs=2),
+        GktTrain(**_envelope(), epochs=2, shards=1, layout=[("server_out", "F32", [40, 3])]),
+        GktEvaluate(**_envelope(), meta="evaluate", assess=False, shards=1),
+        GktExport(**_envelope()),
+    ]
 
 
 def _replies() -> list[ReplyMessage]:
     request = Train(**_envelope(), epochs=1)
     regression = {**ASSESSMENT, "metric": {"n": 10, "sse": 2.5, "sum_y": 30.0, "sum_y2": 120.0}}
-    return [reply_to(request, Update, **TRAINING, assessment=ASSESSMENT, shards=1),
-            reply_to(request, Update, **TRAINING),
-            reply_to(request, Loss, loss=0.5, n_samples=10, assessment=regression),
-            reply_to(request, Loss, loss=None, n_samples=0),
-            reply_to(request, Metrics, meta="evaluate", statistics={"accuracy": [0.7, 0.7], "TP": [3, 4]},
-                     n_samples=10, res_path="c/p/e/r/evaluate", parts={"n": 10, "correct": 7}),
-            reply_to(request, Metrics, meta="predict", statistics=None, n_samples=0, res_path=None),
-            reply_to(request, Closed),
-            reply_to(request, GktFeatures, **TRAINING, shards=2, layout=[("features", "F32", [40, 8]),
-                                                                        ("local_out", "F32", [40, 3])]),
-            reply_to(request, GktExtractor, shards=1, layout=[("layers.0.weight", "F32", [8, 4])]),
-            Error(**_envelope(), reply_to=request.nonce, code="worker.failed", detail="train failed"),
-            Error(**_envelope(0), code="federation.protocol", detail="control frame is not JSON")]
+    return [
+        reply_to(request, Update, **TRAINING, assessment=ASSESSMENT, shards=1),
+        reply_to(request, Update, **TRAINING),
+        reply_to(request, Loss, loss=0.5, n_samples=10, assessment=regression),
+        reply_to(request, Loss, loss=None, n_samples=0),
+        reply_to(
+            request,
+            Metrics,
+            meta="evaluate",
+            statistics={"accuracy": [0.7, 0.7], "TP": [3, 4]},
+            n_samples=10,
+            res_path="c/p/e/r/evaluate",
+            parts={"n": 10, "correct": 7},
+        ),
+        reply_to(request, Metrics, meta="predict", statistics=None, n_samples=0, res_path=None),
+        reply_to(request, Closed),
+        reply_to(
+            request,
+            GktFeatures,
+            **TRAINING,
+            shards=2,
+            layout=[("features", "F32", [40, 8]), ("local_out", "F32", [40, 3])],
+        ),
+        reply_to(request, GktExtractor, shards=1, layout=[("layers.0.weight", "F32", [8, 4])]),
+        Error(**_envelope(), reply_to=request.nonce, code="worker.failed", detail="train failed"),
+        Error(**_envelope(0), code="federation.protocol", detail="control frame is not JSON"),
+    ]
 
 
 def _over_the_wire(message: BaseModel) -> dict:
@@ -120,19 +170,22 @@ def _train_header() -> dict:
     return as_header(Train(**_envelope(), epochs=3, evaluate=False, shards=1))
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"epochs": "3"}, "epochs"),          # no coercion from strings
-    ({"epochs": 3.0}, "epochs"),          # nor from floats
-    ({"epochs": True}, "epochs"),         # nor from booleans
-    ({"epochs": 0}, "epochs"),            # at least one epoch
-    ({"evaluate": 1}, "evaluate"),
-    ({"shards": -1}, "shards"),
-    ({"round": -1}, "round"),
-    ({"nonce": "short"}, "nonce"),
-    ({"nonce": None}, "nonce"),
-    ({"run": 7}, "run"),
-    ({"mu": 0.1}, "mu"),                  # no field the protocol does not name
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"epochs": "3"}, "epochs"),  # no coercion from strings
+        ({"epochs": 3.0}, "epochs"),  # nor from floats
+        ({"epochs": True}, "epochs"),  # nor from booleans
+        ({"epochs": 0}, "epochs"),  # at least one epoch
+        ({"evaluate": 1}, "evaluate"),
+        ({"shards": -1}, "shards"),
+        ({"round": -1}, "round"),
+        ({"nonce": "short"}, "nonce"),
+        ({"nonce": None}, "nonce"),
+        ({"run": 7}, "run"),
+        ({"mu": 0.1}, "mu"),  # no field the protocol does not name
+    ],
+)
 def test_malformed_request_fields_are_refused(change, field):
     with pytest.raises(FederationError) as info:
         parse_request(decode_control(encode_control({**_train_header(), **change})))
@@ -159,14 +212,25 @@ def _update_header() -> dict:
     return as_header(_replies()[0])
 
 
-@pytest.mark.parametrize("path, value", [
-    (("train_loss",), math.nan), (("train_loss",), math.inf), (("epoch_losses",), [0.5, math.nan]),
-    (("compute_s",), -1.0), (("n_samples",), -3), (("n_samples",), 40.0), (("lrs",), [math.inf]),
-    (("assessment", "eval_loss"), math.nan), (("assessment", "train_samples"), -1),
-    (("assessment", "metric"), {"n": 10}), (("assessment", "metric"), {"n": 10, "correct": 7, "extra": 1}),
-    (("assessment", "metric"), {"n": 10, "sse": math.nan, "sum_y": 1.0, "sum_y2": 1.0}),
-    (("reply_to",), None), (("shards",), "1"),
-])
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("train_loss",), math.nan),
+        (("train_loss",), math.inf),
+        (("epoch_losses",), [0.5, math.nan]),
+        (("compute_s",), -1.0),
+        (("n_samples",), -3),
+        (("n_samples",), 40.0),
+        (("lrs",), [math.inf]),
+        (("assessment", "eval_loss"), math.nan),
+        (("assessment", "train_samples"), -1),
+        (("assessment", "metric"), {"n": 10}),
+        (("assessment", "metric"), {"n": 10, "correct": 7, "extra": 1}),
+        (("assessment", "metric"), {"n": 10, "sse": math.nan, "sum_y": 1.0, "sum_y2": 1.0}),
+        (("reply_to",), None),
+        (("shards",), "1"),
+    ],
+)
 def test_malformed_or_non_finite_update_is_refused(path, value):
     header = _update_header()
     target = header
@@ -188,8 +252,7 @@ def test_nan_loss_is_refused():
 
 def test_malformed_tensor_manifest_is_refused():
     header = as_header(_replies()[7])
-    for layout in ([["features", "F32", ["40", 8]]], [["features", "F32"]], [["features", "F32", [-1]]],
-                   "features"):
+    for layout in ([["features", "F32", ["40", 8]]], [["features", "F32"]], [["features", "F32", [-1]]], "features"):
         with pytest.raises(FederationError, match="layout") as info:
             parse_reply({**header, "layout": layout})
         assert info.value.code == "federation.protocol"
@@ -208,6 +271,7 @@ def test_version_mismatch_names_both_versions():
 
 
 # -- the codec still fills in what tensor frames follow a message --
+
 
 class _Pipe:
     """Both ends of a channel in one: frames sent are the frames received, in order."""
@@ -232,6 +296,7 @@ def test_send_state_announces_its_shards_and_the_receiver_reads_them_typed():
         target = {k: torch.zeros_like(v) for k, v in state.items()}
         await recv_into(pipe, request.shards, Layout.of(state), target, timeout=1)
         return request, target
+
     request, received = asyncio.run(exchange())
     assert isinstance(request, Train) and request.shards > 5 and not pipe.frames
     assert all(torch.equal(received[k], state[k]) for k in state)
@@ -257,6 +322,7 @@ def test_send_tensors_announces_a_manifest_the_receiver_checks():
         parsed = parse_reply(decode_control(await pipe.recv()))
         assert isinstance(parsed, GktFeatures) and parsed.layout is not None
         return await recv_tensors(pipe, parsed, {"features", "local_out"}, max_bytes=1 << 20, timeout=1)
+
     received = asyncio.run(exchange())
     assert all(torch.equal(received[k], tensors[k]) for k in tensors)
 
@@ -264,6 +330,7 @@ def test_send_tensors_announces_a_manifest_the_receiver_checks():
         await send_tensors(pipe, reply, tensors, shard_bytes=512)
         parsed = parse_reply(decode_control(await pipe.recv()))
         await recv_tensors(pipe, parsed, {"features"}, max_bytes=1 << 20, timeout=1)
+
     with pytest.raises(FederationError, match="not allowed"):
         asyncio.run(refused())
 

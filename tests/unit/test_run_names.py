@@ -1,4 +1,5 @@
 """Hyper-parameters nothing would read are refused with the closest accepted name, not stored."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,15 @@ from synergos_core.settings import TTPSettings
 from synergos_director.optimizations import check_search_space
 from synergos_ttp.app import create_app
 
-GUIDE_RUN = {"rounds": 2, "epochs": 1, "base_lr": 0.0005, "max_lr": 0.005, "criterion": "L1Loss",
-             "optimizer": "SGD", "lr_scheduler": "CyclicLR"}
+GUIDE_RUN = {
+    "rounds": 2,
+    "epochs": 1,
+    "base_lr": 0.0005,
+    "max_lr": 0.005,
+    "criterion": "L1Loss",
+    "optimizer": "SGD",
+    "lr_scheduler": "CyclicLR",
+}
 
 
 def test_a_misspelt_name_is_refused_naming_the_closest() -> None:
@@ -23,9 +31,16 @@ def test_a_misspelt_name_is_refused_naming_the_closest() -> None:
     assert refused.value.fields[0]["path"] == "momentumm"
 
 
-@pytest.mark.parametrize("extra", [{"momentum": 0.9}, {"step_size_up": 10}, {"reduction": "sum"},
-                                   {"L": 1, "temperature": 2.0, "alpha": 0.5, "server_epochs": 3},
-                                   {"betas": [0.9, 0.99], "optimizer": "Adam", "cycle_momentum": False}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"momentum": 0.9},
+        {"step_size_up": 10},
+        {"reduction": "sum"},
+        {"L": 1, "temperature": 2.0, "alpha": 0.5, "server_epochs": 3},
+        {"betas": [0.9, 0.99], "optimizer": "Adam", "cycle_momentum": False},
+    ],
+)
 def test_names_a_constructor_or_synergos_reads_are_accepted(extra: dict) -> None:
     validate_run({**GUIDE_RUN, **extra})
 
@@ -51,8 +66,14 @@ def test_runs_create_answers_422_and_stores_nothing(tmp_path) -> None:
 
 
 def test_a_search_space_name_no_trial_would_read_is_refused() -> None:
-    check_search_space({"lr": {"_type": "loguniform", "_value": [0.001, 0.1]}, **GUIDE_RUN,
-                        "optimizer": {"_type": "choice", "_value": ["SGD", "Adam"]}, "betas": [0.9, 0.99]})
+    check_search_space(
+        {
+            "lr": {"_type": "loguniform", "_value": [0.001, 0.1]},
+            **GUIDE_RUN,
+            "optimizer": {"_type": "choice", "_value": ["SGD", "Adam"]},
+            "betas": [0.9, 0.99],
+        }
+    )
     with pytest.raises(InvalidRequest, match="did you mean 'epochs'"):
         check_search_space({"epoch": {"_type": "choice", "_value": [1, 2]}})
 

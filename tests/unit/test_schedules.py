@@ -4,6 +4,7 @@ A Worker keeps its optimizer and lr scheduler for the whole run: per-batch sched
 OneCycleLR, CosineAnnealingWarmRestarts with fractional epochs) step after every optimizer step,
 the others once per epoch (ReduceLROnPlateau on the epoch's loss). Every trainer's lr at each step
 is compared with torch's own scheduler on a plain optimizer over a dummy parameter."""
+
 from __future__ import annotations
 
 import torch
@@ -18,25 +19,44 @@ STEPS_PER_EPOCH = 5
 ROUNDS, EPOCHS = 3, 3
 _X = torch.rand(N, 6, generator=torch.Generator().manual_seed(0))
 _Y = (_X[:, 0] > 0.5).long()
-_MLP = [{"l_type": "Linear", "structure": {"in_features": 6, "out_features": 4}, "activation": "relu"},
-        {"l_type": "Linear", "structure": {"in_features": 4, "out_features": 1}, "activation": "sigmoid"}]
-_SPLIT_MODEL = [{"l_type": "Linear", "structure": {"in_features": 6, "out_features": 5}},
-                {"l_type": "ReLU", "structure": {}},
-                {"l_type": "Linear", "structure": {"in_features": 5, "out_features": 1}},
-                {"l_type": "Sigmoid", "structure": {}}]
+_MLP = [
+    {"l_type": "Linear", "structure": {"in_features": 6, "out_features": 4}, "activation": "relu"},
+    {"l_type": "Linear", "structure": {"in_features": 4, "out_features": 1}, "activation": "sigmoid"},
+]
+_SPLIT_MODEL = [
+    {"l_type": "Linear", "structure": {"in_features": 6, "out_features": 5}},
+    {"l_type": "ReLU", "structure": {}},
+    {"l_type": "Linear", "structure": {"in_features": 5, "out_features": 1}},
+    {"l_type": "Sigmoid", "structure": {}},
+]
 
 
 def _hp(**kw) -> dict:
-    return {"optimizer": "SGD", "criterion": "BCELoss", "lr": 0.05, "batch_size": BATCH, "rounds": ROUNDS,
-            "epochs": EPOCHS, "patience": 0, **kw}
+    return {
+        "optimizer": "SGD",
+        "criterion": "BCELoss",
+        "lr": 0.05,
+        "batch_size": BATCH,
+        "rounds": ROUNDS,
+        "epochs": EPOCHS,
+        "patience": 0,
+        **kw,
+    }
 
 
 def _trainer(**kw) -> LocalTrainer:
     return LocalTrainer(_MLP, _hp(**kw), "classify", {"train": Split(_X, _Y)})
 
 
-def _reference(make, steps: int, epoch_losses: list[float] | None = None, per_batch: bool = True,
-               steps_per_epoch: int = STEPS_PER_EPOCH, lr: float = 0.05, step=None) -> list[float]:
+def _reference(
+    make,
+    steps: int,
+    epoch_losses: list[float] | None = None,
+    per_batch: bool = True,
+    steps_per_epoch: int = STEPS_PER_EPOCH,
+    lr: float = 0.05,
+    step=None,
+) -> list[float]:
     """torch's scheduler on a plain SGD over a dummy parameter: the lr at each of `steps` steps."""
     dummy = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([dummy], lr=lr)
@@ -114,10 +134,11 @@ def test_the_state_after_r_rounds_is_that_of_uninterrupted_local_training():
 def test_an_epoch_scheduler_steps_once_per_epoch_across_rounds():
     trainer = _trainer(lr_scheduler="StepLR", step_size=2, gamma=0.5)
     lrs, _ = _three_rounds(trainer)
-    expected = _reference(lambda o: S.StepLR(o, step_size=2, gamma=0.5), ROUNDS * EPOCHS * STEPS_PER_EPOCH,
-                          per_batch=False)
+    expected = _reference(
+        lambda o: S.StepLR(o, step_size=2, gamma=0.5), ROUNDS * EPOCHS * STEPS_PER_EPOCH, per_batch=False
+    )
     assert lrs == expected
-    assert lrs[-1] == 0.05 * 0.5 ** 4  # 9 epochs: halved after epochs 2, 4, 6 and 8, not reset each round
+    assert lrs[-1] == 0.05 * 0.5**4  # 9 epochs: halved after epochs 2, 4, 6 and 8, not reset each round
     trainer = _trainer(lr_scheduler="ExponentialLR", gamma=0.9)
     lrs, _ = _three_rounds(trainer)
     assert lrs == _reference(lambda o: S.ExponentialLR(o, gamma=0.9), len(lrs), per_batch=False)
@@ -125,13 +146,16 @@ def test_an_epoch_scheduler_steps_once_per_epoch_across_rounds():
 
 def test_reduce_on_plateau_steps_once_per_epoch_on_the_local_loss():
     # an improvement must beat the best loss by 10: after the first epoch, every epoch is a plateau
-    trainer = _trainer(lr_scheduler="ReduceLROnPlateau", factor=0.5, threshold=10.0, threshold_mode="abs",
-                       epochs=5)
+    trainer = _trainer(lr_scheduler="ReduceLROnPlateau", factor=0.5, threshold=10.0, threshold_mode="abs", epochs=5)
     lrs, results = _three_rounds(trainer, 5)
     losses = [loss for result in results for loss in result["epoch_losses"]]
     assert len(losses) == 15 and trainer.schedule.scheduler.last_epoch == 15  # one step per epoch
-    expected = _reference(lambda o: S.ReduceLROnPlateau(o, factor=0.5, threshold=10.0, threshold_mode="abs"),
-                          len(lrs), epoch_losses=losses, per_batch=False)
+    expected = _reference(
+        lambda o: S.ReduceLROnPlateau(o, factor=0.5, threshold=10.0, threshold_mode="abs"),
+        len(lrs),
+        epoch_losses=losses,
+        per_batch=False,
+    )
     assert lrs == expected
     # torch's default patience (10; the run's own `patience` is early stopping): the lr halves
     # after the 11th epoch without improvement, i.e. from epoch 13 of the run, in round 3
@@ -166,24 +190,30 @@ def test_warm_restarts_step_per_batch_with_fractional_epochs():
     trainer = _trainer(lr_scheduler="CosineAnnealingWarmRestarts", T_0=2, T_mult=2, eta_min=0.001)
     lrs, _ = _three_rounds(trainer)
     total = ROUNDS * EPOCHS * STEPS_PER_EPOCH
-    expected = _reference(lambda o: S.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=2, eta_min=0.001), total,
-                          step=lambda s, i: s.step(i // STEPS_PER_EPOCH + (i % STEPS_PER_EPOCH + 1) / STEPS_PER_EPOCH))
+    expected = _reference(
+        lambda o: S.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=2, eta_min=0.001),
+        total,
+        step=lambda s, i: s.step(i // STEPS_PER_EPOCH + (i % STEPS_PER_EPOCH + 1) / STEPS_PER_EPOCH),
+    )
     assert lrs == expected
     # each epoch's first batch has the lr of stepping once per epoch; T_0 counts epochs
-    per_epoch = _reference(lambda o: S.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=2, eta_min=0.001), total,
-                           per_batch=False)
+    per_epoch = _reference(
+        lambda o: S.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=2, eta_min=0.001), total, per_batch=False
+    )
     for i in range(0, total, STEPS_PER_EPOCH):
         assert abs(lrs[i] - per_epoch[i]) < 1e-12, i
     assert len(set(lrs[:STEPS_PER_EPOCH])) == STEPS_PER_EPOCH  # and it moves within an epoch
 
 
 def test_lbfgs_steps_a_per_batch_schedule_after_each_closure_step():
-    trainer = _trainer(optimizer="LBFGS", lr_scheduler="CyclicLR", base_lr=0.01, max_lr=0.1, step_size_up=4,
-                       cycle_momentum=False)
+    trainer = _trainer(
+        optimizer="LBFGS", lr_scheduler="CyclicLR", base_lr=0.01, max_lr=0.1, step_size_up=4, cycle_momentum=False
+    )
     lrs, results = _three_rounds(trainer)
     assert all(torch.isfinite(torch.tensor(r["epoch_losses"])).all() for r in results)
-    assert lrs == _reference(lambda o: S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=4,
-                                                  cycle_momentum=False), len(lrs))
+    assert lrs == _reference(
+        lambda o: S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=4, cycle_momentum=False), len(lrs)
+    )
 
 
 def test_no_scheduler_keeps_the_lr():
@@ -217,8 +247,10 @@ def test_a_fedgkt_party_follows_its_schedule_across_rounds():
 def _server_rounds(hp: dict) -> tuple[ServerModel, list[float]]:
     server = ServerModel(build_model(_SPLIT_MODEL, seed=1), 2)
     g = torch.Generator().manual_seed(3)
-    batches = [(torch.rand(12, 5, generator=g), torch.rand(12, 1, generator=g).clamp(0.05, 0.95)),
-               (torch.rand(9, 5, generator=g), torch.rand(9, 1, generator=g).clamp(0.05, 0.95))]
+    batches = [
+        (torch.rand(12, 5, generator=g), torch.rand(12, 1, generator=g).clamp(0.05, 0.95)),
+        (torch.rand(9, 5, generator=g), torch.rand(9, 1, generator=g).clamp(0.05, 0.95)),
+    ]
     lrs = []
     for _ in range(ROUNDS):
         train_server(server, batches, hp, "sigmoid")
@@ -230,14 +262,19 @@ def test_the_fedgkt_server_follows_its_schedule_across_rounds():
     # each party's features are one batch: two per server epoch, over rounds * server_epochs epochs
     server_epochs, parties = 4, 2
     total = ROUNDS * server_epochs * parties
-    hp = _hp(algorithm="FedGKT", server_epochs=server_epochs, lr_scheduler="CyclicLR", base_lr=0.01, max_lr=0.1,
-             step_size_up=3)
+    hp = _hp(
+        algorithm="FedGKT",
+        server_epochs=server_epochs,
+        lr_scheduler="CyclicLR",
+        base_lr=0.01,
+        max_lr=0.1,
+        step_size_up=3,
+    )
     server, lrs = _server_rounds(hp)
     assert lrs == _reference(lambda o: S.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=3), total)
     assert server.schedule.scheduler.last_epoch == total
     _, lrs = _server_rounds({**hp, "lr_scheduler": "ExponentialLR", "gamma": 0.8})
-    assert lrs == _reference(lambda o: S.ExponentialLR(o, gamma=0.8), total, per_batch=False,
-                             steps_per_epoch=parties)
+    assert lrs == _reference(lambda o: S.ExponentialLR(o, gamma=0.8), total, per_batch=False, steps_per_epoch=parties)
     server, lrs = _server_rounds({**hp, "lr_scheduler": "OneCycleLR", "max_lr": 0.1})
     assert server.schedule.scheduler.total_steps == total  # rounds * server_epochs * parties
     assert lrs == _reference(lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=total), total)

@@ -1,4 +1,5 @@
 """The TTP's connect routes (phase 1 of the deployment guide) against a real SQLite file."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -17,10 +18,24 @@ E = f"{P}/project_1/experiments"
 R = f"{E}/experiment_1/runs"
 
 MQ = {"host": "172.19.152.151", "ports": {"main": 5672, "ui": 15672}, "secure": False}
-TABULAR_MODEL = [{"activation": "sigmoid", "is_input": True, "l_type": "Linear",
-                  "structure": {"bias": True, "in_features": 18, "out_features": 1}}]
-RUN_1 = {"run_id": "run_1", "rounds": 2, "epochs": 1, "base_lr": 0.0005, "max_lr": 0.005,
-         "criterion": "L1Loss", "optimizer": "SGD", "lr_scheduler": "CyclicLR"}
+TABULAR_MODEL = [
+    {
+        "activation": "sigmoid",
+        "is_input": True,
+        "l_type": "Linear",
+        "structure": {"bias": True, "in_features": 18, "out_features": 1},
+    }
+]
+RUN_1 = {
+    "run_id": "run_1",
+    "rounds": 2,
+    "epochs": 1,
+    "base_lr": 0.0005,
+    "max_lr": 0.005,
+    "criterion": "L1Loss",
+    "optimizer": "SGD",
+    "lr_scheduler": "CyclicLR",
+}
 GUIDE_TAGS = {"train": [["train"]], "evaluate": [["evaluate"]], "predict": [["predict"]]}
 
 
@@ -65,28 +80,56 @@ def failed(response, status: int, code: str | None = None) -> dict:
 def phase1(client: TestClient) -> None:
     """The deployment guide's phase 1, as the HTTP bodies the Driver sends."""
     ok(client.post(C, json={"collab_id": "collaboration_1", "mq": MQ}), 201)
-    ok(client.post(P, json={"project_id": "project_1", "action": "classify",
-                            "incentives": {"tier_1": [], "tier_2": [], "tier_3": []}}), 201)
+    ok(
+        client.post(
+            P,
+            json={
+                "project_id": "project_1",
+                "action": "classify",
+                "incentives": {"tier_1": [], "tier_2": [], "tier_3": []},
+            },
+        ),
+        201,
+    )
     ok(client.post(E, json={"expt_id": "experiment_1", "model": TABULAR_MODEL}), 201)
     ok(client.post(R, json=RUN_1), 201)
     for pid in ("participant_1", "participant_2"):
         ok(client.post(f"{CONNECT}/participants", json={"id": pid}), 201)
-    ok(client.post(registration_url("participant_1"), json={"role": "guest", "n_count": 1,
-                                                            "node_0": node("172.19.152.154")}), 201)
-    ok(client.post(registration_url("participant_2"), json={"role": "host", "n_count": 1,
-                                                            "node_0": node("172.19.152.155")}), 201)
+    ok(
+        client.post(
+            registration_url("participant_1"), json={"role": "guest", "n_count": 1, "node_0": node("172.19.152.154")}
+        ),
+        201,
+    )
+    ok(
+        client.post(
+            registration_url("participant_2"), json={"role": "host", "n_count": 1, "node_0": node("172.19.152.155")}
+        ),
+        201,
+    )
     for pid in ("participant_1", "participant_2"):
         ok(client.post(registration_url(pid) + "/tags", json=GUIDE_TAGS), 201)
 
 
 def table_counts(settings: TTPSettings) -> dict[str, int]:
     with sqlite3.connect(Path(settings.data_dir) / "synergos.db") as db:
-        return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 (fixed names)
-                for table in ("collaborations", "projects", "experiments", "runs", "participants", "registrations",
-                              "registration_nodes", "tags")}
+        return {
+            table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in (
+                "collaborations",
+                "projects",
+                "experiments",
+                "runs",
+                "participants",
+                "registrations",
+                "registration_nodes",
+                "tags",
+            )
+        }
 
 
 # ---- phase 1 and the envelope ----
+
 
 def test_guide_phase1_creates_every_record_with_the_envelope(client: TestClient) -> None:
     response = client.post(C, json={"collab_id": "collaboration_1", "mq": MQ})
@@ -96,8 +139,14 @@ def test_guide_phase1_creates_every_record_with_the_envelope(client: TestClient)
     assert body["data"]["key"] == {"collab_id": "collaboration_1"}
     assert body["data"]["mq"] == MQ and "created_at" in body["data"] and "Project" in body["data"]["relations"]
 
-    project = client.post(P, json={"project_id": "project_1", "action": "classify",
-                                   "incentives": {"tier_1": [], "tier_2": [], "tier_3": []}}).json()
+    project = client.post(
+        P,
+        json={
+            "project_id": "project_1",
+            "action": "classify",
+            "incentives": {"tier_1": [], "tier_2": [], "tier_3": []},
+        },
+    ).json()
     assert project["method"] == "projects.post" and project["params"] == {"collab_id": "collaboration_1"}
     assert project["data"]["key"] == {"collab_id": "collaboration_1", "project_id": "project_1"}
     assert project["data"]["action"] == "classify"
@@ -106,8 +155,12 @@ def test_guide_phase1_creates_every_record_with_the_envelope(client: TestClient)
     assert expt["model"] == TABULAR_MODEL
 
     run = ok(client.post(R, json=RUN_1), 201)
-    assert run["key"] == {"collab_id": "collaboration_1", "project_id": "project_1", "expt_id": "experiment_1",
-                          "run_id": "run_1"}
+    assert run["key"] == {
+        "collab_id": "collaboration_1",
+        "project_id": "project_1",
+        "expt_id": "experiment_1",
+        "run_id": "run_1",
+    }
     # the guide's values, the extras passed by name, and the defaults of everything else
     assert run["rounds"] == 2 and run["epochs"] == 1 and run["criterion"] == "L1Loss"
     assert run["base_lr"] == 0.0005 and run["max_lr"] == 0.005
@@ -118,8 +171,9 @@ def test_guide_phase1_creates_every_record_with_the_envelope(client: TestClient)
     assert participant["key"] == {"participant_id": "participant_1"}
     ok(client.post(f"{CONNECT}/participants", json={"id": "participant_2"}), 201)
 
-    reg = client.post(registration_url("participant_1"),
-                      json={"role": "guest", "n_count": 1, "node_0": node("172.19.152.154")}).json()
+    reg = client.post(
+        registration_url("participant_1"), json={"role": "guest", "n_count": 1, "node_0": node("172.19.152.154")}
+    ).json()
     assert reg["status"] == 201 and reg["method"] == "registration.post"
     assert reg["data"]["role"] == "guest" and reg["data"]["n_count"] == 1
     assert reg["data"]["node_0"] == node("172.19.152.154")
@@ -142,6 +196,7 @@ def test_health_names_the_service(client: TestClient) -> None:
 
 # ---- reads, updates, deletes ----
 
+
 def test_reads_list_and_fetch_every_kind(client: TestClient) -> None:
     phase1(client)
     assert [c["key"]["collab_id"] for c in ok(client.get(C))] == ["collaboration_1"]
@@ -151,7 +206,9 @@ def test_reads_list_and_fetch_every_kind(client: TestClient) -> None:
     assert ok(client.get(f"{R}/run_1"))["lr_scheduler"] == "CyclicLR"
     assert [r["key"]["run_id"] for r in ok(client.get(R))] == ["run_1"]
     assert sorted(p["key"]["participant_id"] for p in ok(client.get(f"{CONNECT}/participants"))) == [
-        "participant_1", "participant_2"]
+        "participant_1",
+        "participant_2",
+    ]
     assert ok(client.get(registration_url("participant_2")))["node_0"]["host"] == "172.19.152.155"
     assert ok(client.get(registration_url("participant_2") + "/tags"))["predict"] == [["predict"]]
 
@@ -184,15 +241,25 @@ def test_updates_merge_and_revalidate(client: TestClient) -> None:
     assert "Sideways" in error["detail"]
     assert ok(client.get(f"{R}/run_1"))["optimizer"] == "SGD"
 
-    new_model = [{"l_type": "Linear", "structure": {"in_features": 4, "out_features": 2}, "activation": "softmax",
-                  "is_input": True}]
+    new_model = [
+        {
+            "l_type": "Linear",
+            "structure": {"in_features": 4, "out_features": 2},
+            "activation": "softmax",
+            "is_input": True,
+        }
+    ]
     assert ok(client.put(f"{E}/experiment_1", json={"model": new_model}))["model"] == new_model
 
     participant = ok(client.put(f"{CONNECT}/participants/participant_1", json={"summary": "a hospital"}))
     assert participant["summary"] == "a hospital"
 
-    reg = ok(client.put(registration_url("participant_1"),
-                        json={"n_count": 2, "node_0": node("10.0.0.1"), "node_1": node("10.0.0.2")}))
+    reg = ok(
+        client.put(
+            registration_url("participant_1"),
+            json={"n_count": 2, "node_0": node("10.0.0.1"), "node_1": node("10.0.0.2")},
+        )
+    )
     assert reg["n_count"] == 2 and reg["node_1"]["host"] == "10.0.0.2" and reg["role"] == "guest"
     reg = ok(client.put(registration_url("participant_1"), json={"role": "arbiter"}))
     assert reg["role"] == "arbiter" and reg["n_count"] == 2
@@ -247,11 +314,15 @@ def test_deletes_cascade_at_every_level(client: TestClient, settings: TTPSetting
 
 # ---- conflicts and unknown ids ----
 
+
 def test_reposting_the_same_body_answers_the_existing_record(client: TestClient) -> None:
     phase1(client)
     again = [
         (C, {"collab_id": "collaboration_1", "mq": MQ}),
-        (P, {"project_id": "project_1", "action": "classify", "incentives": {"tier_1": [], "tier_2": [], "tier_3": []}}),
+        (
+            P,
+            {"project_id": "project_1", "action": "classify", "incentives": {"tier_1": [], "tier_2": [], "tier_3": []}},
+        ),
         (E, {"expt_id": "experiment_1", "model": TABULAR_MODEL}),
         (R, RUN_1),
         (f"{CONNECT}/participants", {"id": "participant_1"}),
@@ -271,12 +342,10 @@ def test_reposting_a_different_body_is_a_conflict_naming_update(client: TestClie
     duplicates = [
         (C, {"collab_id": "collaboration_1"}, "collaboration.exists"),
         (P, {"project_id": "project_1", "action": "regress"}, "project.exists"),
-        (E, {"expt_id": "experiment_1", "model": [dict(TABULAR_MODEL[0], activation=None)]},
-         "experiment.exists"),
+        (E, {"expt_id": "experiment_1", "model": [dict(TABULAR_MODEL[0], activation=None)]}, "experiment.exists"),
         (R, {**RUN_1, "rounds": 3}, "run.exists"),
         (f"{CONNECT}/participants", {"id": "participant_1", "category": "hospital"}, "participant.exists"),
-        (registration_url("participant_1"), {"role": "host", "n_count": 1, "node_0": node("h")},
-         "registration.exists"),
+        (registration_url("participant_1"), {"role": "host", "n_count": 1, "node_0": node("h")}, "registration.exists"),
         (registration_url("participant_1") + "/tags", {"train": [["other"]]}, "tag.exists"),
     ]
     for url, body, code in duplicates:
@@ -312,21 +381,30 @@ def test_unknown_ids_are_404_naming_the_id(client: TestClient) -> None:
 def test_children_of_missing_parents_are_refused(client: TestClient, settings: TTPSettings) -> None:
     phase1(client)
     before = table_counts(settings)
-    failed(client.post(f"{C}/nowhere/projects", json={"project_id": "p", "action": "classify"}), 404,
-           "collaboration.not_found")
-    failed(client.post(f"{P}/project_9/experiments", json={"expt_id": "e", "model": TABULAR_MODEL}), 404,
-           "project.not_found")
+    failed(
+        client.post(f"{C}/nowhere/projects", json={"project_id": "p", "action": "classify"}),
+        404,
+        "collaboration.not_found",
+    )
+    failed(
+        client.post(f"{P}/project_9/experiments", json={"expt_id": "e", "model": TABULAR_MODEL}),
+        404,
+        "project.not_found",
+    )
     failed(client.post(f"{E}/experiment_9/runs", json=RUN_1), 404, "experiment.not_found")
-    failed(client.post(registration_url("ghost"), json={"role": "host", "n_count": 1, "node_0": node("h")}), 404,
-           "participant.not_found")
+    failed(
+        client.post(registration_url("ghost"), json={"role": "host", "n_count": 1, "node_0": node("h")}),
+        404,
+        "participant.not_found",
+    )
     ok(client.post(f"{CONNECT}/participants", json={"id": "participant_3"}), 201)
-    failed(client.post(registration_url("participant_3") + "/tags", json=GUIDE_TAGS), 404,
-           "registration.not_found")
+    failed(client.post(registration_url("participant_3") + "/tags", json=GUIDE_TAGS), 404, "registration.not_found")
     after = table_counts(settings)
     assert after == {**before, "participants": before["participants"] + 1}
 
 
 # ---- invalid bodies ----
+
 
 def test_invalid_bodies_are_422_with_field_paths(client: TestClient, settings: TTPSettings) -> None:
     phase1(client)
@@ -379,14 +457,20 @@ def test_ids_in_urls_must_be_plain_names(client: TestClient) -> None:
     assert ok(client.get(C)) == []
 
 
-@pytest.mark.parametrize("layer, named", [
-    ({"l_type": "Linearish", "structure": {}}, "Linearish"),
-    ({"l_type": "Linear", "structure": {"in_features": 2, "out_features": 1}, "activation": "sigmoidal"},
-     "sigmoidal"),
-    ({"l_type": "Linear", "structure": {"in_feature": 2}}, "Linear"),
-])
-def test_unknown_model_names_are_422_and_store_nothing(client: TestClient, settings: TTPSettings, layer: dict,
-                                                       named: str) -> None:
+@pytest.mark.parametrize(
+    "layer, named",
+    [
+        ({"l_type": "Linearish", "structure": {}}, "Linearish"),
+        (
+            {"l_type": "Linear", "structure": {"in_features": 2, "out_features": 1}, "activation": "sigmoidal"},
+            "sigmoidal",
+        ),
+        ({"l_type": "Linear", "structure": {"in_feature": 2}}, "Linear"),
+    ],
+)
+def test_unknown_model_names_are_422_and_store_nothing(
+    client: TestClient, settings: TTPSettings, layer: dict, named: str
+) -> None:
     phase1(client)
     error = failed(client.post(E, json={"expt_id": "experiment_2", "model": [layer]}), 422)
     assert named in error["detail"] and error["fields"][0]["path"].startswith("model.0")
@@ -394,15 +478,19 @@ def test_unknown_model_names_are_422_and_store_nothing(client: TestClient, setti
     assert table_counts(settings)["experiments"] == 1
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"criterion": "NotALoss"}, "NotALoss"),
-    ({"criterion": "CTCLoss"}, "CTCLoss"),
-    ({"optimizer": "Sideways"}, "Sideways"),
-    ({"lr_scheduler": "Wobbly"}, "Wobbly"),
-    ({"lr_scheduler": "CyclicLR", "base_lr": None, "max_lr": None}, "max_lr"),
-])
-def test_unknown_run_names_are_422_and_store_nothing(client: TestClient, settings: TTPSettings, change: dict,
-                                                     named: str) -> None:
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"criterion": "NotALoss"}, "NotALoss"),
+        ({"criterion": "CTCLoss"}, "CTCLoss"),
+        ({"optimizer": "Sideways"}, "Sideways"),
+        ({"lr_scheduler": "Wobbly"}, "Wobbly"),
+        ({"lr_scheduler": "CyclicLR", "base_lr": None, "max_lr": None}, "max_lr"),
+    ],
+)
+def test_unknown_run_names_are_422_and_store_nothing(
+    client: TestClient, settings: TTPSettings, change: dict, named: str
+) -> None:
     phase1(client)
     body = {**RUN_1, "run_id": "run_2", **change}
     body = {k: v for k, v in body.items() if v is not None}
@@ -427,10 +515,20 @@ def test_collections_answer_with_and_without_trailing_slash(client: TestClient) 
     ok(client.post(E + "/", json={"expt_id": "experiment_1", "model": TABULAR_MODEL}), 201)
     ok(client.post(R + "/", json=RUN_1), 201)
     ok(client.post(f"{CONNECT}/participants/", json={"id": "participant_1"}), 201)
-    ok(client.post(registration_url("participant_1") + "/", json={"role": "host", "n_count": 1,
-                                                                  "node_0": node("h")}), 201)
-    collections = [C, P, E, R, f"{CONNECT}/participants", f"{C}/collaboration_1/registrations",
-                   f"{P}/project_1/registrations", f"{CONNECT}/participants/participant_1/registrations"]
+    ok(
+        client.post(registration_url("participant_1") + "/", json={"role": "host", "n_count": 1, "node_0": node("h")}),
+        201,
+    )
+    collections = [
+        C,
+        P,
+        E,
+        R,
+        f"{CONNECT}/participants",
+        f"{C}/collaboration_1/registrations",
+        f"{P}/project_1/registrations",
+        f"{CONNECT}/participants/participant_1/registrations",
+    ]
     for url in collections:
         plain = client.get(url, follow_redirects=False)
         slashed = client.get(url + "/", follow_redirects=False)
@@ -444,8 +542,13 @@ def test_same_project_id_under_two_collaborations_is_independent(client: TestCli
     p2 = f"{C}/collaboration_2/projects"
     ok(client.post(p2, json={"project_id": "project_1", "action": "regress"}), 201)
     ok(client.post(f"{p2}/project_1/experiments", json={"expt_id": "experiment_1", "model": TABULAR_MODEL}), 201)
-    ok(client.post(registration_url("participant_1", "collaboration_2"),
-                   json={"role": "host", "n_count": 1, "node_0": node("10.9.9.9")}), 201)
+    ok(
+        client.post(
+            registration_url("participant_1", "collaboration_2"),
+            json={"role": "host", "n_count": 1, "node_0": node("10.9.9.9")},
+        ),
+        201,
+    )
 
     assert ok(client.get(f"{P}/project_1"))["action"] == "classify"
     other = ok(client.get(f"{p2}/project_1"))
@@ -461,20 +564,32 @@ def test_same_project_id_under_two_collaborations_is_independent(client: TestCli
 
 # ---- the store's orchestration API ----
 
+
 def test_project_grid_has_the_documented_shape(client: TestClient) -> None:
     phase1(client)
     ok(client.post(f"{CONNECT}/participants", json={"id": "participant_0"}), 201)
-    ok(client.post(registration_url("participant_0"),
-                   json={"role": "arbiter", "n_count": 2, "node_1": node("10.0.0.2"), "node_0": node("10.0.0.1")}),
-       201)
+    ok(
+        client.post(
+            registration_url("participant_0"),
+            json={"role": "arbiter", "n_count": 2, "node_1": node("10.0.0.2"), "node_0": node("10.0.0.1")},
+        ),
+        201,
+    )
     store = client.app.state.store
     grid = store.project_grid("collaboration_1", "project_1")
     assert [g["participant_id"] for g in grid] == ["participant_0", "participant_1", "participant_2"]
-    assert grid[0] == {"participant_id": "participant_0", "role": "arbiter",
-                       "nodes": [node("10.0.0.1"), node("10.0.0.2")],
-                       "tags": {"train": [], "evaluate": [], "predict": []}}
-    assert grid[1] == {"participant_id": "participant_1", "role": "guest", "nodes": [node("172.19.152.154")],
-                       "tags": GUIDE_TAGS}
+    assert grid[0] == {
+        "participant_id": "participant_0",
+        "role": "arbiter",
+        "nodes": [node("10.0.0.1"), node("10.0.0.2")],
+        "tags": {"train": [], "evaluate": [], "predict": []},
+    }
+    assert grid[1] == {
+        "participant_id": "participant_1",
+        "role": "guest",
+        "nodes": [node("172.19.152.154")],
+        "tags": GUIDE_TAGS,
+    }
     with pytest.raises(Exception) as raised:
         store.project_grid("collaboration_1", "project_9")
     assert getattr(raised.value, "code", None) == "project.not_found"
@@ -521,19 +636,29 @@ def test_store_results_upsert_list_and_cascade(client: TestClient) -> None:
 
 # ---- reads of scopes that have no records yet ----
 
+
 def test_an_empty_scope_reads_as_an_empty_list_and_unknown_ids_stay_404(client: TestClient) -> None:
     phase1(client)
     train = "/ttp/train/collaborations/collaboration_1/projects/project_1"
     evaluate = "/ttp/evaluate/collaborations/collaboration_1/projects/project_1"
     predictions = "/ttp/evaluate/participants/participant_1/collaborations/collaboration_1/predictions"
-    for url in (f"{train}/alignments", f"{train}/models", f"{train}/models/experiment_1/run_1",
-                f"{train}/models/experiment_1/optimizations", f"{evaluate}/validations",
-                f"{evaluate}/validations/experiment_1/run_1", f"{evaluate}/validations/experiment_1/run_1/participant_1",
-                predictions, f"{predictions}/project_1/experiment_1/run_1"):
+    for url in (
+        f"{train}/alignments",
+        f"{train}/models",
+        f"{train}/models/experiment_1/run_1",
+        f"{train}/models/experiment_1/optimizations",
+        f"{evaluate}/validations",
+        f"{evaluate}/validations/experiment_1/run_1",
+        f"{evaluate}/validations/experiment_1/run_1/participant_1",
+        predictions,
+        f"{predictions}/project_1/experiment_1/run_1",
+    ):
         # scripts written for the original Synergos poll `read` until data appears
         assert ok(client.get(url)) == [], url
-    for url, code in ((f"{train}/models/experiment_9", "experiment.not_found"),
-                      (f"{evaluate}/validations/experiment_1/run_9", "run.not_found"),
-                      ("/ttp/train/collaborations/collaboration_1/projects/nothing/alignments", "project.not_found"),
-                      (predictions.replace("participant_1", "participant_9"), "participant.not_found")):
+    for url, code in (
+        (f"{train}/models/experiment_9", "experiment.not_found"),
+        (f"{evaluate}/validations/experiment_1/run_9", "run.not_found"),
+        ("/ttp/train/collaborations/collaboration_1/projects/nothing/alignments", "project.not_found"),
+        (predictions.replace("participant_1", "participant_9"), "participant.not_found"),
+    ):
         failed(client.get(url), 404, code)

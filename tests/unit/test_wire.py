@@ -1,4 +1,5 @@
 """The federation codec: what goes in comes out, bounded shards, and nothing foreign gets through."""
+
 import struct
 
 import pytest
@@ -8,14 +9,25 @@ from safetensors.torch import load as st_load
 from synergos_core.errors import FederationError
 from synergos_core.federation import ReplayGuard, new_nonce
 from synergos_core.protocol import Close
-from synergos_core.wire import (Layout, decode_control, decode_shard, encode_control, encode_shard, encode_state,
-                                write_slices)
+from synergos_core.wire import (
+    Layout,
+    decode_control,
+    decode_shard,
+    encode_control,
+    encode_shard,
+    encode_state,
+    write_slices,
+)
 
 
 def _state() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"a.weight": torch.randn(300, 70, generator=g), "a.bias": torch.randn(300, generator=g),
-            "bn.num_batches_tracked": torch.tensor(7), "b.weight": torch.randn(5, 300, generator=g)}
+    return {
+        "a.weight": torch.randn(300, 70, generator=g),
+        "a.bias": torch.randn(300, generator=g),
+        "bn.num_batches_tracked": torch.tensor(7),
+        "b.weight": torch.randn(5, 300, generator=g),
+    }
 
 
 def test_state_round_trips_through_small_shards_bit_for_bit():
