@@ -10,6 +10,7 @@ Every task method returns the server's envelope `{apiVersion, success, status, m
 data}`; failures raise a `SynergosError` subclass (see `synergos_driver._exceptions`). This
 package needs only httpx: it never imports torch, ray or pika.
 """
+
 from ._base import BaseTask
 from ._connect import CollaborationTask, ExperimentTask, ParticipantTask, ProjectTask, RunTask
 from ._driver import Driver
@@ -61,5 +62,5 @@ __all__ = [
 # Present the public names as belonging to the package, not to its private modules.
 for _name in __all__:
     if _name != "__version__":
-        setattr(globals()[_name], "__module__", __name__)
+        globals()[_name].__module__ = __name__
 del _name

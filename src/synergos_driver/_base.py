@@ -1,4 +1,5 @@
 """What every Task shares: the Driver's session and the four HTTP verbs it uses."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ def compact(body: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in body.items() if value is not None}
 
 
-def tag_lists(tags: Sequence[Sequence[str]] | None) -> list[list[str]]:
+def tag_lists(tags: Sequence[Sequence[str]] | None) -> list[Sequence[str]]:
     """A fresh list of lists (tuples welcome); anything else is left for the server to judge."""
     if tags is None:
         return []
@@ -51,9 +52,7 @@ class BaseTask:
     def _delete(self, path: str) -> Envelope:
         return self._session.request("DELETE", path)
 
-    def _post_long(
-        self, path: str, body: Mapping[str, Any], *, collab_id: str, project_id: str | None
-    ) -> Envelope:
+    def _post_long(self, path: str, body: Mapping[str, Any], *, collab_id: str, project_id: str | None) -> Envelope:
         """POST work that may run for hours: no read timeout, progress shown while it runs."""
         with self._session.watch(collab_id, project_id):
             return self._session.request("POST", path, json=dict(body), timeout=self._session.long_timeout)
@@ -74,5 +73,6 @@ class BaseTask:
         if not wait:
             return self._get(path)
         where = "/".join(v for v in scope.values() if v is not None)
-        return wait_for(self._session, path, what=f"{what} of {where}", kinds=kinds, scope=scope,
-                        timeout=timeout, **options)
+        return wait_for(
+            self._session, path, what=f"{what} of {where}", kinds=kinds, scope=scope, timeout=timeout, **options
+        )

@@ -1,4 +1,5 @@
 """Phase 1 records: collaborations, projects, experiments, runs and participants."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -39,8 +40,14 @@ class CollaborationTask(BaseTask):
         secure: bool = False,
     ) -> dict[str, Any]:
         self._sections["logs"] = _connection(
-            host, port, ui_port, secure,
-            sysmetrics=sysmetrics_port, director=director_port, ttp=ttp_port, worker=worker_port,
+            host,
+            port,
+            ui_port,
+            secure,
+            sysmetrics=sysmetrics_port,
+            director=director_port,
+            ttp=ttp_port,
+            worker=worker_port,
         )
         return self._sections["logs"]
 
@@ -165,28 +172,30 @@ class RunTask(BaseTask):
         `momentum`) are passed by name to the optimizer, scheduler and criterion. `is_condensed`
         is accepted for compatibility and not sent; None values are left to the server."""
         del is_condensed
-        body = compact({
-            "run_id": run_id,
-            "algorithm": algorithm,
-            "batch_size": batch_size,
-            "rounds": rounds,
-            "epochs": epochs,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "lr_decay": lr_decay,
-            "mu": mu,
-            "l1_lambda": l1_lambda,
-            "l2_lambda": l2_lambda,
-            "optimizer": optimizer,
-            "criterion": criterion,
-            "lr_scheduler": lr_scheduler,
-            "delta": delta,
-            "patience": patience,
-            "seed": seed,
-            "is_snn": is_snn,
-            "precision_fractional": precision_fractional,
-            **kwargs,
-        })
+        body = compact(
+            {
+                "run_id": run_id,
+                "algorithm": algorithm,
+                "batch_size": batch_size,
+                "rounds": rounds,
+                "epochs": epochs,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "lr_decay": lr_decay,
+                "mu": mu,
+                "l1_lambda": l1_lambda,
+                "l2_lambda": l2_lambda,
+                "optimizer": optimizer,
+                "criterion": criterion,
+                "lr_scheduler": lr_scheduler,
+                "delta": delta,
+                "patience": patience,
+                "seed": seed,
+                "is_snn": is_snn,
+                "precision_fractional": precision_fractional,
+                **kwargs,
+            }
+        )
         return self._post(routes.runs(collab_id, project_id, expt_id), body)
 
     def read_all(self, collab_id: str, project_id: str, expt_id: str) -> Envelope:
@@ -215,15 +224,17 @@ class ParticipantTask(BaseTask):
         socials: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> Envelope:
-        body = compact({
-            "id": participant_id,
-            "category": list(category) if category is not None else None,
-            "summary": summary,
-            "phone": phone,
-            "email": email,
-            "socials": dict(socials) if socials is not None else None,
-            **kwargs,
-        })
+        body = compact(
+            {
+                "id": participant_id,
+                "category": list(category) if category is not None else None,
+                "summary": summary,
+                "phone": phone,
+                "email": email,
+                "socials": dict(socials) if socials is not None else None,
+                **kwargs,
+            }
+        )
         return self._post(routes.participants(), body)
 
     def read_all(self) -> Envelope:

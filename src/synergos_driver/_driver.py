@@ -1,4 +1,5 @@
 """The Driver: the user's handle on one TTP (basic mode) or Director (cluster mode)."""
+
 from __future__ import annotations
 
 from types import TracebackType

@@ -3,6 +3,7 @@
 Collection routes are written without a trailing slash. Ids are percent-encoded so that an id
 can never step into another route; an empty or missing id is refused before anything is sent.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -49,6 +50,7 @@ def _scope(**optional: object) -> str:
 
 
 # ---- connect (phase 1) ----
+
 
 def collaborations(collab_id: str = ALL) -> str:
     return f"{CONNECT}/collaborations" + _record(collab_id, "collab_id")
@@ -101,6 +103,7 @@ def registrations(
 
 # ---- train (phase 2) ----
 
+
 def _train_project(collab_id: str, project_id: str) -> str:
     return f"{TRAIN}/collaborations/{_id(collab_id, 'collab_id')}/projects/{_id(project_id, 'project_id')}"
 
@@ -118,6 +121,7 @@ def optimizations(collab_id: str, project_id: str, expt_id: str) -> str:
 
 
 # ---- evaluate (phase 3) ----
+
 
 def validations(
     collab_id: str,
@@ -137,5 +141,7 @@ def predictions(
     expt_id: str | None = None,
     run_id: str | None = None,
 ) -> str:
-    base = f"{EVALUATE}/participants/{_id(participant_id, 'participant_id')}/collaborations/{_id(collab_id, 'collab_id')}"
+    base = (
+        f"{EVALUATE}/participants/{_id(participant_id, 'participant_id')}/collaborations/{_id(collab_id, 'collab_id')}"
+    )
     return f"{base}/predictions" + _scope(project_id=project_id, expt_id=expt_id, run_id=run_id)

@@ -1,4 +1,5 @@
 """Phase 3: validation on the participants' `evaluate` data, prediction on their `predict` data."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -26,8 +27,7 @@ class ValidationTask(BaseTask):
         **kwargs: Any,
     ) -> Envelope:
         """Validate every (experiment, run) in scope, for all participants or the one given."""
-        body = {"auto_align": auto_align, "dockerised": dockerised, "verbose": verbose, "log_msgs": log_msgs,
-                **kwargs}
+        body = {"auto_align": auto_align, "dockerised": dockerised, "verbose": verbose, "log_msgs": log_msgs, **kwargs}
         path = routes.validations(collab_id, project_id, expt_id, run_id, participant_id)
         return self._post_long(path, body, collab_id=collab_id, project_id=project_id)
 
@@ -45,10 +45,21 @@ class ValidationTask(BaseTask):
         """The validations in scope. With `wait=True`, until they are there and no validation of
         the scope is still queued or running (a Director answers at once and validates later);
         raises `JobFailed` with the reason if it failed, `WaitTimeout` after `timeout` seconds."""
-        scope = {"collab_id": collab_id, "project_id": project_id, "expt_id": expt_id, "run_id": run_id,
-                 "participant_id": participant_id}
-        return self._read(routes.validations(collab_id, project_id, expt_id, run_id, participant_id), wait=wait,
-                          timeout=timeout, what="validations", kinds=frozenset({"validation"}), scope=scope)
+        scope = {
+            "collab_id": collab_id,
+            "project_id": project_id,
+            "expt_id": expt_id,
+            "run_id": run_id,
+            "participant_id": participant_id,
+        }
+        return self._read(
+            routes.validations(collab_id, project_id, expt_id, run_id, participant_id),
+            wait=wait,
+            timeout=timeout,
+            what="validations",
+            kinds=frozenset({"validation"}),
+            scope=scope,
+        )
 
 
 class PredictionTask(BaseTask):
@@ -93,7 +104,18 @@ class PredictionTask(BaseTask):
         timeout: float = DEFAULT_WAIT_S,
     ) -> Envelope:
         """The participant's predictions in scope; `wait` and `timeout` as for validations."""
-        scope = {"collab_id": collab_id, "project_id": project_id, "expt_id": expt_id, "run_id": run_id,
-                 "participant_id": participant_id}
-        return self._read(routes.predictions(participant_id, collab_id, project_id, expt_id, run_id), wait=wait,
-                          timeout=timeout, what="predictions", kinds=frozenset({"prediction"}), scope=scope)
+        scope = {
+            "collab_id": collab_id,
+            "project_id": project_id,
+            "expt_id": expt_id,
+            "run_id": run_id,
+            "participant_id": participant_id,
+        }
+        return self._read(
+            routes.predictions(participant_id, collab_id, project_id, expt_id, run_id),
+            wait=wait,
+            timeout=timeout,
+            what="predictions",
+            kinds=frozenset({"prediction"}),
+            scope=scope,
+        )

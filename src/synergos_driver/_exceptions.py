@@ -21,6 +21,7 @@ error reads `404 run.not_found: run 'run_9' does not exist`.
 Mistakes caught before anything is sent (a missing id, a registration without nodes) raise
 the built-in `ValueError`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -113,11 +114,14 @@ class JobFailed(SynergosError):
 class WaitTimeout(SynergosError):
     """A `read(..., wait=True)` gave up after its timeout; `.jobs` are the jobs still open."""
 
-    def __init__(self, waited_for: str, timeout: float, jobs: list[Any]) -> None:
-        from ._wait import describe_open
+    def __init__(self, waited_for: str, timeout: float, jobs: list[Any], *, records: int = 0) -> None:
+        from ._wait import describe_open  # _wait imports this module
 
-        super().__init__(f"waited {timeout:g} s for {waited_for}; {describe_open(jobs)}", code="wait.timeout",
-                         title="Timed out waiting")
+        super().__init__(
+            f"waited {timeout:g} s for {waited_for}; {describe_open(jobs, records)}",
+            code="wait.timeout",
+            title="Timed out waiting",
+        )
         self.waited_for = waited_for
         self.timeout = timeout
         self.jobs = jobs

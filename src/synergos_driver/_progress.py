@@ -11,6 +11,7 @@ On a terminal the line is rewritten in place; otherwise each change is its own l
 had already finished before the request began are not shown. Progress is a courtesy: if the
 status route is missing (404) or fails, the display stops quietly and the request goes on.
 """
+
 from __future__ import annotations
 
 import sys
@@ -52,8 +53,11 @@ def format_job(job: Mapping[str, Any]) -> str:
         text = state
     metrics = job.get("metrics")
     if isinstance(metrics, Mapping):
-        shown = [f"{str(name).replace('_', ' ')} {_number(value)}" for name, value in metrics.items()
-                 if isinstance(value, (int, float, str)) and not isinstance(value, bool)]
+        shown = [
+            f"{str(name).replace('_', ' ')} {_number(value)}"
+            for name, value in metrics.items()
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool)
+        ]
         if shown:
             text += f" ({', '.join(shown)})"
     detail = job.get("detail")

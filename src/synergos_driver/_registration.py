@@ -1,4 +1,5 @@
 """Phase 1, participant side: registrations (the compute a party brings) and data tags."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,7 +9,6 @@ from . import _endpoints as routes
 from ._base import BaseTask, tag_lists
 from ._exceptions import NotFound
 from ._session import Envelope
-
 
 
 class RegistrationTask(BaseTask):
@@ -120,8 +120,8 @@ class TagTask(BaseTask):
         project_id: str,
         participant_id: str,
         train: Sequence[Sequence[str]],
-        evaluate: Sequence[Sequence[str]] = [],  # noqa: B006 - the original signature; never mutated
-        predict: Sequence[Sequence[str]] = [],  # noqa: B006
+        evaluate: Sequence[Sequence[str]] = [],  # the original signature's defaults; never mutated
+        predict: Sequence[Sequence[str]] = [],
         **kwargs: Any,
     ) -> Envelope:
         body = {"train": tag_lists(train), "evaluate": tag_lists(evaluate), "predict": tag_lists(predict), **kwargs}
@@ -131,8 +131,10 @@ class TagTask(BaseTask):
         return self._get(routes.tags(collab_id, project_id, participant_id))
 
     def update(self, collab_id: str, project_id: str, participant_id: str, **updates: Any) -> Envelope:
-        body = {meta: tag_lists(value) if meta in ("train", "evaluate", "predict") else value
-                for meta, value in updates.items()}
+        body = {
+            meta: tag_lists(value) if meta in ("train", "evaluate", "predict") else value
+            for meta, value in updates.items()
+        }
         return self._put(routes.tags(collab_id, project_id, participant_id), body)
 
     def delete(self, collab_id: str, project_id: str, participant_id: str) -> Envelope:

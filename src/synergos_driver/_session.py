@@ -4,6 +4,7 @@ Retry policy: a GET is retried (with doubling backoff) on a transport failure or
 any method is retried when the connection could not even be opened (nothing was sent); a
 request that may have reached the server is never re-sent unless it is a GET.
 """
+
 from __future__ import annotations
 
 import time
@@ -113,8 +114,14 @@ class Session:
                 return body
             if body is None and not response.content:
                 # An empty success (e.g. 204): keep the promise that every call returns an envelope.
-                return {"apiVersion": None, "success": 1, "status": response.status_code,
-                        "method": method.lower(), "params": {}, "data": None}
+                return {
+                    "apiVersion": None,
+                    "success": 1,
+                    "status": response.status_code,
+                    "method": method.lower(),
+                    "params": {},
+                    "data": None,
+                }
         raise _error(method, path, response, body)
 
 
@@ -130,7 +137,11 @@ def _error(method: str, path: str, response: httpx.Response, body: Any) -> Syner
     if envelope is None and response.is_success:
         return ResponseError(
             f"expected a JSON envelope, got {response.headers.get('content-type', 'no content type')}",
-            status=status, code="response.invalid", title="Invalid response", method=method, url=path,
+            status=status,
+            code="response.invalid",
+            title="Invalid response",
+            method=method,
+            url=path,
         )
     detail = (
         error.get("detail")

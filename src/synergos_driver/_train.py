@@ -1,4 +1,5 @@
 """Phase 2: feature alignment, training, and hyper-parameter optimization."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -25,8 +26,14 @@ class AlignmentTask(BaseTask):
     def read(self, collab_id: str, project_id: str, *, wait: bool = False, timeout: float = DEFAULT_WAIT_S) -> Envelope:
         """The project's alignments; with `wait=True`, until they are there and its alignment job is
         done (`JobFailed` if it failed, `WaitTimeout` after `timeout` seconds)."""
-        return self._read(routes.alignments(collab_id, project_id), wait=wait, timeout=timeout, what="alignments",
-                          kinds=frozenset({"alignment"}), scope={"collab_id": collab_id, "project_id": project_id})
+        return self._read(
+            routes.alignments(collab_id, project_id),
+            wait=wait,
+            timeout=timeout,
+            what="alignments",
+            kinds=frozenset({"alignment"}),
+            scope={"collab_id": collab_id, "project_id": project_id},
+        )
 
 
 class ModelTask(BaseTask):
@@ -45,8 +52,7 @@ class ModelTask(BaseTask):
         **kwargs: Any,
     ) -> Envelope:
         """Train (blocks until done in basic mode; shows rounds as they complete)."""
-        body = {"auto_align": auto_align, "dockerised": dockerised, "verbose": verbose, "log_msgs": log_msgs,
-                **kwargs}
+        body = {"auto_align": auto_align, "dockerised": dockerised, "verbose": verbose, "log_msgs": log_msgs, **kwargs}
         return self._post_long(
             routes.models(collab_id, project_id, expt_id, run_id), body, collab_id=collab_id, project_id=project_id
         )
@@ -64,8 +70,21 @@ class ModelTask(BaseTask):
         """The trained models in scope; with `wait=True`, until they are there and no training of the
         scope is queued or running (`JobFailed` if it failed, `WaitTimeout` after `timeout` seconds)."""
         scope = {"collab_id": collab_id, "project_id": project_id, "expt_id": expt_id, "run_id": run_id}
-        return self._read(routes.models(collab_id, project_id, expt_id, run_id), wait=wait, timeout=timeout,
-                          what="models", kinds=frozenset({"training"}), scope=scope)
+        return self._read(
+            routes.models(collab_id, project_id, expt_id, run_id),
+            wait=wait,
+            timeout=timeout,
+            what="models",
+            kinds=frozenset({"training"}),
+            scope=scope,
+        )
+
+
+def _optimization_job(job: Mapping[str, Any]) -> bool:
+    """The optimization's own job (if the server reports one) and its trials' trainings and
+    validations, whose runs are named `optim_run_*`."""
+    keys = job.get("keys") or {}
+    return job.get("kind") == "optimization" or str(keys.get("run_id") or "").startswith("optim_run_")
 
 
 class OptimizationTask(BaseTask):
@@ -98,16 +117,18 @@ class OptimizationTask(BaseTask):
             tuner = searcher
         if max_trial_num is not None:
             n_samples = max_trial_num
-        body = compact({
-            "search_space": dict(search_space),
-            "tuner": tuner,
-            "metric": metric,
-            "optimize_mode": optimize_mode,
-            "n_samples": n_samples,
-            "trial_concurrency": trial_concurrency,
-            "max_exec_duration": max_exec_duration,
-            **kwargs,
-        })
+        body = compact(
+            {
+                "search_space": dict(search_space),
+                "tuner": tuner,
+                "metric": metric,
+                "optimize_mode": optimize_mode,
+                "n_samples": n_samples,
+                "trial_concurrency": trial_concurrency,
+                "max_exec_duration": max_exec_duration,
+                **kwargs,
+            }
+        )
         return self._post_long(
             routes.optimizations(collab_id, project_id, expt_id), body, collab_id=collab_id, project_id=project_id
         )
@@ -120,10 +141,16 @@ class OptimizationTask(BaseTask):
         validations is queued or running (`JobFailed`, `WaitTimeout` as for models). Trials Ray has
         not started yet are not known here: read again to see later batches."""
         scope = {"collab_id": collab_id, "project_id": project_id, "expt_id": expt_id}
-        return self._read(routes.optimizations(collab_id, project_id, expt_id), wait=wait, timeout=timeout,
-                          what="optimization trials", kinds=frozenset({"training", "validation"}), scope=scope,
-                          ready=lambda trials: bool(trials) and all(t.get("validation") for t in trials),
-                          run_filter=lambda run_id: run_id.startswith("optim_run_"))
+        return self._read(
+            routes.optimizations(collab_id, project_id, expt_id),
+            wait=wait,
+            timeout=timeout,
+            what="optimization trials",
+            kinds=frozenset({"optimization", "training", "validation"}),
+            scope=scope,
+            ready=lambda trials: bool(trials) and all(t.get("validation") for t in trials),
+            run_filter=_optimization_job,
+        )
 
     def champion(self, collab_id: str, project_id: str, expt_id: str) -> Envelope:
         """The registered model version (in MLflow) of the best trial: `{registered_model, version, run_id}`."""
