@@ -21,7 +21,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from synergos_core.errors import FederationError, SynergosError
+from synergos_core.errors import ErrorCode, FederationError, SynergosError, report
 from synergos_core.federation import (
     WS_PATH_PREFIX,
     ReplayGuard,
@@ -170,13 +170,20 @@ class FederationServer:
                     if isinstance(exc, FederationError):
                         await ws.close(1008, exc.code)
                         break
-                except Exception as exc:  # a failure of local work: report it, keep the channel
+                except Exception as exc:  # noqa: BLE001 - a failure of local work: report it, keep the channel
                     op = request.op if request is not None else "request"
-                    log.exception("run %s: %s failed", run, op)
+                    # the traceback stays in this node's log; the TTP gets the id to find it by
+                    error = report(exc, log, f"run {run}: {op}")
+                    detail = f"{op} failed on this node; its log holds the details under correlation id"
                     await send_message(
                         ws,
                         self._error(
-                            run, guard, request, header, "worker.failed", f"{op} failed: {type(exc).__name__}: {exc}"
+                            run,
+                            guard,
+                            request,
+                            header,
+                            ErrorCode.WORKER_FAILED,
+                            f"{detail} {error['correlation_id']}",
                         ),
                     )
         finally:
