@@ -95,7 +95,14 @@ class _ServerLayers(nn.Module):
 
     def __init__(self, model: SynergosModel, split: int) -> None:
         super().__init__()
-        self._model, self._split = model, split
+        # kept outside this module's tree: the server layers are not the party's head weights
+        object.__setattr__(self, "_server", model)
+        self._split = split
+
+    @property
+    def _model(self) -> SynergosModel:
+        server: SynergosModel = self.__dict__["_server"]
+        return server
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return run_layers(self._model, h, self._split)
