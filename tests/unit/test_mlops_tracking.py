@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -247,7 +248,9 @@ def test_a_run_is_recorded_end_to_end_and_replaying_it_changes_nothing(tmp_path)
     }
     tracker.close()
 
-    # a crash after applying but before the journal said so: the same operation runs again
+    # a crash after applying but before the journal said so: the same operation runs again (made a
+    # millisecond later than the first log_training, whose metric would otherwise look identical)
+    time.sleep(0.002)
     op = operations.new_op(
         "log_training", URI, KEYS, metrics=[["global_train_loss", 0.5, 1]], artifacts=[], model=str(model)
     )
@@ -286,7 +289,8 @@ def test_an_unreachable_store_is_retried_until_it_answers_with_one_warning(tmp_p
     assert flaky.raised == 4
     assert fake.run("r1").info.status == "FAILED"
     unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
-    assert len(unreachable) == 1 and "2 operations waiting" in unreachable[0].getMessage()
+    # one warning for the outage, however many operations had queued when it was noticed (1 or 2)
+    assert len(unreachable) == 1 and re.search(r"\b[12] operations? waiting", unreachable[0].getMessage())
 
 
 def test_an_operation_mlflow_refuses_is_dropped_and_the_queue_moves_on(tmp_path, caplog):
