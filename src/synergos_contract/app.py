@@ -1,27 +1,34 @@
 """The app both the TTP and the Director serve: metadata routes, phase 2 and 3 routes, job
 progress and health, backed by the metadata store and the service's own orchestrator."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
-from .envelope import API_VERSION, BodyLimitMiddleware, envelope, install_error_handlers
 from synergos_core.settings import ServiceSettings
+
+from .envelope import API_VERSION, BodyLimitMiddleware, install_error_handlers
 from .jobs import JobBoard
 from .orchestration import Orchestrator
+from .public import Envelope, HealthPublic, answer
 from .routes import ROUTERS
 from .store import Store
 
 OrchestratorFactory = Callable[[Store, JobBoard], Orchestrator]
 
 
-def create_contract_app(settings: ServiceSettings, title: str, make_orchestrator: OrchestratorFactory,
-                        health: Callable[[], dict] | None = None) -> FastAPI:
+def create_contract_app(
+    settings: ServiceSettings,
+    title: str,
+    make_orchestrator: OrchestratorFactory,
+    health: Callable[[], dict] | None = None,
+) -> FastAPI:
     """An app with its own metadata store (SQLite under `data_dir` unless `db_url` is given)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]  # set by the CLI or the caller
     store = Store(settings.db_url or f"sqlite:///{settings.data_dir}/synergos.db")
     jobs = JobBoard()
     orchestrator = make_orchestrator(store, jobs)
@@ -44,8 +51,8 @@ def create_contract_app(settings: ServiceSettings, title: str, make_orchestrator
     for router in ROUTERS:
         app.include_router(router)
 
-    @app.get("/health", name="health")
-    def read_health(request: Request) -> JSONResponse:
-        return envelope(request, {"id": settings.id, "status": "ok", **(health() if health else {})})
+    @app.get("/health", name="health", response_model=Envelope[HealthPublic], tags=["health"])
+    def read_health(request: Request) -> dict[str, Any]:
+        return answer(request, {"id": settings.id, "status": "ok", **(health() if health else {})})
 
     return app

@@ -1,18 +1,22 @@
-"""What every TTP route needs: the store and settings of its app, ids in URLs, and a router whose
+"""What every TTP route needs: the store, settings and orchestrator of its app, ids in URLs, a
+router that documents the error envelope and sends only the fields a record has, and one whose
 routes answer with and without a trailing slash (the Driver calls collections without it)."""
+
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Path, Request, Response
 
 from synergos_core.errors import InvalidRequest
+from synergos_core.records import Record
 from synergos_core.schemas import ID_PATTERN
 from synergos_core.settings import TTPSettings
 
-from .envelope import envelope
-from .store import Store, created_status
+from .orchestration import Orchestrator
+from .public import ERROR_RESPONSES, answer
+from .store import Store, Written
 
 ID_FIELDS = ("collab_id", "project_id", "expt_id", "run_id", "participant_id")
 RESERVED_FIELDS = ("key", "created_at", "relations")
@@ -26,13 +30,18 @@ def get_settings(request: Request) -> TTPSettings:
     return request.app.state.settings
 
 
-def created(request: Request, record: dict) -> JSONResponse:
+def get_orchestrator(request: Request) -> Orchestrator:
+    return request.app.state.orchestrator
+
+
+def created(request: Request, response: Response, written: Written[Record]) -> dict[str, Any]:
     """A create's answer: 201 with the new record, or 200 with the same one already there."""
-    return envelope(request, record, created_status(record))
+    return answer(request, written.record, 201 if written.created else 200, response)
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[TTPSettings, Depends(get_settings)]
+OrchestratorDep = Annotated[Orchestrator, Depends(get_orchestrator)]
 
 _ID_HELP = "letters, digits, '_', '-', '.'; at most 128"
 CollabId = Annotated[str, Path(pattern=ID_PATTERN, description=_ID_HELP)]
@@ -42,7 +51,25 @@ RunId = Annotated[str, Path(pattern=ID_PATTERN, description=_ID_HELP)]
 ParticipantId = Annotated[str, Path(pattern=ID_PATTERN, description=_ID_HELP)]
 
 
-class SlashRouter(APIRouter):
+class ContractRouter(APIRouter):
+    """Documents the error envelope on every route, and sends of a response model only the fields
+    the answer holds (a record's details that were never given stay absent, as stored)."""
+
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        writes = bool({"POST", "PUT"} & set(kwargs.get("methods") or ()))
+        errors = {status: entry for status, entry in ERROR_RESPONSES.items() if writes or status != 409}
+        super().add_api_route(
+            path,
+            endpoint,
+            **{
+                **kwargs,
+                "response_model_exclude_unset": True,
+                "responses": {**errors, **(kwargs.get("responses") or {})},
+            },
+        )
+
+
+class SlashRouter(ContractRouter):
     """Registers every route at `path` and at `path/`, so neither spelling needs a redirect."""
 
     def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
@@ -63,15 +90,22 @@ def agree_with_url(request: Request, body: dict[str, Any], aliases: dict[str, st
     for name, value in body.items():
         url_name = (aliases or {}).get(name, name)
         if name in RESERVED_FIELDS:
-            fields.append({"path": name, "message": f"{name!r} is reserved for the record envelope",
-                           "type": "reserved"})
+            fields.append(
+                {"path": name, "message": f"{name!r} is reserved for the record envelope", "type": "reserved"}
+            )
         elif url_name in ID_FIELDS and url_name in params:
             if value != params[url_name]:
-                fields.append({"path": name, "message": f"{name} {value!r} disagrees with the URL's "
-                                                       f"{url_name} {params[url_name]!r}", "type": "id_mismatch"})
+                fields.append(
+                    {
+                        "path": name,
+                        "message": f"{name} {value!r} disagrees with the URL's {url_name} {params[url_name]!r}",
+                        "type": "id_mismatch",
+                    }
+                )
         else:
             kept[name] = value
     if fields:
-        raise InvalidRequest("; ".join(f"{f['path']}: {f['message']}" for f in fields), "request.invalid",
-                             fields=fields)
+        raise InvalidRequest(
+            "; ".join(f"{f['path']}: {f['message']}" for f in fields), "request.invalid", fields=fields
+        )
     return kept

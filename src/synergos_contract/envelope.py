@@ -1,8 +1,9 @@
 """One envelope builder and one error translator for every REST service."""
+
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,9 +24,9 @@ def _method(request: Request) -> str:
     return f"{name}.{request.method.lower()}"
 
 
-def envelope(request: Request, data: Any, status: int = 200) -> JSONResponse:
-    """A success response: `{apiVersion, success, status, method, params, data}`."""
-    body = {
+def envelope_body(request: Request, data: Any, status: int = 200) -> dict[str, Any]:
+    """A success body: `{apiVersion, success, status, method, params, data}`."""
+    return {
         "apiVersion": API_VERSION,
         "success": 1,
         "status": status,
@@ -33,7 +34,11 @@ def envelope(request: Request, data: Any, status: int = 200) -> JSONResponse:
         "params": dict(request.path_params),
         "data": data,
     }
-    return JSONResponse(body, status_code=status)
+
+
+def envelope(request: Request, data: Any, status: int = 200) -> JSONResponse:
+    """A success response: the envelope of `data` (JSON-ready)."""
+    return JSONResponse(envelope_body(request, data, status), status_code=status)
 
 
 def error_envelope(request: Request, status: int, error: dict, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -55,12 +60,17 @@ def error_envelope(request: Request, status: int, error: dict, headers: dict[str
 
 def _catalogued(code: ErrorCode, detail: str, **extra: Any) -> dict:
     """The error object for a code the translator picks itself (not from a ServiceError)."""
-    return {"code": str(code), "title": code.public_title, "detail": detail,
-            "correlation_id": new_correlation_id(), **extra}
+    return {
+        "code": str(code),
+        "title": code.public_title,
+        "detail": detail,
+        "correlation_id": new_correlation_id(),
+        **extra,
+    }
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict]:
@@ -162,11 +172,26 @@ async def _send_413(send: Any, limit: int) -> None:
 
     error = _catalogued(ErrorCode.REQUEST_TOO_LARGE, f"request bodies are limited to {limit} bytes")
     log.debug("a request body over %d bytes refused [%s]", limit, error["correlation_id"])
-    body = json.dumps({
-        "apiVersion": API_VERSION, "success": 0, "status": 413, "method": "request", "params": {}, "data": None,
-        "error": error,
-    }).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (CORRELATION_HEADER.lower().encode(), error["correlation_id"].encode())]})
+    body = json.dumps(
+        {
+            "apiVersion": API_VERSION,
+            "success": 0,
+            "status": 413,
+            "method": "request",
+            "params": {},
+            "data": None,
+            "error": error,
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (CORRELATION_HEADER.lower().encode(), error["correlation_id"].encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

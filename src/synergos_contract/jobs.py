@@ -1,28 +1,20 @@
-"""Progress of long work (alignment, training, validation, prediction), readable while it runs."""
+"""Progress of long work (alignment, training, validation, prediction), readable while it runs.
+
+The board holds `synergos_core.records.Job` records; `list` gives copies as `GET /ttp/status/jobs`
+shows them."""
+
 from __future__ import annotations
 
 import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from synergos_contract.envelope import now_iso
+from synergos_core.records import Job, JobState
 
-
-@dataclass
-class Job:
-    job_id: str
-    kind: str
-    keys: dict[str, str]
-    state: str = "running"
-    round: int | None = None
-    rounds: int | None = None
-    detail: str | None = None
-    metrics: dict[str, Any] | None = None
-    started_at: str = field(default_factory=now_iso)
-    updated_at: str = field(default_factory=now_iso)
+__all__ = ["Job", "JobBoard", "failure_reason"]
 
 
 class JobBoard:
@@ -36,8 +28,16 @@ class JobBoard:
 
     def start(self, kind: str, keys: dict[str, str], rounds: int | None = None) -> Job:
         with self._lock:
-            job = Job(job_id=f"{kind}-{next(self._ids)}", kind=kind, keys=dict(keys), rounds=rounds,
-                      round=0 if rounds else None)
+            now = now_iso()
+            job = Job(
+                job_id=f"{kind}-{next(self._ids)}",
+                kind=kind,
+                keys=dict(keys),
+                rounds=rounds,
+                round=0 if rounds else None,
+                started_at=now,
+                updated_at=now,
+            )
             self._jobs[job.job_id] = job
             while len(self._jobs) > self._keep:
                 self._jobs.pop(next(iter(self._jobs)))
@@ -49,7 +49,7 @@ class JobBoard:
                 setattr(job, key, value)
             job.updated_at = now_iso()
 
-    def finish(self, job: Job, state: str, detail: str | None = None) -> None:
+    def finish(self, job: Job, state: JobState, detail: str | None = None) -> None:
         self.update(job, state=state, detail=detail)
 
     @contextmanager
@@ -62,8 +62,9 @@ class JobBoard:
             raise
 
     def list(self, **filters: str | None) -> list[dict[str, Any]]:
+        """The jobs whose keys match every filter given, oldest first, as the status route shows them."""
         with self._lock:
-            jobs = [asdict(j) for j in self._jobs.values()]
+            jobs = [j.model_dump(mode="json") for j in self._jobs.values()]
         return [j for j in jobs if all(v is None or j["keys"].get(k) == v for k, v in filters.items())]
 
 

@@ -3,25 +3,60 @@
 `…Create` bodies are complete; `…Update` bodies carry only what changes and are merged into the
 stored details, after which the merge is checked again as a `…Create`.
 """
+
 from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from synergos_core.errors import InvalidRequest
 from synergos_core.preprocessing import Scaling, Source, TargetScalingOption
-from synergos_core.schemas import (ID_PATTERN, Connection, Layer, NodeInfo, RunHyperparameters, Strict, TagList,
-                                   TagsCreate, check_tag)
+from synergos_core.schemas import (
+    ID_PATTERN,
+    Connection,
+    Layer,
+    NodeInfo,
+    RunHyperparameters,
+    Strict,
+    TagList,
+    TagsCreate,
+    check_tag,
+)
 
 from .store import AGGREGATE
 
-__all__ = ["PreprocessingChoice", "CollaborationCreate", "CollaborationUpdate", "ProjectCreate", "ProjectUpdate", "ExperimentCreate",
-           "ExperimentUpdate", "RunCreate", "RunUpdate", "ParticipantCreate", "ParticipantUpdate",
-           "RegistrationCreate", "RegistrationUpdate", "TagsCreate", "TagsUpdate", "invalid_body", "recheck"]
+__all__ = [
+    "PreprocessingChoice",
+    "CollaborationCreate",
+    "CollaborationUpdate",
+    "ProjectCreate",
+    "ProjectUpdate",
+    "ExperimentCreate",
+    "ExperimentUpdate",
+    "RunCreate",
+    "RunUpdate",
+    "ParticipantCreate",
+    "ParticipantUpdate",
+    "RegistrationCreate",
+    "RegistrationUpdate",
+    "TagsCreate",
+    "TagsUpdate",
+    "OptimizationRequest",
+    "invalid_body",
+    "recheck",
+]
 
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="letters, digits, '_', '-', '.'; at most 128")]
 SECTIONS = ("mq", "mlops", "logs", "catalogue", "meter")
@@ -30,8 +65,10 @@ _NODE_KEY = re.compile(r"^node_(0|[1-9][0-9]{0,3})$")
 
 def invalid_body(exc: ValidationError, detail_prefix: str = "") -> InvalidRequest:
     """A pydantic failure outside FastAPI's own body parsing, as the same 422 with field paths."""
-    fields = [{"path": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"], "type": err["type"]}
-              for err in exc.errors()]
+    fields = [
+        {"path": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"], "type": err["type"]}
+        for err in exc.errors()
+    ]
     detail = detail_prefix + "; ".join(f"{f['path']}: {f['message']}" for f in fields)
     return InvalidRequest(detail, "request.invalid", fields=fields)
 
@@ -48,10 +85,12 @@ def recheck(model: type[BaseModel], merged: dict[str, Any], ids: dict[str, str],
 def _field_error(title: str, path: str, kind: str, message: str, value: Any) -> ValidationError:
     """A ValidationError located at `path`, for checks that span several fields."""
     return ValidationError.from_exception_data(
-        title, [InitErrorDetails(type=PydanticCustomError(kind, message), loc=(path,), input=value)])
+        title, [InitErrorDetails(type=PydanticCustomError(kind, message), loc=(path,), input=value)]
+    )
 
 
 # ---- collaborations ----
+
 
 class CollaborationCreate(Strict):
     collab_id: Identifier
@@ -75,14 +114,17 @@ class CollaborationUpdate(Strict):
 
 # ---- projects ----
 
+
 class PreprocessingChoice(BaseModel):
     """Optional preprocessing options (see `synergos_core.preprocessing`); null keeps the default."""
 
     scaling: Scaling | None = Field(default=None, description="standard (default), minmax or none")
-    statistics: Source | None = Field(default=None, description="global (default: the parties' train splits "
-                                                              "pooled) or local (each party's own)")
-    target_scaling: TargetScalingOption | None = Field(default=None, description="regression target: standard "
-                                                                               "(default) or none")
+    statistics: Source | None = Field(
+        default=None, description="global (default: the parties' train splits pooled) or local (each party's own)"
+    )
+    target_scaling: TargetScalingOption | None = Field(
+        default=None, description="regression target: standard (default) or none"
+    )
 
 
 class ProjectCreate(PreprocessingChoice):
@@ -101,6 +143,7 @@ class ProjectUpdate(PreprocessingChoice):
 
 # ---- experiments ----
 
+
 class ExperimentCreate(Strict):
     expt_id: Identifier
     model: list[Layer] = Field(min_length=1)
@@ -112,6 +155,7 @@ class ExperimentUpdate(Strict):
 
 
 # ---- runs ----
+
 
 class RunCreate(RunHyperparameters):
     """A run: its id plus every hyper-parameter, defaults filled in; extra keys are kept by name."""
@@ -127,6 +171,7 @@ class RunUpdate(BaseModel):
 
 
 # ---- participants ----
+
 
 def _not_aggregate(value: str) -> str:
     if value == AGGREGATE:
@@ -152,15 +197,18 @@ class ParticipantCreate(Strict):
 
 
 class ParticipantUpdate(ParticipantCreate):
-    id: ParticipantId | None = Field(default=None, validation_alias=AliasChoices("id", "participant_id"))
+    # an update may leave the id out
+    id: ParticipantId | None = Field(default=None, validation_alias=AliasChoices("id", "participant_id"))  # type: ignore[assignment]
 
 
 # ---- registrations: {role, n_count, node_0 … node_<n_count-1>} ----
 
+
 def _node_key(key: str) -> str:
     if not _NODE_KEY.match(key):
-        raise PydanticCustomError("extra_forbidden",
-                                  "unknown field; a registration takes role, n_count and node_0 … node_<k>")
+        raise PydanticCustomError(
+            "extra_forbidden", "unknown field; a registration takes role, n_count and node_0 … node_<k>"
+        )
     return key
 
 
@@ -179,13 +227,23 @@ class _Nodes(BaseModel):
     def _check_count(self, n_count: int | None) -> None:
         extra = self.model_extra or {}
         if n_count is not None and n_count != len(extra):
-            raise _field_error(type(self).__name__, "n_count", "count_mismatch",
-                               f"n_count is {n_count} but {len(extra)} node_* entries were given", n_count)
+            raise _field_error(
+                type(self).__name__,
+                "n_count",
+                "count_mismatch",
+                f"n_count is {n_count} but {len(extra)} node_* entries were given",
+                n_count,
+            )
         expected = {f"node_{i}" for i in range(len(extra))}
         if set(extra) != expected:
             missing = sorted(expected - set(extra))
-            raise _field_error(type(self).__name__, missing[0], "missing",
-                               f"nodes are numbered from node_0 without gaps: {missing[0]} is missing", None)
+            raise _field_error(
+                type(self).__name__,
+                missing[0],
+                "missing",
+                f"nodes are numbered from node_0 without gaps: {missing[0]} is missing",
+                None,
+            )
 
 
 class RegistrationCreate(_Nodes):
@@ -193,7 +251,7 @@ class RegistrationCreate(_Nodes):
     n_count: int = Field(ge=1, le=1024)
 
     @model_validator(mode="after")
-    def _counted(self) -> "RegistrationCreate":
+    def _counted(self) -> RegistrationCreate:
         self._check_count(self.n_count)
         return self
 
@@ -205,13 +263,14 @@ class RegistrationUpdate(_Nodes):
     n_count: int | None = Field(default=None, ge=1, le=1024)
 
     @model_validator(mode="after")
-    def _counted(self) -> "RegistrationUpdate":
+    def _counted(self) -> RegistrationUpdate:
         if self.model_extra:
             self._check_count(self.n_count)
         return self
 
 
 # ---- tags ----
+
 
 class TagsUpdate(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -223,3 +282,31 @@ class TagsUpdate(BaseModel):
     @classmethod
     def _tags(cls, value: TagList | None) -> TagList | None:
         return None if value is None else [check_tag(tag) for tag in value]
+
+
+# ---- optimizations (Director) ----
+
+
+class OptimizationRequest(BaseModel):
+    """A search space and how to explore it (Ray Tune); extra keys go to the searcher."""
+
+    model_config = ConfigDict(extra="allow")
+    search_space: dict[str, Any]
+    tuner: str | None = None
+    metric: str | None = None
+    optimize_mode: Literal["max", "min"] | None = None
+    n_samples: int = Field(default=3, ge=1, le=1000)
+    trial_concurrency: int | None = Field(default=None, ge=1, le=64)
+    max_exec_duration: str | None = None
+    auto_align: bool = True
+    # the original Driver's spellings
+    max_trial_num: int | None = Field(default=None, ge=1, le=1000, exclude=True)
+    searcher: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _original_spellings(self) -> OptimizationRequest:
+        if self.max_trial_num is not None and "n_samples" not in self.model_fields_set:
+            self.n_samples = self.max_trial_num
+        if self.searcher is not None and self.tuner is None:
+            self.tuner = self.searcher
+        return self

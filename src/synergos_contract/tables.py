@@ -6,25 +6,27 @@ rows. Children carry their parent's ids as a composite foreign key with `ON DELE
 the Store also deletes descendants explicitly (see `KIND.cascade`), which covers the one
 relation that is not a foreign key: a Validation's `participant_id` may be `"aggregate"`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, ForeignKeyConstraint, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from synergos_core.records import AGGREGATE  # noqa: F401 (the participant_id of the aggregate validation)
+
 ID_LENGTH = 128
-AGGREGATE = "aggregate"  # the participant_id of the sample-weighted aggregate validation
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, str: String(ID_LENGTH)}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, str: String(ID_LENGTH)}
 
 
 class _Stamped:
@@ -43,8 +45,7 @@ class Collaboration(_Stamped, Base):
 
 class Project(_Stamped, Base):
     __tablename__ = "projects"
-    collab_id: Mapped[str] = mapped_column(ForeignKey("collaborations.collab_id", ondelete="CASCADE"),
-                                           primary_key=True)
+    collab_id: Mapped[str] = mapped_column(ForeignKey("collaborations.collab_id", ondelete="CASCADE"), primary_key=True)
     project_id: Mapped[str] = mapped_column(primary_key=True)
 
 
@@ -77,8 +78,9 @@ class Registration(_Stamped, Base):
     __table_args__ = (_fk(("collab_id", "project_id"), "projects"),)
     collab_id: Mapped[str] = mapped_column(primary_key=True)
     project_id: Mapped[str] = mapped_column(primary_key=True)
-    participant_id: Mapped[str] = mapped_column(ForeignKey("participants.participant_id", ondelete="CASCADE"),
-                                                primary_key=True)
+    participant_id: Mapped[str] = mapped_column(
+        ForeignKey("participants.participant_id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class RegistrationNode(Base):
@@ -97,8 +99,13 @@ class RegistrationNode(Base):
     verbose: Mapped[bool] = mapped_column(Boolean, default=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port, "f_port": self.f_port,
-                "log_msgs": self.log_msgs, "verbose": self.verbose}
+        return {
+            "host": self.host,
+            "port": self.port,
+            "f_port": self.f_port,
+            "log_msgs": self.log_msgs,
+            "verbose": self.verbose,
+        }
 
 
 class Tag(_Stamped, Base):
@@ -142,8 +149,9 @@ class Validation(_Stamped, Base):
 class Prediction(_Stamped, Base):
     __tablename__ = "predictions"
     __table_args__ = (_fk(("collab_id", "project_id", "expt_id", "run_id"), "runs"),)
-    participant_id: Mapped[str] = mapped_column(ForeignKey("participants.participant_id", ondelete="CASCADE"),
-                                                primary_key=True)
+    participant_id: Mapped[str] = mapped_column(
+        ForeignKey("participants.participant_id", ondelete="CASCADE"), primary_key=True
+    )
     collab_id: Mapped[str] = mapped_column(primary_key=True)
     project_id: Mapped[str] = mapped_column(primary_key=True)
     expt_id: Mapped[str] = mapped_column(primary_key=True)
@@ -154,12 +162,12 @@ class Prediction(_Stamped, Base):
 class Kind:
     """How one record kind is keyed, what must exist before it, and what belongs to it."""
 
-    name: str                      # "Project": the name used in `relations`
-    code: str                      # "project": the prefix of error codes
+    name: str  # "Project": the name used in `relations`
+    code: str  # "project": the prefix of error codes
     table: type[Base]
-    key: tuple[str, ...]           # id columns, outermost first
-    lineage: tuple[str, ...]       # kinds that must exist first, outermost first
-    relations: tuple[str, ...]     # kinds that belong to it: shown in `relations`, deleted with it
+    key: tuple[str, ...]  # id columns, outermost first
+    lineage: tuple[str, ...]  # kinds that must exist first, outermost first
+    relations: tuple[str, ...]  # kinds that belong to it: shown in `relations`, deleted with it
 
     def key_of(self, row: Base) -> dict[str, str]:
         return {column: getattr(row, column) for column in self.key}
@@ -167,40 +175,119 @@ class Kind:
 
 _C, _P, _E, _R, _U = "collab_id", "project_id", "expt_id", "run_id", "participant_id"
 
-KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("Collaboration", "collaboration", Collaboration, (_C,), (),
-         ("Project", "Experiment", "Run", "Registration", "Tag", "Alignment", "Model", "Validation", "Prediction")),
-    Kind("Project", "project", Project, (_C, _P), ("Collaboration",),
-         ("Experiment", "Run", "Registration", "Tag", "Alignment", "Model", "Validation", "Prediction")),
-    Kind("Experiment", "experiment", Experiment, (_C, _P, _E), ("Collaboration", "Project"),
-         ("Run", "Model", "Validation", "Prediction")),
-    Kind("Run", "run", Run, (_C, _P, _E, _R), ("Collaboration", "Project", "Experiment"),
-         ("Model", "Validation", "Prediction")),
-    Kind("Participant", "participant", Participant, (_U,), (),
-         ("Registration", "Tag", "Alignment", "Validation", "Prediction")),
-    Kind("Registration", "registration", Registration, (_C, _P, _U), ("Collaboration", "Project", "Participant"),
-         ("Tag", "Alignment")),
-    Kind("Tag", "tag", Tag, (_C, _P, _U), ("Collaboration", "Project", "Participant", "Registration"),
-         ("Alignment",)),
-    Kind("Alignment", "alignment", Alignment, (_C, _P, _U),
-         ("Collaboration", "Project", "Participant", "Registration"), ()),
-    Kind("Model", "model", Model, (_C, _P, _E, _R), ("Collaboration", "Project", "Experiment", "Run"),
-         ("Validation", "Prediction")),
-    Kind("Validation", "validation", Validation, (_C, _P, _E, _R, _U),
-         ("Collaboration", "Project", "Experiment", "Run", "Participant"), ()),
-    Kind("Prediction", "prediction", Prediction, (_U, _C, _P, _E, _R),
-         ("Participant", "Collaboration", "Project", "Experiment", "Run"), ()),
-)}
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind(
+            "Collaboration",
+            "collaboration",
+            Collaboration,
+            (_C,),
+            (),
+            ("Project", "Experiment", "Run", "Registration", "Tag", "Alignment", "Model", "Validation", "Prediction"),
+        ),
+        Kind(
+            "Project",
+            "project",
+            Project,
+            (_C, _P),
+            ("Collaboration",),
+            ("Experiment", "Run", "Registration", "Tag", "Alignment", "Model", "Validation", "Prediction"),
+        ),
+        Kind(
+            "Experiment",
+            "experiment",
+            Experiment,
+            (_C, _P, _E),
+            ("Collaboration", "Project"),
+            ("Run", "Model", "Validation", "Prediction"),
+        ),
+        Kind(
+            "Run",
+            "run",
+            Run,
+            (_C, _P, _E, _R),
+            ("Collaboration", "Project", "Experiment"),
+            ("Model", "Validation", "Prediction"),
+        ),
+        Kind(
+            "Participant",
+            "participant",
+            Participant,
+            (_U,),
+            (),
+            ("Registration", "Tag", "Alignment", "Validation", "Prediction"),
+        ),
+        Kind(
+            "Registration",
+            "registration",
+            Registration,
+            (_C, _P, _U),
+            ("Collaboration", "Project", "Participant"),
+            ("Tag", "Alignment"),
+        ),
+        Kind(
+            "Tag", "tag", Tag, (_C, _P, _U), ("Collaboration", "Project", "Participant", "Registration"), ("Alignment",)
+        ),
+        Kind(
+            "Alignment",
+            "alignment",
+            Alignment,
+            (_C, _P, _U),
+            ("Collaboration", "Project", "Participant", "Registration"),
+            (),
+        ),
+        Kind(
+            "Model",
+            "model",
+            Model,
+            (_C, _P, _E, _R),
+            ("Collaboration", "Project", "Experiment", "Run"),
+            ("Validation", "Prediction"),
+        ),
+        Kind(
+            "Validation",
+            "validation",
+            Validation,
+            (_C, _P, _E, _R, _U),
+            ("Collaboration", "Project", "Experiment", "Run", "Participant"),
+            (),
+        ),
+        Kind(
+            "Prediction",
+            "prediction",
+            Prediction,
+            (_U, _C, _P, _E, _R),
+            ("Participant", "Collaboration", "Project", "Experiment", "Run"),
+            (),
+        ),
+    )
+}
 
 # Children before parents, so explicit cascades never trip a foreign key. Nodes go with registrations.
-DELETE_ORDER: tuple[str, ...] = ("Prediction", "Validation", "Model", "Alignment", "Tag", "RegistrationNode",
-                                 "Registration", "Run", "Experiment", "Project", "Participant", "Collaboration")
-TABLES: dict[str, type[Base]] = {**{name: kind.table for name, kind in KINDS.items()},
-                                 "RegistrationNode": RegistrationNode}
+DELETE_ORDER: tuple[str, ...] = (
+    "Prediction",
+    "Validation",
+    "Model",
+    "Alignment",
+    "Tag",
+    "RegistrationNode",
+    "Registration",
+    "Run",
+    "Experiment",
+    "Project",
+    "Participant",
+    "Collaboration",
+)
+TABLES: dict[str, type[Base]] = {
+    **{name: kind.table for name, kind in KINDS.items()},
+    "RegistrationNode": RegistrationNode,
+}
 
 # Deleting a Model leaves its validations and predictions: they are results of the run.
 CASCADES: dict[str, tuple[str, ...]] = {
     name: kind.relations + (("RegistrationNode",) if "Registration" in kind.relations else ())
-    for name, kind in KINDS.items()}
+    for name, kind in KINDS.items()
+}
 CASCADES["Model"] = ()
 CASCADES["Registration"] += ("RegistrationNode",)

@@ -3,6 +3,7 @@
 Validation here is the first line of defence: every body is checked before anything is stored
 or any Worker is touched, and a failure is a 422 with field paths.
 """
+
 from __future__ import annotations
 
 import re
@@ -51,7 +52,7 @@ class TagsCreate(Tags):
     model_config = ConfigDict(extra="allow")  # the original accepts `model`/`hyperparameters` extras
 
     @model_validator(mode="after")
-    def _needs_train(self) -> "TagsCreate":
+    def _needs_train(self) -> TagsCreate:
         if not self.train:
             raise ValueError("train tags are required")
         return self
@@ -106,6 +107,7 @@ class NodeInfo(Strict):
 
 
 # ---- Worker-facing bodies (TTP -> Worker REST) ----
+
 
 class PollRequest(Strict):
     action: Literal["classify", "regress"]

@@ -1,4 +1,5 @@
 """The Director's REST service: the TTP's contract, with phase 2 and 3 work queued for the grids."""
+
 from __future__ import annotations
 
 from fastapi import FastAPI
@@ -11,5 +12,6 @@ from .orchestrator import QueueOrchestrator
 
 def create_app(settings: DirectorSettings) -> FastAPI:
     settings.resolve_dirs("director")  # fills only what was not given
-    return create_contract_app(settings, f"Synergos Director ({settings.id})",
-                               lambda store, jobs: QueueOrchestrator(store, settings, jobs))
+    return create_contract_app(
+        settings, f"Synergos Director ({settings.id})", lambda store, jobs: QueueOrchestrator(store, settings, jobs)
+    )

@@ -1,4 +1,5 @@
 """`synergos-director --id director --logging_variant basic [--queue rabbitmq HOST PORT]`."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,13 @@ log = logging.getLogger("synergos_director")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("Synergos Director: queues federated jobs for the cluster's TTP grids")
-    parser.add_argument("--queue", "-q", nargs=3, metavar=("rabbitmq", "HOST", "PORT"),
-                        help="default MQ for collaborations that name none: rabbitmq HOST PORT")
+    parser.add_argument(
+        "--queue",
+        "-q",
+        nargs=3,
+        metavar=("rabbitmq", "HOST", "PORT"),
+        help="default MQ for collaborations that name none: rabbitmq HOST PORT",
+    )
     parser.add_argument("--ray_address", "--ray-address", help="join this Ray cluster instead of a local one")
     return parser
 
@@ -36,8 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     from .app import create_app
 
     log.info("Director %s listening on http://%s:%s", settings.id, settings.host, settings.port)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, ws="none", log_config=None,
-                timeout_keep_alive=5, limit_concurrency=200)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ws="none",
+        log_config=None,
+        timeout_keep_alive=5,
+        limit_concurrency=200,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The TTP's REST service in basic mode: `create_app(settings)` builds it; nothing at import time."""
+
 from __future__ import annotations
 
 from fastapi import FastAPI
@@ -11,5 +12,6 @@ from .orchestrator import Orchestrator
 
 def create_app(settings: TTPSettings) -> FastAPI:
     settings.resolve_dirs("ttp")  # fills only what was not given
-    return create_contract_app(settings, f"Synergos TTP ({settings.id})",
-                               lambda store, jobs: Orchestrator(store, settings, jobs))
+    return create_contract_app(
+        settings, f"Synergos TTP ({settings.id})", lambda store, jobs: Orchestrator(store, settings, jobs)
+    )

@@ -1,4 +1,5 @@
 """The cluster TTP's process: a job consumer on its own thread, and a health/status endpoint."""
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def create_cluster_app(settings: TTPSettings) -> FastAPI:
-    settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+    settings.outputs_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]  # set by the CLI
     runner = JobRunner(settings)
 
     def handle(job: dict) -> dict:
@@ -33,14 +34,16 @@ def create_cluster_app(settings: TTPSettings) -> FastAPI:
                 raise JobFailed(f"{exc.code}: {exc.detail}") from exc
             raise
 
-    consumer = JobConsumer(parse_queue_flag(settings.queue), handle, name=settings.id)
+    assert settings.queue is not None  # a cluster TTP is started with --queue
+    queue = settings.queue
+    consumer = JobConsumer(parse_queue_flag(queue), handle, name=settings.id)
     stop = threading.Event()
     thread = threading.Thread(target=consumer.run, args=(stop,), name="job-consumer", daemon=True)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         thread.start()
-        log.info("consuming jobs for grid %d from %s:%s", settings.grid, settings.queue[1], settings.queue[2])
+        log.info("consuming jobs for grid %d from %s:%s", settings.grid, queue[1], queue[2])
         try:
             yield
         finally:
@@ -54,7 +57,10 @@ def create_cluster_app(settings: TTPSettings) -> FastAPI:
     @app.get("/health", name="health")
     def health(request: Request) -> JSONResponse:
         alive = thread.is_alive()
-        return envelope(request, {"id": settings.id, "status": "ok" if alive else "stopped", **runner.status()},
-                        200 if alive else 503)
+        return envelope(
+            request,
+            {"id": settings.id, "status": "ok" if alive else "stopped", **runner.status()},
+            200 if alive else 503,
+        )
 
     return app

@@ -1,23 +1,27 @@
-"""What a TTP does on one grid, independent of where its inputs come from (metadata DB in basic
-mode, a queued job in cluster mode): poll and align, train, validate, predict."""
+"""What a TTP does on one grid: poll and align, train, validate, predict. `run_job` carries out one
+job (`synergos_core.jobs`, as `synergos_contract.planning` builds it) on a grid, whichever mode
+the TTP is in: a basic TTP runs the jobs of a request in-process, a cluster TTP those it takes off
+the MQ; both with the same code."""
+
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
-
-from synergos_core.alignment import Alignment, align_headers
-from synergos_core.checkpoints import load_state, save_state
 from pydantic import ValidationError
 
+from synergos_core.alignment import Alignment, align_headers, fix_model_io
+from synergos_core.checkpoints import load_state, save_state
 from synergos_core.errors import InvalidRequest, UpstreamError
+from synergos_core.metrics import aggregate_statistics, pooled_metric
 from synergos_core.preprocessing import Preprocessing, PreprocessingOptions, Statistics
 from synergos_core.preprocessing import plan as plan_preprocessing
-from synergos_core.metrics import aggregate_statistics, pooled_metric
+from synergos_core.schemas import RunHyperparameters
 from synergos_core.settings import FederationLimits
 
 from . import federated, fedgkt
@@ -27,18 +31,23 @@ log = logging.getLogger(__name__)
 RunKeys = tuple[str, str, str, str]
 
 
-async def poll_headers(http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, project_id: str,
-                       action: str) -> dict[str, dict]:
+async def poll_headers(
+    http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, project_id: str, action: str
+) -> dict[str, dict]:
     """Each node's feature headers per meta (and schemas and summaries), never its rows."""
+
     async def one(node: GridNode) -> dict:
-        return await worker_call(http, node, f"/worker/poll/{collab_id}/{project_id}",
-                                 {"action": action, "tags": node.tags})
+        return await worker_call(
+            http, node, f"/worker/poll/{collab_id}/{project_id}", {"action": action, "tags": node.tags}
+        )
+
     results = await asyncio.gather(*(one(node) for node in nodes))
-    return {node.participant_id: result for node, result in zip(nodes, results)}
+    return {node.participant_id: result for node, result in zip(nodes, results, strict=True)}
 
 
-def alignment_records(alignment: Alignment, polled: dict[str, dict] | None = None,
-                      options: PreprocessingOptions | None = None) -> dict[str, dict]:
+def alignment_records(
+    alignment: Alignment, polled: dict[str, dict] | None = None, options: PreprocessingOptions | None = None
+) -> dict[str, dict]:
     """Per participant: spacers per meta, the superset they align to, and the preprocessing
     (options and statistics, fitted on the train splits' aggregates) every split is prepared with."""
     records = {pid: {**spacers, "superset": alignment.superset} for pid, spacers in alignment.spacers.items()}
@@ -68,8 +77,9 @@ def preprocessing_plans(polled: dict[str, dict], options: PreprocessingOptions) 
     return plan_preprocessing(options, parties)
 
 
-async def align(http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, project_id: str,
-                action: str) -> tuple[Alignment, dict[str, dict]]:
+async def align(
+    http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, project_id: str, action: str
+) -> tuple[Alignment, dict[str, dict]]:
     polled = await poll_headers(http, nodes, collab_id, project_id, action)
     headers = {pid: result.get("headers", {}) for pid, result in polled.items()}
     if not any(meta.get("train") for meta in headers.values()):
@@ -77,8 +87,14 @@ async def align(http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, 
     return align_headers(headers), polled
 
 
-async def predict_spacers(http: httpx.AsyncClient, node: GridNode, collab_id: str, project_id: str, action: str,
-                          superset: dict[str, list[str]]) -> dict[str, list[int]]:
+async def predict_spacers(
+    http: httpx.AsyncClient,
+    node: GridNode,
+    collab_id: str,
+    project_id: str,
+    action: str,
+    superset: dict[str, list[str]],
+) -> dict[str, list[int]]:
     """Where a party's predict data lacks trained features; a feature the model never saw is drift."""
     polled = await poll_headers(http, [node], collab_id, project_id, action)
     headers = polled[node.participant_id].get("headers", {}).get("predict")
@@ -88,8 +104,11 @@ async def predict_spacers(http: httpx.AsyncClient, node: GridNode, collab_id: st
     for part in ("X", "y"):
         unknown = sorted(set(headers[part]) - set(superset[part]))
         if unknown:
-            raise InvalidRequest(f"feature drift: predict data has {len(unknown)} feature(s) the model was "
-                                 f"not trained on, e.g. {unknown[:5]}", "prediction.feature_drift")
+            raise InvalidRequest(
+                f"feature drift: predict data has {len(unknown)} feature(s) the model was "
+                f"not trained on, e.g. {unknown[:5]}",
+                "prediction.feature_drift",
+            )
         have = set(headers[part])
         spacers[part] = [i for i, name in enumerate(superset[part]) if name not in have]
     return spacers
@@ -99,13 +118,25 @@ def run_dir(outputs: Path, keys: RunKeys) -> Path:
     return outputs.joinpath(*keys)
 
 
-async def train_run(http: httpx.AsyncClient, limits: FederationLimits, keys: RunKeys, nodes: list[GridNode],
-                    action: str, model: list[dict], hyperparameters: dict[str, Any], outputs: Path,
-                    progress: Callable[..., None] | None = None) -> dict[str, Any]:
+def _algorithm(hyperparameters: dict[str, Any]) -> str:
+    return RunHyperparameters.model_validate(hyperparameters).algorithm  # its default, from the one place
+
+
+async def train_run(
+    http: httpx.AsyncClient,
+    limits: FederationLimits,
+    keys: RunKeys,
+    nodes: list[GridNode],
+    action: str,
+    model: list[dict],
+    hyperparameters: dict[str, Any],
+    outputs: Path,
+    progress: Callable[..., None] | None = None,
+) -> dict[str, Any]:
     """Train one run on one grid and export it; returns the Model record's details."""
     out = run_dir(outputs, keys)
     out.mkdir(parents=True, exist_ok=True)
-    algorithm = fedgkt if hyperparameters.get("algorithm") == "FedGKT" else federated
+    algorithm = fedgkt if _algorithm(hyperparameters) == "FedGKT" else federated
     async with GridRun(keys, nodes, action, model, hyperparameters, limits, http) as grid:
         outcome = await algorithm.train(grid, out, progress)
     save_state(outcome.state, out / "global_model.safetensors")
@@ -116,8 +147,12 @@ async def train_run(http: httpx.AsyncClient, limits: FederationLimits, keys: Run
         federated._write_json(out / f"local_loss_history_{pid}.json", hist)
         locals_[pid] = {"origin": pid, "path": str(rel / f"local_model_{pid}.safetensors"), "loss_history": hist}
     return {
-        "global": {"origin": "ttp", "path": str(rel / "global_model.safetensors"), "loss_history": outcome.history,
-                   "checkpoints": str(rel / "checkpoints")},
+        "global": {
+            "origin": "ttp",
+            "path": str(rel / "global_model.safetensors"),
+            "loss_history": outcome.history,
+            "checkpoints": str(rel / "checkpoints"),
+        },
         "locals": locals_,
         "rounds_completed": outcome.rounds_completed,
         "stopped_early": outcome.stopped_early,
@@ -147,13 +182,21 @@ class Inference:
         return {meta: {"statistics": combined, "participants": sorted(self.results)}}
 
 
-async def infer_run(http: httpx.AsyncClient, limits: FederationLimits, keys: RunKeys, nodes: list[GridNode],
-                    action: str, model: list[dict], hyperparameters: dict[str, Any], outputs: Path,
-                    meta: str) -> Inference:
+async def infer_run(
+    http: httpx.AsyncClient,
+    limits: FederationLimits,
+    keys: RunKeys,
+    nodes: list[GridNode],
+    action: str,
+    model: list[dict],
+    hyperparameters: dict[str, Any],
+    outputs: Path,
+    meta: str,
+) -> Inference:
     """Run the trained global model on each node's own `meta` data; statistics per participant."""
     state = load_state(run_dir(outputs, keys) / "global_model.safetensors")
     async with GridRun(keys, nodes, action, model, hyperparameters, limits, http) as grid:
-        if hyperparameters.get("algorithm") == "FedGKT":  # each party runs its own extractor
+        if _algorithm(hyperparameters) == "FedGKT":  # each party runs its own extractor
             states = fedgkt.participant_states(run_dir(outputs, keys), state, list(grid.channels))
             replies = await federated.infer_each(grid, states, meta)
         else:
@@ -162,5 +205,75 @@ async def infer_run(http: httpx.AsyncClient, limits: FederationLimits, keys: Run
     for pid, reply in replies.items():
         if reply.get("statistics") is not None:
             inference.results[pid] = {meta: {"statistics": reply["statistics"], "res_path": reply.get("res_path")}}
-            inference.parts[pid] = reply.get("parts")
+            inference.parts[pid] = reply.get("parts") or {}
     return inference
+
+
+# ---- one job, on one grid ----
+
+
+def job_nodes(job: dict[str, Any], grid: int) -> list[GridNode]:
+    """Grid `grid` of the job (fewer grids than TTPs: they share the nodes), narrowed to the
+    participants the job names, if any."""
+    grids = job["grids"]
+    if not grids:
+        raise ValueError("job has no grid")
+    participants = job["parameters"].get("participants")
+    return [
+        GridNode(**node)
+        for node in grids[grid % len(grids)]
+        if not participants or node["participant_id"] in participants
+    ]
+
+
+async def run_job(
+    http: httpx.AsyncClient,
+    job: dict[str, Any],
+    grid: int,
+    limits: FederationLimits,
+    outputs: Path,
+    progress: Callable[..., None] | None = None,
+) -> dict[str, Any]:
+    """Carry out one job on grid `grid`; returns its outcome, as `planning.archive` stores it:
+    preprocess: {alignments, experiments (resized with auto_fix)}; train: the Model's details;
+    evaluate: {meta, results, aggregate, spacers}."""
+    params, keys = job["parameters"], job["keys"]
+    nodes = job_nodes(job, grid)
+    c, p = keys["collab_id"], keys["project_id"]
+    if job["process"] == "preprocess":
+        alignment, polled = await align(http, nodes, c, p, params["action"])
+        options = PreprocessingOptions.resolve(params.get("preprocessing"))
+        experiments = {}
+        if params.get("auto_fix", True):
+            width, classes = len(alignment.superset["X"]), len(alignment.superset["y"])
+            experiments = {
+                e: fix_model_io(model, width, classes, params["action"])
+                for e, model in params.get("experiments", {}).items()
+            }
+        return {"alignments": alignment_records(alignment, polled, options), "experiments": experiments}
+    run_keys = (c, p, keys["expt_id"], keys["run_id"])
+    if job["process"] == "train":
+        return await train_run(
+            http,
+            limits,
+            run_keys,
+            nodes,
+            params["action"],
+            params["model"],
+            params["hyperparameters"],
+            outputs,
+            progress,
+        )
+    meta = params.get("meta", "evaluate")
+    if meta == "predict" and params.get("superset"):  # predict data must fit the trained layout
+        for node in nodes:
+            node.alignment["predict"] = await predict_spacers(http, node, c, p, params["action"], params["superset"])
+    inference = await infer_run(
+        http, limits, run_keys, nodes, params["action"], params["model"], params["hyperparameters"], outputs, meta
+    )
+    return {
+        "meta": meta,
+        "results": inference.results,
+        "aggregate": inference.aggregate(meta),
+        "spacers": {n.participant_id: n.alignment.get("predict") for n in nodes},
+    }

@@ -1,5 +1,6 @@
 """Every Synergos run recorded in a real MLflow server, checked through MLflow's own REST API;
 MLflow going away never fails training, and what was missed arrives when it returns."""
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,10 @@ from synergos_local import topology
 from .conftest import REST, TTP_HOST, register_parties
 
 TTP = f"http://{TTP_HOST}:{REST}"
-MLP = [{"activation": "relu", "is_input": True, "l_type": "Linear", "structure": {"in_features": 30, "out_features": 8}},
-       {"activation": "sigmoid", "l_type": "Linear", "structure": {"in_features": 8, "out_features": 1}}]
+MLP = [
+    {"activation": "relu", "is_input": True, "l_type": "Linear", "structure": {"in_features": 30, "out_features": 8}},
+    {"activation": "sigmoid", "l_type": "Linear", "structure": {"in_features": 8, "out_features": 1}},
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +41,14 @@ def _runs(service, experiment: str, timeout: float = 60, want: int = 1, done: bo
         found = _api(service, "experiments/get-by-name", experiment_name=experiment)
         if "experiment" in found:
             base = service.health_url.rstrip("/")
-            runs = httpx.post(f"{base}/api/2.0/mlflow/runs/search",
-                              json={"experiment_ids": [found["experiment"]["experiment_id"]]}).json().get("runs", [])
+            runs = (
+                httpx.post(
+                    f"{base}/api/2.0/mlflow/runs/search",
+                    json={"experiment_ids": [found["experiment"]["experiment_id"]]},
+                )
+                .json()
+                .get("runs", [])
+            )
             if len(runs) >= want and (not done or all(r["info"]["status"] != "RUNNING" for r in runs)):
                 return runs
         time.sleep(0.5)
@@ -54,8 +63,18 @@ def _connect_mlops(driver, collab: str, service) -> None:
 
 
 def _train_and_validate(driver, collab, run="r", **kw):
-    driver.runs.create(collab_id=collab, project_id="p", expt_id="e", run_id=run, rounds=3, epochs=5, lr=0.1,
-                       criterion="BCELoss", lr_scheduler="none", **kw)
+    driver.runs.create(
+        collab_id=collab,
+        project_id="p",
+        expt_id="e",
+        run_id=run,
+        rounds=3,
+        epochs=5,
+        lr=0.1,
+        criterion="BCELoss",
+        lr_scheduler="none",
+        **kw,
+    )
     driver.models.create(collab_id=collab, project_id="p", expt_id="e", run_id=run)
     driver.validations.create(collab_id=collab, project_id="p", expt_id="e", run_id=run)
 
@@ -87,14 +106,24 @@ def test_a_run_is_recorded_with_params_metrics_validation_artifacts_and_a_model_
         time.sleep(0.5)
     history = _api(mlflow_server, "metrics/get-history", run_id=run_id, metric_key="global_train_loss")["metrics"]
     assert sorted(m["step"] for m in history) == [0, 1, 2]
-    assert len(_api(mlflow_server, "metrics/get-history", run_id=run_id,
-                    metric_key=f"{collab}_participant_1_local_loss")["metrics"]) == 3
+    assert (
+        len(
+            _api(mlflow_server, "metrics/get-history", run_id=run_id, metric_key=f"{collab}_participant_1_local_loss")[
+                "metrics"
+            ]
+        )
+        == 3
+    )
     assert f"{collab}_participant_2_overall_accuracy" in metrics and "aggregate_overall_accuracy" in metrics
-    artifacts = httpx.get(f"{mlflow_server.health_url.rstrip('/')}/api/2.0/mlflow/artifacts/list",
-                          params={"run_id": run_id, "path": "model"}).json()
+    artifacts = httpx.get(
+        f"{mlflow_server.health_url.rstrip('/')}/api/2.0/mlflow/artifacts/list",
+        params={"run_id": run_id, "path": "model"},
+    ).json()
     assert any(f["path"].endswith("global_model.safetensors") for f in artifacts.get("files", []))
-    versions = httpx.get(f"{mlflow_server.health_url.rstrip('/')}/api/2.0/mlflow/model-versions/search",
-                         params={"filter": f"name='{experiment}'"}).json()["model_versions"]
+    versions = httpx.get(
+        f"{mlflow_server.health_url.rstrip('/')}/api/2.0/mlflow/model-versions/search",
+        params={"filter": f"name='{experiment}'"},
+    ).json()["model_versions"]
     assert [v["run_id"] for v in versions] == [run_id]
 
 
@@ -111,11 +140,13 @@ def test_training_survives_mlflow_going_away_and_the_metrics_arrive_when_it_retu
         mlflow_server.wait_healthy(120)
     (run,) = _runs(mlflow_server, f"{collab}_>_p_>_e", timeout=90)
     assert run["info"]["status"] == "FINISHED"
-    history = _api(mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"],
-                   metric_key="global_evaluate_loss")["metrics"]
+    history = _api(
+        mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="global_evaluate_loss"
+    )["metrics"]
     assert len(history) == 3
-    accuracy = _api(mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"],
-                    metric_key="global_evaluate_accuracy")["metrics"]
+    accuracy = _api(
+        mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="global_evaluate_accuracy"
+    )["metrics"]
     recorded = model["global"]["loss_history"]["evaluate_accuracy"]
     assert sorted((m["step"], m["value"]) for m in accuracy) == sorted((int(k), v) for k, v in recorded.items())
 
@@ -123,13 +154,19 @@ def test_training_survives_mlflow_going_away_and_the_metrics_arrive_when_it_retu
 def test_a_failed_run_ends_failed_not_running(grid, mlflow_server):
     collab = "doomed"
     _setup(grid, collab, mlflow_server)
-    httpx.put(f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/participants/{collab}_participant_2/"
-              "registration", json={"node_0": {"host": "127.0.0.250", "port": 8020, "f_port": 5000}})
-    resp = httpx.post(f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/experiments/e/runs",
-                      json={"run_id": "r", "lr_scheduler": "none", "criterion": "BCELoss"})
+    httpx.put(
+        f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/participants/{collab}_participant_2/registration",
+        json={"node_0": {"host": "127.0.0.250", "port": 8020, "f_port": 5000}},
+    )
+    resp = httpx.post(
+        f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/experiments/e/runs",
+        json={"run_id": "r", "lr_scheduler": "none", "criterion": "BCELoss"},
+    )
     assert resp.status_code == 201
-    assert httpx.post(f"{TTP}/ttp/train/collaborations/{collab}/projects/p/models/e/r", json={},
-                      timeout=120).status_code == 502
+    assert (
+        httpx.post(f"{TTP}/ttp/train/collaborations/{collab}/projects/p/models/e/r", json={}, timeout=120).status_code
+        == 502
+    )
     (run,) = _runs(mlflow_server, f"{collab}_>_p_>_e")
     assert run["info"]["status"] == "FAILED"
     tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}

@@ -1,5 +1,6 @@
 """The Synergos MQ against a real RabbitMQ node of its own (`TestBroker`: private node name,
 ports, epmd and data; stopped at the end of the session even on failure)."""
+
 from __future__ import annotations
 
 import collections
@@ -8,15 +9,27 @@ import json
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pika
 import pytest
 
 from synergos_local.broker import TestBroker
-from synergos_mq import (COMPLETED_QUEUE, DEAD_LETTER_QUEUE, JOB_QUEUES, BrokerAddress, BrokerUnavailable,
-                         CompletedConsumer, JobConsumer, JobFailed, PoisonMessage, Publisher, PublishError)
-from synergos_mq import topology
+from synergos_mq import (
+    COMPLETED_QUEUE,
+    DEAD_LETTER_QUEUE,
+    JOB_QUEUES,
+    BrokerAddress,
+    BrokerUnavailable,
+    CompletedConsumer,
+    JobConsumer,
+    JobFailed,
+    PoisonMessage,
+    Publisher,
+    PublishError,
+    topology,
+)
 from synergos_mq.messages import ATTEMPTS_HEADER, REASON_HEADER
 
 pytestmark = pytest.mark.integration
@@ -106,15 +119,22 @@ def publish_raw(broker: TestBroker, routing_key: str, body: bytes) -> None:
     try:
         channel = connection.channel()
         channel.confirm_delivery()
-        channel.basic_publish(topology.JOBS_EXCHANGE, routing_key, body,
-                              pika.BasicProperties(delivery_mode=2), mandatory=True)
+        channel.basic_publish(
+            topology.JOBS_EXCHANGE, routing_key, body, pika.BasicProperties(delivery_mode=2), mandatory=True
+        )
     finally:
         connection.close()
 
 
 def job(job_id: str, process: str = "train", **extra: Any) -> dict:
-    return {"job_id": job_id, "process": process, "keys": {"project_id": "p", "expt_id": "e", "run_id": job_id},
-            "grids": [], "parameters": {}, **extra}
+    return {
+        "job_id": job_id,
+        "process": process,
+        "keys": {"project_id": "p", "expt_id": "e", "run_id": job_id},
+        "grids": [],
+        "parameters": {},
+        **extra,
+    }
 
 
 def test_job_is_run_once_its_event_published_and_its_delivery_acked(mq: TestBroker, publisher: Publisher) -> None:
@@ -129,8 +149,17 @@ def test_job_is_run_once_its_event_published_and_its_delivery_acked(mq: TestBrok
     with running(consumer, events.consumer):
         assert publisher.publish_job("train", job("j-1")) == "j-1"
         got = events.wait_for(lambda e: len(e) >= 1)
-    assert got == [{"job_id": "j-1", "process": "train", "keys": job("j-1")["keys"], "status": "completed",
-                    "outcome": {"model": "ref://j-1"}, "attempt": 1, "consumer": "ttp-1"}]
+    assert got == [
+        {
+            "job_id": "j-1",
+            "process": "train",
+            "keys": job("j-1")["keys"],
+            "status": "completed",
+            "outcome": {"model": "ref://j-1"},
+            "attempt": 1,
+            "consumer": "ttp-1",
+        }
+    ]
     assert calls == {"j-1": 1}
     # The consumers are closed: an unacked delivery would be back in its queue by now.
     assert [mq.queue_depth(q) for q in (*JOB_QUEUES, COMPLETED_QUEUE, DEAD_LETTER_QUEUE)] == [0, 0, 0, 0, 0]
@@ -138,7 +167,8 @@ def test_job_is_run_once_its_event_published_and_its_delivery_acked(mq: TestBrok
 
 
 def test_poison_and_failing_jobs_are_dead_lettered_and_good_jobs_still_served(
-        mq: TestBroker, publisher: Publisher) -> None:
+    mq: TestBroker, publisher: Publisher
+) -> None:
     calls: collections.Counter[str] = collections.Counter()
 
     def handler(j: dict) -> dict:
@@ -252,7 +282,9 @@ def test_consumers_reconnect_after_forced_disconnects_and_lose_no_job(mq: TestBr
     assert mq.queue_depth("preprocess") == 0
 
 
-def test_heartbeats_flow_while_a_job_runs_longer_than_the_heartbeat_timeout(mq: TestBroker, publisher: Publisher) -> None:
+def test_heartbeats_flow_while_a_job_runs_longer_than_the_heartbeat_timeout(
+    mq: TestBroker, publisher: Publisher
+) -> None:
     address = BrokerAddress(host=mq.address.host, port=mq.address.port, heartbeat=1)
 
     def handler(j: dict) -> dict:

@@ -1,4 +1,5 @@
 """Phases 1-3 of the deployment guide through the Driver against real TTP and Worker processes."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ from .conftest import register_parties
 
 MLP = [
     {"activation": "relu", "is_input": True, "l_type": "Linear", "structure": {"in_features": 8, "out_features": 16}},
-    {"activation": "sigmoid", "is_input": False, "l_type": "Linear",
-     "structure": {"in_features": 16, "out_features": 1}},
+    {
+        "activation": "sigmoid",
+        "is_input": False,
+        "l_type": "Linear",
+        "structure": {"in_features": 16, "out_features": 1},
+    },
 ]
 
 
@@ -31,9 +36,21 @@ def test_binary_classification_learns_and_exports(grid):
     driver = grid.driver()
     collab, project = "binary", "breast_cancer"
     register_parties(driver, collab, project, "breast_cancer")
-    alignments, model, validations = _train_validate_predict(
-        driver, collab, project, "mlp", "run_1", MLP, rounds=4, epochs=20, lr=0.5, lr_scheduler="none",
-        criterion="BCELoss", optimizer="SGD", mu=0.01)
+    _alignments, model, validations = _train_validate_predict(
+        driver,
+        collab,
+        project,
+        "mlp",
+        "run_1",
+        MLP,
+        rounds=4,
+        epochs=20,
+        lr=0.5,
+        lr_scheduler="none",
+        criterion="BCELoss",
+        optimizer="SGD",
+        mu=0.01,
+    )
     # auto_fix resized the input layer to the 30 aligned features
     expt = driver.experiments.read(collab_id=collab, project_id=project, expt_id="mlp")["data"]
     assert expt["model"][0]["structure"]["in_features"] == 30
@@ -47,8 +64,9 @@ def test_binary_classification_learns_and_exports(grid):
         assert stats["overall_accuracy"] > 0.85, (pid, stats["overall_accuracy"])
         assert min(stats["roc_auc_score"]) > 0.9
     agg = validations["aggregate"]["evaluate"]["statistics"]
-    assert agg["n_samples"] == sum(validations[f"{collab}_participant_{i}"]["evaluate"]["statistics"]["n_samples"]
-                                   for i in (1, 2))
+    assert agg["n_samples"] == sum(
+        validations[f"{collab}_participant_{i}"]["evaluate"]["statistics"]["n_samples"] for i in (1, 2)
+    )
     # exports: global and local models, loss histories, one checkpoint per round
     out = grid.ttp_outputs / collab / project / "mlp" / "run_1"
     weights = load_file(out / "global_model.safetensors")
@@ -58,9 +76,14 @@ def test_binary_classification_learns_and_exports(grid):
         assert json.loads((out / f"local_loss_history_{collab}_participant_{i}.json").read_text())
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"round_{r}" for r in range(4)]
     # predictions: each participant on its own predict data; predictions stay with the Worker
-    pred = driver.predictions.create(collab_id=collab, tags={project: [["breast_cancer", "predict"]]},
-                                     participant_id=f"{collab}_participant_1", project_id=project,
-                                     expt_id="mlp", run_id="run_1")["data"]
+    pred = driver.predictions.create(
+        collab_id=collab,
+        tags={project: [["breast_cancer", "predict"]]},
+        participant_id=f"{collab}_participant_1",
+        project_id=project,
+        expt_id="mlp",
+        run_id="run_1",
+    )["data"]
     assert pred[0]["predict"]["statistics"]["overall_accuracy"] > 0.85
     res = grid.workspace / "worker_1" / "outputs" / pred[0]["predict"]["res_path"]
     assert (res / "inference_predictions_predict.txt").is_file()
@@ -73,12 +96,29 @@ def test_multiclass_with_a_category_missing_at_each_party(grid):
     driver = grid.driver()
     collab, project = "multiclass", "penguins"
     register_parties(driver, collab, project, "penguins")
-    alignments, model, validations = _train_validate_predict(
-        driver, collab, project, "linear",  "run_1",
-        [{"activation": "sigmoid", "is_input": True, "l_type": "Linear",
-          "structure": {"bias": True, "in_features": 18, "out_features": 1}}],
-        rounds=5, epochs=50, lr=0.5, lr_scheduler="none", criterion="CrossEntropyLoss", optimizer="SGD", mu=0.0,
-        algorithm="FedAvg")
+    alignments, _model, validations = _train_validate_predict(
+        driver,
+        collab,
+        project,
+        "linear",
+        "run_1",
+        [
+            {
+                "activation": "sigmoid",
+                "is_input": True,
+                "l_type": "Linear",
+                "structure": {"bias": True, "in_features": 18, "out_features": 1},
+            }
+        ],
+        rounds=5,
+        epochs=50,
+        lr=0.5,
+        lr_scheduler="none",
+        criterion="CrossEntropyLoss",
+        optimizer="SGD",
+        mu=0.0,
+        algorithm="FedAvg",
+    )
     by_party = {a["key"]["participant_id"]: a for a in alignments}
     superset = by_party[f"{collab}_participant_1"]["superset"]
     assert superset["y"] == ["target_Adelie", "target_Chinstrap", "target_Gentoo"]
@@ -98,11 +138,28 @@ def test_regression_reports_r2_mse_mae(grid):
     collab, project = "regression", "diabetes"
     register_parties(driver, collab, project, "diabetes", action="regress")
     _, model, validations = _train_validate_predict(
-        driver, collab, project, "linear", "run_1",
-        [{"activation": None, "is_input": True, "l_type": "Linear", "structure": {"in_features": 1,
-                                                                                  "out_features": 1}}],
-        rounds=3, epochs=200, lr=0.5, lr_scheduler="none", criterion="MSELoss", optimizer="Adam", mu=0.0,
-        batch_size=64)
+        driver,
+        collab,
+        project,
+        "linear",
+        "run_1",
+        [
+            {
+                "activation": None,
+                "is_input": True,
+                "l_type": "Linear",
+                "structure": {"in_features": 1, "out_features": 1},
+            }
+        ],
+        rounds=3,
+        epochs=200,
+        lr=0.5,
+        lr_scheduler="none",
+        criterion="MSELoss",
+        optimizer="Adam",
+        mu=0.0,
+        batch_size=64,
+    )
     agg = validations["aggregate"]["evaluate"]["statistics"]
     assert set(agg) >= {"R2", "MSE", "MAE"}
     assert agg["R2"] > 0.2, agg
@@ -113,10 +170,20 @@ def test_regression_reports_r2_mse_mae(grid):
     # scikit-learn from the raw evaluate CSV and the predictions kept on the Worker
     pooled_truth, pooled_predicted = [], []
     for i, name in enumerate(("worker_1", "worker_2"), start=1):
-        truth = pd.concat(pd.read_csv(p) for p in sorted((grid.workspace / name / "data" / "diabetes" /
-                                                           "evaluate").glob("*.csv")))["target"].to_numpy()
-        predicted = np.loadtxt(grid.workspace / name / "outputs" / collab / project / "linear" / "run_1" /
-                               "evaluate" / "inference_predictions_evaluate.txt")
+        truth = pd.concat(
+            pd.read_csv(p) for p in sorted((grid.workspace / name / "data" / "diabetes" / "evaluate").glob("*.csv"))
+        )["target"].to_numpy()
+        predicted = np.loadtxt(
+            grid.workspace
+            / name
+            / "outputs"
+            / collab
+            / project
+            / "linear"
+            / "run_1"
+            / "evaluate"
+            / "inference_predictions_evaluate.txt"
+        )
         pooled_truth.append(truth)
         pooled_predicted.append(predicted)
         stats = validations[f"{collab}_participant_{i}"]["evaluate"]["statistics"]
@@ -144,7 +211,9 @@ def test_progress_is_readable_after_training(grid):
     assert training["state"] == "completed" and training["round"] == training["rounds"] == 4
     # the progress line shows the final global model's losses and validation accuracy
     metrics = training["metrics"]
-    assert set(metrics) >= {"train_loss", "evaluate_loss", "evaluate_accuracy"} and 0.5 < metrics["evaluate_accuracy"] <= 1
+    assert (
+        set(metrics) >= {"train_loss", "evaluate_loss", "evaluate_accuracy"} and 0.5 < metrics["evaluate_accuracy"] <= 1
+    )
     from synergos_driver._progress import format_job
 
     assert "evaluate accuracy" in format_job(training)

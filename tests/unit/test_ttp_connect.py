@@ -597,6 +597,7 @@ def test_project_grid_has_the_documented_shape(client: TestClient) -> None:
 
 def test_store_results_upsert_list_and_cascade(client: TestClient) -> None:
     from synergos_core.errors import NotFound
+    from synergos_core.records import Alignment, Model, Validation
 
     phase1(client)
     store = client.app.state.store
@@ -605,17 +606,20 @@ def test_store_results_upsert_list_and_cascade(client: TestClient) -> None:
 
     store.put_alignment(*keys, "participant_1", {"train": {"X": [1], "y": []}})
     store.put_alignment(*keys, "participant_1", {"train": {"X": [2], "y": []}})
-    assert [a["train"]["X"] for a in store.list_alignments(*keys)] == [[2]]
+    (alignment,) = store.list_alignments(*keys)  # typed records: the envelope is drawn at the REST edge only
+    assert isinstance(alignment, Alignment) and alignment.train is not None and alignment.train.X == [2]
 
     store.put_model(*run, {"global": {"origin": "ttp"}})
-    assert store.list_models(*keys, "experiment_1")[0]["global"] == {"origin": "ttp"}
+    (model,) = store.list_models(*keys, "experiment_1")
+    assert isinstance(model, Model) and model.details() == {"global": {"origin": "ttp"}}
     store.put_validation(*run, "participant_1", {"evaluate": {"statistics": {"accuracy": 0.5}}})
     store.put_validation(*run, "aggregate", {"evaluate": {"statistics": {"accuracy": 0.6}}})
     store.put_prediction("participant_1", *run, {"predict": {"statistics": {}}})
-    assert {v["key"]["participant_id"] for v in store.list_validations(*keys)} == {"participant_1", "aggregate"}
+    assert {v.participant_id for v in store.list_validations(*keys)} == {"participant_1", "aggregate"}
     assert len(store.list_validations(*run, participant_id="aggregate")) == 1
     assert len(store.list_predictions("participant_1", "collaboration_1")) == 1
-    assert len(store.get_run(*run)["relations"]["Validation"]) == 2
+    validations = store.get_run(*run).relations["Validation"]
+    assert len(validations) == 2 and all(isinstance(v, Validation) for v in validations)
 
     with pytest.raises(NotFound) as missing:
         store.put_model(*keys, "experiment_1", "run_9", {})
@@ -624,7 +628,7 @@ def test_store_results_upsert_list_and_cascade(client: TestClient) -> None:
         store.put_validation(*run, "ghost", {})
 
     ok(client.delete(f"{CONNECT}/participants/participant_1"))
-    assert [v["key"]["participant_id"] for v in store.list_validations(*keys)] == ["aggregate"]
+    assert [v.participant_id for v in store.list_validations(*keys)] == ["aggregate"]
     assert store.list_alignments(*keys) == []
     with pytest.raises(NotFound):
         store.list_predictions("participant_1", "collaboration_1")

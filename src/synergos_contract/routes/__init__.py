@@ -1,4 +1,5 @@
 """The TTP's REST routers, one module per resource. `create_app` includes every router in ROUTERS."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter

@@ -1,18 +1,19 @@
 """Phase 3: /ttp/evaluate/… validations and predictions."""
+
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synergos_contract.envelope import envelope
 from synergos_core.schemas import ID_PATTERN, check_tag
 
-from ..deps import StoreDep
-from .train import OrchestratorDep, accepted
+from ..deps import ContractRouter, OrchestratorDep, StoreDep
+from ..public import Envelope, PredictionPublic, QueuedJobPublic, ValidationPublic, answer, queued_responses
+from .train import accepted
 
-router = APIRouter(prefix="/ttp/evaluate")
+router = ContractRouter(prefix="/ttp/evaluate", tags=["evaluate"])
 Id = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
@@ -33,47 +34,102 @@ class PredictionRequest(BaseModel):
 
 
 VALIDATION = "/collaborations/{collab_id}/projects/{project_id}/validations"
-VALIDATION_PATHS = [VALIDATION, VALIDATION + "/", VALIDATION + "/{expt_id}", VALIDATION + "/{expt_id}/{run_id}",
-                    VALIDATION + "/{expt_id}/{run_id}/{participant_id}"]
+VALIDATION_PATHS = [
+    VALIDATION,
+    VALIDATION + "/",
+    VALIDATION + "/{expt_id}",
+    VALIDATION + "/{expt_id}/{run_id}",
+    VALIDATION + "/{expt_id}/{run_id}/{participant_id}",
+]
 
 
-async def create_validations(request: Request, body: ValidationRequest, orch: OrchestratorDep,
-                             collab_id: Id, project_id: Id, expt_id: str | None = None,
-                             run_id: str | None = None, participant_id: str | None = None) -> object:
+async def create_validations(
+    request: Request,
+    response: Response,
+    body: ValidationRequest,
+    orch: OrchestratorDep,
+    collab_id: Id,
+    project_id: Id,
+    expt_id: str | None = None,
+    run_id: str | None = None,
+    participant_id: str | None = None,
+) -> dict[str, Any]:
     records = await orch.validate(collab_id, project_id, expt_id, run_id, participant_id)
-    return envelope(request, records, accepted(orch))
+    return answer(request, records, accepted(orch), response)
 
 
-async def read_validations(request: Request, store: StoreDep, collab_id: Id, project_id: Id,
-                           expt_id: str | None = None, run_id: str | None = None,
-                           participant_id: str | None = None) -> object:
-    store.get_project(collab_id, project_id)
-    records = store.list_validations(collab_id, project_id, expt_id, run_id, participant_id)
-    return envelope(request, records)
+async def read_validations(
+    request: Request,
+    store: StoreDep,
+    collab_id: Id,
+    project_id: Id,
+    expt_id: str | None = None,
+    run_id: str | None = None,
+    participant_id: str | None = None,
+) -> dict[str, Any]:
+    return answer(request, store.list_validations(collab_id, project_id, expt_id, run_id, participant_id))
 
 
 PREDICTION = "/participants/{participant_id}/collaborations/{collab_id}/predictions"
-PREDICTION_PATHS = [PREDICTION, PREDICTION + "/", PREDICTION + "/{project_id}", PREDICTION + "/{project_id}/{expt_id}",
-                    PREDICTION + "/{project_id}/{expt_id}/{run_id}"]
+PREDICTION_PATHS = [
+    PREDICTION,
+    PREDICTION + "/",
+    PREDICTION + "/{project_id}",
+    PREDICTION + "/{project_id}/{expt_id}",
+    PREDICTION + "/{project_id}/{expt_id}/{run_id}",
+]
 
 
-async def create_predictions(request: Request, body: PredictionRequest, orch: OrchestratorDep,
-                             participant_id: Id, collab_id: Id, project_id: str | None = None,
-                             expt_id: str | None = None, run_id: str | None = None) -> object:
+async def create_predictions(
+    request: Request,
+    response: Response,
+    body: PredictionRequest,
+    orch: OrchestratorDep,
+    participant_id: Id,
+    collab_id: Id,
+    project_id: str | None = None,
+    expt_id: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     records = await orch.predict(participant_id, collab_id, body.tags, project_id, expt_id, run_id)
-    return envelope(request, records, accepted(orch))
+    return answer(request, records, accepted(orch), response)
 
 
-async def read_predictions(request: Request, store: StoreDep, participant_id: Id, collab_id: Id,
-                           project_id: str | None = None, expt_id: str | None = None,
-                           run_id: str | None = None) -> object:
-    records = store.list_predictions(participant_id, collab_id, project_id, expt_id, run_id)
-    return envelope(request, records)
+async def read_predictions(
+    request: Request,
+    store: StoreDep,
+    participant_id: Id,
+    collab_id: Id,
+    project_id: str | None = None,
+    expt_id: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    return answer(request, store.list_predictions(participant_id, collab_id, project_id, expt_id, run_id))
 
 
 for _path in VALIDATION_PATHS:
-    router.add_api_route(_path, create_validations, methods=["POST"], name="validations")
-    router.add_api_route(_path, read_validations, methods=["GET"], name="validations")
+    router.add_api_route(
+        _path,
+        create_validations,
+        methods=["POST"],
+        name="validations",
+        status_code=201,
+        response_model=Envelope[list[ValidationPublic] | list[QueuedJobPublic]],
+        responses=queued_responses(QueuedJobPublic),
+    )
+    router.add_api_route(
+        _path, read_validations, methods=["GET"], name="validations", response_model=Envelope[list[ValidationPublic]]
+    )
 for _path in PREDICTION_PATHS:
-    router.add_api_route(_path, create_predictions, methods=["POST"], name="predictions")
-    router.add_api_route(_path, read_predictions, methods=["GET"], name="predictions")
+    router.add_api_route(
+        _path,
+        create_predictions,
+        methods=["POST"],
+        name="predictions",
+        status_code=201,
+        response_model=Envelope[list[PredictionPublic] | list[QueuedJobPublic]],
+        responses=queued_responses(QueuedJobPublic),
+    )
+    router.add_api_route(
+        _path, read_predictions, methods=["GET"], name="predictions", response_model=Envelope[list[PredictionPublic]]
+    )

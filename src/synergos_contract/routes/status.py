@@ -1,13 +1,17 @@
 """GET /ttp/status/jobs: progress of long work, polled by the Driver while it waits."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Any
 
-from synergos_contract.envelope import envelope
+from fastapi import Request
 
-router = APIRouter(prefix="/ttp/status")
+from ..deps import ContractRouter
+from ..public import Envelope, JobPublic, answer
+
+router = ContractRouter(prefix="/ttp/status", tags=["status"])
 
 
-@router.get("/jobs", name="jobs")
-async def list_jobs(request: Request, collab_id: str | None = None, project_id: str | None = None) -> object:
-    return envelope(request, request.app.state.jobs.list(collab_id=collab_id, project_id=project_id))
+@router.get("/jobs", name="jobs", response_model=Envelope[list[JobPublic]])
+async def list_jobs(request: Request, collab_id: str | None = None, project_id: str | None = None) -> dict[str, Any]:
+    return answer(request, request.app.state.jobs.list(collab_id=collab_id, project_id=project_id))
