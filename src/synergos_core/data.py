@@ -62,6 +62,9 @@ class PreparedData:
     # a regression target as the model sees it is (y - target_shift) / target_scale
     target_shift: float = 0.0
     target_scale: float = 1.0
+    # the aggregates of these rows when they were computed: always for tabular data prepared
+    # without the project's statistics (as polled at alignment); None otherwise
+    statistics: Statistics | None = None
 
     def headers(self) -> dict[str, list[str]]:
         """The headers the TTP aligns: `{"X": [...], "y": [...]}`."""
@@ -447,6 +450,7 @@ def prepare_tabular(
         metadata=metadata,
         target_shift=shift,
         target_scale=scale,
+        statistics=own,
     )
 
 

@@ -59,11 +59,9 @@ def classification_statistics(y_true: np.ndarray, y_score: np.ndarray) -> dict[s
         raise InvalidRequest("scores must be (N, 1) or (N, k) with one row per label", code=ErrorCode.METRICS_INVALID)
     if not np.all(np.isfinite(scores)):
         raise InvalidRequest("scores must be finite numbers", code=ErrorCode.METRICS_INVALID)
+    predicted = predicted_classes(scores)
     if scores.shape[1] == 1:
-        predicted = (scores[:, 0] > 0.5).astype(np.int64)
         scores = np.column_stack([1.0 - scores[:, 0], scores[:, 0]])
-    else:
-        predicted = np.argmax(scores, axis=1).astype(np.int64)
     n_classes = scores.shape[1]
     if labels.size and (not np.all(np.equal(np.mod(labels, 1), 0)) or labels.min() < 0 or labels.max() >= n_classes):
         raise InvalidRequest(f"labels must be class indices in [0, {n_classes})", code=ErrorCode.METRICS_INVALID)

@@ -463,13 +463,17 @@ def accepted_hyperparameters(hp: dict[str, Any]) -> set[str]:
     )
 
 
-def check_known_hyperparameters(hp: dict[str, Any], ignore: Iterable[str] = ()) -> None:
+def check_known_hyperparameters(hp: dict[str, Any]) -> None:
     """422 for a name no constructor of the run and no Synergos option accepts (it would be stored and
     silently ignored), naming the closest accepted one."""
+    refuse_unknown(hp, accepted_hyperparameters(hp))
+
+
+def refuse_unknown(names: Iterable[str], accepted: set[str]) -> None:
+    """422 naming each of `names` outside `accepted`, with the closest accepted name."""
     import difflib
 
-    accepted = accepted_hyperparameters(hp) | set(ignore)
-    unknown = sorted(name for name in hp if name not in accepted)
+    unknown = sorted(name for name in names if name not in accepted)
     if not unknown:
         return
     fields, hints = [], []

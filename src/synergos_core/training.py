@@ -149,43 +149,54 @@ class LocalTrainer:
 
     # -- evaluation --
     @torch.no_grad()
-    def evaluate(self, meta: str) -> tuple[float | None, int]:
-        """Mean criterion loss of the current weights on `meta` (None when there is no such data)."""
-        split = self.data.get(meta)
-        if split is None or len(split) == 0:
-            return None, 0
-        self.model.eval()
-        out = self.model(split.X)
-        loss = compute_loss(self.criterion, self.criterion_name, out, split.y, self.action, kind=self.model.output_kind)
-        return float(loss), len(split)
-
-    @torch.no_grad()
-    def infer(self, meta: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """(labels, scores) on `meta`: class probabilities for classification, values for regression."""
+    def _outputs(self, meta: str) -> tuple[Split, torch.Tensor] | None:
+        """The current weights' raw outputs on `meta` (None when there is no such data)."""
         split = self.data.get(meta)
         if split is None or len(split) == 0:
             return None
         self.model.eval()
-        out = self.model(split.X)
+        return split, self.model(split.X)
+
+    def _loss(self, split: Split, out: torch.Tensor) -> float:
+        loss = compute_loss(self.criterion, self.criterion_name, out, split.y, self.action, kind=self.model.output_kind)
+        return float(loss)
+
+    def _scores(self, split: Split, out: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         if self.action == "classify":
-            out = to_probabilities(out, self.criterion_name, kind=self.model.output_kind)
-            return split.y.numpy(), out.numpy()
+            probabilities = to_probabilities(out, self.criterion_name, kind=self.model.output_kind)
+            return split.y.numpy(), probabilities.numpy()
         # predictions and labels in the target's original units
         shift, scale = split.target_shift, split.target_scale
         return (split.y.double() * scale + shift).numpy(), (out.double() * scale + shift).numpy()
 
+    def evaluate(self, meta: str) -> tuple[float | None, int]:
+        """Mean criterion loss of the current weights on `meta` (None when there is no such data)."""
+        found = self._outputs(meta)
+        return (None, 0) if found is None else (self._loss(*found), len(found[0]))
+
+    def infer(self, meta: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels, scores) on `meta`: class probabilities for classification, values for regression."""
+        found = self._outputs(meta)
+        return None if found is None else self._scores(*found)
+
     def assess(self) -> dict[str, Any]:
         """The current (global) weights on this party's data: the losses on `train` and `evaluate`
-        with their counts, and the sums from which the pooled evaluate metric is exact."""
+        with their counts, and the sums from which the pooled evaluate metric is exact (one forward
+        pass per split)."""
         train_loss, train_n = self.evaluate("train")
-        eval_loss, eval_n = self.evaluate("evaluate")
-        result = self.infer("evaluate")
+        found = self._outputs("evaluate")
+        if found is None:
+            eval_loss, eval_n, metric = None, 0, None
+        else:
+            split, out = found
+            eval_loss, eval_n = self._loss(split, out), len(split)
+            metric = metric_parts(*self._scores(split, out), self.action)
         return {
             "train_loss": train_loss,
             "train_samples": train_n,
             "eval_loss": eval_loss,
             "eval_samples": eval_n,
-            "metric": metric_parts(*result, self.action) if result else None,
+            "metric": metric,
         }
 
 

@@ -27,7 +27,7 @@ from synergos_contract import planning
 from synergos_contract.jobs import failure_reason
 from synergos_contract.schemas import OptimizationRequest, invalid_body
 from synergos_core.errors import InvalidRequest
-from synergos_core.model import accepted_hyperparameters, check_known_hyperparameters
+from synergos_core.model import accepted_hyperparameters, refuse_unknown
 from synergos_core.records import AGGREGATE, OptimizationSummary
 from synergos_core.schemas import RunHyperparameters
 
@@ -58,9 +58,7 @@ def check_search_space(space: dict[str, Any]) -> None:
                 accepted |= accepted_hyperparameters(
                     {"optimizer": optimizer, "lr_scheduler": scheduler, "criterion": criterion}
                 )
-    unknown = {name: None for name in space if name not in accepted}
-    if unknown:
-        check_known_hyperparameters({**unknown, "optimizer": _DEFAULTS.optimizer}, ignore=accepted)
+    refuse_unknown(space, accepted)
     for name, value in space.items():
         if isinstance(value, dict) and "_type" in value:
             kind, args = value.get("_type"), value.get("_value")

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from synergos_contract.envelope import envelope
-from synergos_core.data import load_meta, train_statistics
+from synergos_core.data import load_meta
 from synergos_core.schemas import ID_PATTERN, METAS, PollRequest
 
 from ..deps import SettingsDep
@@ -21,6 +21,7 @@ Id = Annotated[str, Path(pattern=ID_PATTERN)]
 
 def _describe(data_dir: pathlib.Path, body: PollRequest) -> dict:
     headers, schemas, metadata = {}, {}, {}
+    statistics = None
     for meta in METAS:
         prepared = load_meta(data_dir, getattr(body.tags, meta), body.action)
         if prepared is None:
@@ -28,8 +29,8 @@ def _describe(data_dir: pathlib.Path, body: PollRequest) -> dict:
         headers[meta] = {"X": prepared.x_headers, "y": prepared.y_headers}
         schemas[meta] = prepared.schema
         metadata[meta] = prepared.metadata
-    # aggregates of the train split only, from which the project's preprocessing is fitted
-    statistics = train_statistics(data_dir, body.tags.train, body.action)
+        if meta == "train":  # aggregates of the train split only: the project's preprocessing is fitted on them
+            statistics = prepared.statistics
     return {
         "headers": headers,
         "schemas": schemas,
