@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
-from synergos_core.errors import InvalidRequest
+from synergos_core.errors import ErrorCode, InvalidRequest
 from synergos_core.records import Record
 from synergos_core.schemas import ID_PATTERN
 from synergos_core.settings import TTPSettings
@@ -106,6 +106,6 @@ def agree_with_url(request: Request, body: dict[str, Any], aliases: dict[str, st
             kept[name] = value
     if fields:
         raise InvalidRequest(
-            "; ".join(f"{f['path']}: {f['message']}" for f in fields), "request.invalid", fields=fields
+            "; ".join(f"{f['path']}: {f['message']}" for f in fields), ErrorCode.REQUEST_INVALID, fields=fields
         )
     return kept

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from synergos_core.errors import InvalidRequest
+from synergos_core.errors import ErrorCode, InvalidRequest
 from synergos_core.preprocessing import Scaling, Source, TargetScalingOption
 from synergos_core.schemas import (
     ID_PATTERN,
@@ -70,7 +70,7 @@ def invalid_body(exc: ValidationError, detail_prefix: str = "") -> InvalidReques
         for err in exc.errors()
     ]
     detail = detail_prefix + "; ".join(f"{f['path']}: {f['message']}" for f in fields)
-    return InvalidRequest(detail, "request.invalid", fields=fields)
+    return InvalidRequest(detail, ErrorCode.REQUEST_INVALID, fields=fields)
 
 
 def recheck(model: type[BaseModel], merged: dict[str, Any], ids: dict[str, str], **dump: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from synergos_core.errors import Conflict, NotFound
+from synergos_core.errors import Conflict, ErrorCode, NotFound
 from synergos_core.records import (
     RECORDS,
     Alignment,
@@ -351,7 +351,7 @@ class Store:
             )
             pairs.extend((expt, run) for run in runs)
         if not pairs:
-            raise NotFound("nothing to do: no runs in this scope", "run.not_found")
+            raise NotFound("nothing to do: no runs in this scope", ErrorCode.RUN_NOT_FOUND)
         return pairs
 
     def project_grid(self, collab_id: str, project_id: str) -> list[dict]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from .errors import FederationError
+from .errors import ErrorCode, FederationError
 from .protocol import GktExtractor, GktFeatures, GktTrain, ReplyMessage, RequestMessage, as_header, new_nonce
 from .wire import (
     Layout,
@@ -83,12 +83,12 @@ class ReplayGuard:
         nonce, rnd = message.nonce, message.round
         if message.run != self.run:
             raise FederationError(
-                f"message for run {message.run!r} on the channel of {self.run!r}", "federation.wrong_run"
+                f"message for run {message.run!r} on the channel of {self.run!r}", ErrorCode.FEDERATION_WRONG_RUN
             )
         if nonce in self._seen:
-            raise FederationError("replayed nonce", "federation.replay")
+            raise FederationError("replayed nonce", ErrorCode.FEDERATION_REPLAY)
         if rnd < self.round:
-            raise FederationError(f"stale round {rnd!r} (current {self.round})", "federation.replay")
+            raise FederationError(f"stale round {rnd!r} (current {self.round})", ErrorCode.FEDERATION_REPLAY)
         self.round = rnd
         self._seen.add(nonce)
         self._order.append(nonce)
@@ -100,9 +100,9 @@ async def recv_frame(ws: Any, timeout: float | None) -> bytes:
     try:
         frame = await asyncio.wait_for(ws.recv(), timeout)
     except TimeoutError:
-        raise FederationError(f"no message within {timeout:.0f} s", "federation.timeout") from None
+        raise FederationError(f"no message within {timeout:.0f} s", ErrorCode.FEDERATION_TIMEOUT) from None
     if isinstance(frame, str):
-        raise FederationError("text frames are not part of the protocol", "federation.protocol")
+        raise FederationError("text frames are not part of the protocol", ErrorCode.FEDERATION_PROTOCOL)
     return bytes(frame) if not isinstance(frame, bytes) else frame
 
 
@@ -128,7 +128,7 @@ async def recv_into(
         covered += sum(t.numel() for _, _, t in slices)
     expected = layout.total()
     if covered != expected:
-        raise FederationError(f"received {covered} of {expected} values", "federation.bad_update")
+        raise FederationError(f"received {covered} of {expected} values", ErrorCode.FEDERATION_BAD_UPDATE)
 
 
 async def send_header(ws: Any, header: dict[str, Any]) -> None:

@@ -20,20 +20,21 @@ from torch import nn
 
 from .errors import ErrorCode, InvalidRequest
 from .model import Schedule, SynergosModel, compute_loss, output_kind
-from .training import LocalTrainer, lr_summary, run_epochs, run_steps_per_epoch
+from .schemas import RunHyperparameters
+from .training import LocalTrainer, lr_summary, run_steps_per_epoch
 from .wire import Layout
 
 _EPS = 1e-6
 
 
-def split_index(spec: list[dict[str, Any]], hp: dict[str, Any]) -> int:
+def split_index(spec: list[dict[str, Any]], hp: RunHyperparameters | dict[str, Any]) -> int:
     """How many layers stay with the parties (`L`, default half the model, at least one each side)."""
     count = len(spec)
     if count < 2:
         raise InvalidRequest(
             "FedGKT needs at least two layers to split between parties and server", ErrorCode.RUN_INVALID_COMBINATION
         )
-    split = int(hp.get("L") or max(1, count // 2))
+    split = RunHyperparameters.of(hp).distillation.L or max(1, count // 2)
     if not 1 <= split < count:
         raise InvalidRequest(f"L must be between 1 and {count - 1} for this {count}-layer model", ErrorCode.RUN_INVALID)
     return split
@@ -111,9 +112,11 @@ class _ServerLayers(nn.Module):
 class GKTTrainer(LocalTrainer):
     """A party's side of FedGKT; evaluation and inference use the full model like any run."""
 
-    def __init__(self, spec: list[dict[str, Any]], hp: dict[str, Any], action: str, data: dict[str, Any]) -> None:
+    def __init__(
+        self, spec: list[dict[str, Any]], hp: RunHyperparameters | dict[str, Any], action: str, data: dict[str, Any]
+    ) -> None:
         super().__init__(spec, hp, action, data)
-        self.split = split_index(spec, hp)
+        self.split = split_index(spec, self.run)
         self.kind = output_kind(spec)
         self.server_layout = Layout.of({k: self.state[k] for k in server_keys(self.model, self.split)})
         sample = next(iter(s for s in data.values() if len(s)), None)
@@ -148,13 +151,14 @@ class GKTTrainer(LocalTrainer):
         if split is None or len(split) == 0:
             raise ValueError("this participant has no train data for the run")
         started = time.perf_counter()
-        hp = self.hp
-        alpha, temperature = float(hp.get("alpha", 1.0)), float(hp.get("temperature", 3.0))
-        n, batch = len(split), int(hp.get("batch_size") or len(split))
+        run = self.run
+        alpha, temperature = run.distillation.alpha, run.distillation.temperature
+        n = len(split)
+        batch = run.batch_size or n
         if self.gkt_schedule is None:
             params = [p for i, layer in enumerate(self.model.layers) if i < self.split for p in layer.parameters()]
             self.gkt_schedule = Schedule.build(
-                hp, params + list(self.head.parameters()), run_steps_per_epoch(n, batch), run_epochs(hp, epochs)
+                run, params + list(self.head.parameters()), run_steps_per_epoch(n, batch), run.total_epochs
             )
         schedule = self.gkt_schedule
         optimizer = schedule.optimizer
@@ -231,7 +235,10 @@ class ServerModel(nn.Module):
 
 
 def train_server(
-    server: ServerModel, batches: list[tuple[torch.Tensor, torch.Tensor]], hp: dict[str, Any], kind: str | None
+    server: ServerModel,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    hp: RunHyperparameters | dict[str, Any],
+    kind: str | None,
 ) -> float:
     """Distil the parties' predictions into the server model; returns the last epoch's mean loss.
 
@@ -240,13 +247,14 @@ def train_server(
     params = [p for i, layer in enumerate(server.model.layers) if i >= server.split for p in layer.parameters()]
     if not params:
         return 0.0
-    server_epochs = int(hp.get("server_epochs", 1))
+    run = RunHyperparameters.of(hp)
+    server_epochs = run.distillation.server_epochs
     if server.schedule is None:
-        server.schedule = Schedule.build(hp, params, len(batches), int(hp.get("rounds", 10)) * server_epochs)
+        server.schedule = Schedule.build(run, params, len(batches), run.rounds * server_epochs)
     schedule = server.schedule
     optimizer = schedule.optimizer
     server.lr_trace = []
-    temperature = float(hp.get("temperature", 3.0))
+    temperature = run.distillation.temperature
     server.train()
     mean = 0.0
     for _ in range(server_epochs):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ErrorCode, InvalidRequest
+from .schemas import DistillationOptions, RunHyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -286,14 +287,14 @@ def build_scheduler(
             "lr_scheduler",
         )
     cls = SCHEDULERS[name]
+    run = RunHyperparameters.of(hp)
     kwargs = _kwargs_for(cls, hp, {"optimizer", "lr_lambda", "schedulers"})
     params = inspect.signature(cls).parameters
     if "lr_lambda" in params:
-        decay = float(hp.get("lr_decay") or 0.0)
-        kwargs["lr_lambda"] = _FateDecay(decay)
+        kwargs["lr_lambda"] = _FateDecay(run.lr_decay)
     if cls is torch.optim.lr_scheduler.OneCycleLR and kwargs.get("total_steps") is None:
         # torch's `epochs` is the run's own key (never passed on): derive the total from the run
-        run_epochs = epochs if epochs is not None else int(hp.get("rounds") or 10) * int(hp.get("epochs") or 100)
+        run_epochs = epochs if epochs is not None else run.total_epochs
         per_epoch = int(kwargs.pop("steps_per_epoch", None) or steps_per_epoch or 1)
         kwargs["total_steps"] = max(1, int(run_epochs) * per_epoch)
     missing = [
@@ -357,12 +358,18 @@ class Schedule:
 
     @classmethod
     def build(
-        cls, hp: dict[str, Any], parameters: Iterable[torch.Tensor], steps_per_epoch: int, epochs: int | None = None
+        cls,
+        hp: RunHyperparameters | dict[str, Any],
+        parameters: Iterable[torch.Tensor],
+        steps_per_epoch: int,
+        epochs: int | None = None,
     ) -> Schedule:
         """The run's optimizer over `parameters` and its scheduler; `epochs` is the optimizer's
         epochs over the whole run (see `build_scheduler`)."""
-        optimizer = build_optimizer(hp.get("optimizer", "SGD"), parameters, hp)
-        scheduler = build_scheduler(hp.get("lr_scheduler"), optimizer, hp, steps_per_epoch, epochs)
+        run = RunHyperparameters.of(hp)
+        args = run.as_dict()
+        optimizer = build_optimizer(run.optimizer, parameters, args)
+        scheduler = build_scheduler(run.lr_scheduler, optimizer, args, steps_per_epoch, epochs)
         return cls(optimizer, scheduler, steps_per_epoch)
 
     @property
@@ -431,7 +438,7 @@ def build_criterion(name: str, hp: dict[str, Any]) -> nn.Module:
 
 # Synergos options a run may carry besides RunHyperparameters' fields: FedGKT's split and distillation
 # settings, and OneCycleLR's steps per epoch (consumed when its total is derived)
-SYNERGOS_OPTIONS = frozenset({"L", "temperature", "alpha", "server_epochs", "steps_per_epoch"})
+SYNERGOS_OPTIONS = frozenset(DistillationOptions.model_fields) | {"steps_per_epoch"}
 
 
 def _constructor_names(cls: type | None, skip: set[str]) -> set[str]:
@@ -447,19 +454,17 @@ def _constructor_names(cls: type | None, skip: set[str]) -> set[str]:
 def accepted_hyperparameters(hp: dict[str, Any]) -> set[str]:
     """Every name this run may carry: Synergos' own options and the arguments of the constructors
     it chose (optimizer, lr scheduler, criterion)."""
-    from .schemas import RunHyperparameters  # the run's own fields, defaults in one place
-
-    scheduler = hp.get("lr_scheduler")
+    run = RunHyperparameters.of(hp)
     return (
         set(RunHyperparameters.model_fields)
         | RUN_KEYS
         | SYNERGOS_OPTIONS
-        | _constructor_names(OPTIMIZERS.get(hp.get("optimizer", "SGD")), {"self", "params"})
+        | _constructor_names(OPTIMIZERS.get(run.optimizer), {"self", "params"})
         | _constructor_names(
-            SCHEDULERS.get(scheduler) if isinstance(scheduler, str) else None,
+            SCHEDULERS.get(run.lr_scheduler) if run.lr_scheduler else None,
             {"self", "optimizer", "lr_lambda", "schedulers"},
         )
-        | _constructor_names(LOSSES.get(hp.get("criterion", "BCELoss")), {"self"})
+        | _constructor_names(LOSSES.get(run.criterion), {"self"})
     )
 
 
@@ -501,9 +506,10 @@ def validate_run(hp: dict[str, Any]) -> None:
     """Build the run's optimizer, scheduler and criterion on a dummy parameter; 422 if any fails or
     if the run names a hyper-parameter nothing accepts."""
     dummy = nn.Parameter(torch.zeros(1, 1))
-    optimizer = build_optimizer(hp.get("optimizer", "SGD"), [dummy], hp)
-    build_scheduler(hp.get("lr_scheduler"), optimizer, hp)
-    build_criterion(hp.get("criterion", "BCELoss"), hp)
+    run = RunHyperparameters.of(hp)
+    optimizer = build_optimizer(run.optimizer, [dummy], hp)
+    build_scheduler(run.lr_scheduler, optimizer, hp)
+    build_criterion(run.criterion, hp)
     check_known_hyperparameters(hp)  # after the names themselves are known to be right
     for key in ("lr", "mu", "l1_lambda", "l2_lambda"):
         value = hp.get(key)
@@ -692,7 +698,8 @@ def _warn_if_dubious(criterion: str, kind: str | None, width: int | None) -> Non
 def check_combination(spec: list[dict[str, Any]], hp: dict[str, Any], action: str, n_classes: int | None) -> None:
     """Refuse a model/criterion/task combination that cannot train, saying why; warn (log) about
     one that trains but is doubtful."""
-    criterion = hp.get("criterion", "BCELoss")
+    run = RunHyperparameters.of(hp)
+    criterion = run.criterion
     width, kind = _output_width(spec), output_kind(spec)
     if action == "regress" and criterion in _CLASS_ONLY:
         raise _invalid(
@@ -730,7 +737,7 @@ def check_combination(spec: list[dict[str, Any]], hp: dict[str, Any], action: st
                 ErrorCode.RUN_INVALID_COMBINATION,
                 "model",
             )
-    optimizer = hp.get("optimizer", "SGD")
+    optimizer = run.optimizer
     meta = build_layers(spec, device="meta")
     weighted = [m for m in meta.layers if any(True for _ in m.parameters())]
     if optimizer == "SparseAdam" and not all(

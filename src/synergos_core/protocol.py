@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
-from .errors import FederationError, SynergosError
+from .errors import ErrorCode, FederationError, SynergosError
 
 PROTOCOL_VERSION = 1
 PROTOCOL_HEADER = "Synergos-Protocol"
@@ -306,12 +306,12 @@ def _parse(adapter: TypeAdapter[Any], ops: frozenset[str], role: str, header: ob
         shown = op if isinstance(op, str) and len(op) <= 64 else type(op).__name__
         raise FederationError(
             f"{shown!r} is not a {role} of federation protocol {PROTOCOL_VERSION} (one of: {', '.join(sorted(ops))})",
-            "federation.protocol",
+            ErrorCode.FEDERATION_PROTOCOL,
         )
     try:
         return adapter.validate_python(header)
     except ValidationError as exc:
-        raise FederationError(f"malformed {op} {role}: {_describe(exc, op)}", "federation.protocol") from None
+        raise FederationError(f"malformed {op} {role}: {_describe(exc, op)}", ErrorCode.FEDERATION_PROTOCOL) from None
 
 
 def _describe(exc: ValidationError, tag: str | None = None, limit: int = 3) -> str:
@@ -342,7 +342,9 @@ def reply_to(request: RequestMessage, kind: type[R], **fields: Any) -> R:
         return kind(run=request.run, round=request.round, reply_to=request.nonce, nonce=new_nonce(), **fields)
     except ValidationError as exc:
         op = kind.model_fields["op"].default
-        raise SynergosError(f"{request.op} produced an invalid {op} reply: {_describe(exc)}", "worker.failed") from None
+        raise SynergosError(
+            f"{request.op} produced an invalid {op} reply: {_describe(exc)}", ErrorCode.WORKER_FAILED
+        ) from None
 
 
 def as_header(message: BaseModel) -> dict[str, Any]:

@@ -7,6 +7,7 @@ or any Worker is touched, and a failure is a 422 with field paths.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -89,6 +90,41 @@ class RunHyperparameters(BaseModel):
     seed: int = 42
     is_snn: bool = False
     precision_fractional: int = Field(default=5, ge=0)
+
+    @classmethod
+    def of(cls, hp: RunHyperparameters | Mapping[str, Any]) -> RunHyperparameters:
+        """The run's typed hyper-parameters: every default filled in here, nowhere else."""
+        return hp if isinstance(hp, cls) else cls.model_validate(dict(hp))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field and extra key by name: the arguments torch's constructors are taken from."""
+        return self.model_dump()
+
+    @property
+    def proximal_mu(self) -> float:
+        """FedProx's proximal weight; FedAvg and FedGKT train without it."""
+        return self.mu if self.algorithm == "FedProx" else 0.0
+
+    @property
+    def distillation(self) -> DistillationOptions:
+        """FedGKT's options, read from the run's extra keys with their defaults."""
+        return DistillationOptions.model_validate(self.model_extra or {})
+
+    @property
+    def total_epochs(self) -> int:
+        """A party's local epochs over the whole run: `rounds * epochs`."""
+        return self.rounds * self.epochs
+
+
+class DistillationOptions(BaseModel):
+    """FedGKT's split and distillation settings, carried as extra keys of a run."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    L: int | None = Field(default=None, ge=1, description="layers kept by the parties (default: half the model)")
+    alpha: float = Field(default=1.0, ge=0, description="weight of the distillation term")
+    temperature: float = Field(default=3.0, gt=0, description="softmax temperature of the distillation")
+    server_epochs: int = Field(default=1, ge=1, description="server epochs per round")
 
 
 class Connection(BaseModel):

@@ -25,6 +25,7 @@ from .model import (
     compute_loss,
     proximal_terms,
 )
+from .schemas import RunHyperparameters
 from .wire import Layout
 
 _LOGIT_LOSSES = {"BCEWithLogitsLoss", "CrossEntropyLoss", "MultiLabelSoftMarginLoss", "SoftMarginLoss"}
@@ -48,26 +49,28 @@ def run_steps_per_epoch(n: int, batch: int) -> int:
     return max(1, -(-n // max(1, batch)))
 
 
-def run_epochs(hp: dict[str, Any], epochs: int) -> int:
-    """A party's local epochs over the whole run: `rounds * epochs` (as the TTP defaults them)."""
-    return int(hp.get("rounds", 10)) * int(hp.get("epochs") or epochs)
-
-
 def lr_summary(trace: list[float]) -> list[float]:
     """[first, last] lr of a round, small enough for the reply header (the full trace stays here)."""
     return [trace[0], trace[-1]] if trace else []
 
 
 class LocalTrainer:
-    def __init__(self, spec: list[dict[str, Any]], hp: dict[str, Any], action: str, data: dict[str, Split]) -> None:
-        self.hp = dict(hp)
+    def __init__(
+        self,
+        spec: list[dict[str, Any]],
+        hp: RunHyperparameters | dict[str, Any],
+        action: str,
+        data: dict[str, Split],
+    ) -> None:
+        self.run = RunHyperparameters.of(hp)  # typed, every default filled in
+        self.hp = self.run.as_dict()  # by name, for the constructors torch's classes take arguments from
         self.action = action
         self.data = data
-        self.seed = int(self.hp.get("seed", 42))
+        self.seed = self.run.seed
         self.model = build_model(spec, seed=self.seed)
         self.state = self.model.state_dict()
         self.layout = Layout.of(self.state)
-        self.criterion_name = self.hp.get("criterion", "BCELoss")
+        self.criterion_name = self.run.criterion
         self.criterion = build_criterion(self.criterion_name, self.hp)
         self.generator = torch.Generator().manual_seed(self.seed)
         # optimizer and lr scheduler: built at the first train() and kept for the whole run, so the
@@ -83,20 +86,19 @@ class LocalTrainer:
         if split is None or len(split) == 0:
             raise ValueError("this participant has no train data for the run")
         started = time.perf_counter()
-        hp = self.hp
-        mu = float(hp.get("mu") or 0.0) if hp.get("algorithm", "FedProx") == "FedProx" else 0.0
-        l1, l2 = float(hp.get("l1_lambda") or 0.0), float(hp.get("l2_lambda") or 0.0)
+        run = self.run
+        mu, l1, l2 = run.proximal_mu, run.l1_lambda, run.l2_lambda
         global_params = [p.detach().clone() for p in self.model.parameters()] if mu else None
         n = len(split)
-        batch = int(hp.get("batch_size") or n)
+        batch = run.batch_size or n
         if self.schedule is None:
             self.schedule = Schedule.build(
-                hp, self.model.parameters(), run_steps_per_epoch(n, batch), run_epochs(hp, epochs)
+                run, self.model.parameters(), run_steps_per_epoch(n, batch), run.total_epochs
             )
         schedule = self.schedule
         optimizer = schedule.optimizer
         self.lr_trace = []
-        patience, delta = int(hp.get("patience") or 0), float(hp.get("delta") or 0.0)
+        patience, delta = run.patience, run.delta
         best, stale = float("inf"), 0
         losses: list[float] = []
         self.model.train()

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as _st_save
 
-from .errors import FederationError
+from .errors import ErrorCode, FederationError
 
 CONTROL = 0x01
 TENSORS = 0x02
@@ -53,15 +53,15 @@ def encode_control(header: dict[str, Any]) -> bytes:
 
 def decode_control(frame: bytes | bytearray | memoryview) -> dict[str, Any]:
     if not frame or frame[0] != CONTROL:
-        raise FederationError("expected a control frame", "federation.protocol")
+        raise FederationError("expected a control frame", ErrorCode.FEDERATION_PROTOCOL)
     if len(frame) > MAX_HEADER_BYTES:
-        raise FederationError("control frame too large", "federation.protocol")
+        raise FederationError("control frame too large", ErrorCode.FEDERATION_PROTOCOL)
     try:
         header = json.loads(bytes(frame[1:]))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FederationError("control frame is not JSON", "federation.protocol") from None
+        raise FederationError("control frame is not JSON", ErrorCode.FEDERATION_PROTOCOL) from None
     if not isinstance(header, dict) or not isinstance(header.get("op"), str):
-        raise FederationError("control frame lacks an op", "federation.protocol")
+        raise FederationError("control frame lacks an op", ErrorCode.FEDERATION_PROTOCOL)
     return header
 
 
@@ -184,27 +184,27 @@ def decode_shard(frame: bytes | bytearray | memoryview, layout: Layout) -> list[
     """Parse a tensor frame into (name, offset, flat tensor view) triples checked against `layout`."""
     view = memoryview(frame)
     if len(view) < 9 or view[0] != TENSORS:
-        raise FederationError("expected a tensor frame", "federation.protocol")
+        raise FederationError("expected a tensor frame", ErrorCode.FEDERATION_PROTOCOL)
     (hlen,) = struct.unpack("<Q", view[1:9])
     if hlen > MAX_HEADER_BYTES or 9 + hlen > len(view):
-        raise FederationError("tensor frame header out of bounds", "federation.protocol")
+        raise FederationError("tensor frame header out of bounds", ErrorCode.FEDERATION_PROTOCOL)
     try:
         header = json.loads(bytes(view[9 : 9 + hlen]))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FederationError("tensor frame header is not JSON", "federation.protocol") from None
+        raise FederationError("tensor frame header is not JSON", ErrorCode.FEDERATION_PROTOCOL) from None
     meta = header.pop("__metadata__", None) or {}
     data = view[9 + hlen :]
     expected = {name: (dtype, _prod(shape)) for name, dtype, shape in layout.entries}
     out = []
     for name, info in header.items():
         if name not in expected:
-            raise FederationError(f"unexpected tensor {name!r} in update", "federation.bad_update")
+            raise FederationError(f"unexpected tensor {name!r} in update", ErrorCode.FEDERATION_BAD_UPDATE)
         dtype = _DTYPES.get(info.get("dtype"))
         want_dtype, numel = expected[name]
         if dtype != want_dtype:
             raise FederationError(
                 f"tensor {name!r} has dtype {info.get('dtype')}, expected {_DTYPE_NAMES.get(want_dtype)}",
-                "federation.bad_update",
+                ErrorCode.FEDERATION_BAD_UPDATE,
             )
         start, end = info.get("data_offsets", (0, -1))
         shape = info.get("shape") or []
@@ -218,7 +218,7 @@ def decode_shard(frame: bytes | bytearray | memoryview, layout: Layout) -> list[
             or offset < 0
             or offset + count > numel
         ):
-            raise FederationError(f"tensor {name!r} slice out of bounds", "federation.bad_update")
+            raise FederationError(f"tensor {name!r} slice out of bounds", ErrorCode.FEDERATION_BAD_UPDATE)
         if count == 0:
             continue
         with warnings.catch_warnings():
@@ -246,7 +246,7 @@ def parse_layout(entries: object, allowed: set[str], max_bytes: int) -> Layout:
 
     `entries` as decoded from JSON ([name, dtype, shape] lists) or as `protocol` parsed them (tuples)."""
     if not isinstance(entries, list):
-        raise FederationError("payload layout missing", "federation.protocol")
+        raise FederationError("payload layout missing", ErrorCode.FEDERATION_PROTOCOL)
     parsed, total = [], 0
     for entry in entries:
         if (
@@ -257,10 +257,12 @@ def parse_layout(entries: object, allowed: set[str], max_bytes: int) -> Layout:
             or not isinstance(entry[2], list)
             or not all(isinstance(d, int) and d >= 0 for d in entry[2])
         ):
-            raise FederationError(f"payload entry {entry!r} is not allowed", "federation.protocol")
+            raise FederationError(f"payload entry {entry!r} is not allowed", ErrorCode.FEDERATION_PROTOCOL)
         dtype = _DTYPES[entry[1]]
         total += _prod(tuple(entry[2])) * torch.empty((), dtype=dtype).element_size()
         parsed.append((entry[0], dtype, tuple(entry[2])))
     if total > max_bytes:
-        raise FederationError(f"payload of {total} bytes exceeds the limit of {max_bytes}", "federation.too_large")
+        raise FederationError(
+            f"payload of {total} bytes exceeds the limit of {max_bytes}", ErrorCode.FEDERATION_TOO_LARGE
+        )
     return Layout(tuple(parsed))

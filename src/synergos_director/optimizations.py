@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from synergos_contract import planning
 from synergos_contract.jobs import failure_reason
 from synergos_contract.schemas import OptimizationRequest, invalid_body
-from synergos_core.errors import InvalidRequest
+from synergos_core.errors import ErrorCode, InvalidRequest
 from synergos_core.model import accepted_hyperparameters, refuse_unknown
 from synergos_core.records import AGGREGATE, OptimizationSummary
 from synergos_core.schemas import RunHyperparameters
@@ -64,11 +64,13 @@ def check_search_space(space: dict[str, Any]) -> None:
             kind, args = value.get("_type"), value.get("_value")
             if kind not in SAMPLERS:
                 raise InvalidRequest(
-                    f"search_space.{name}: _type {kind!r} is not one of {', '.join(SAMPLERS)}", "optimization.invalid"
+                    f"search_space.{name}: _type {kind!r} is not one of {', '.join(SAMPLERS)}",
+                    ErrorCode.OPTIMIZATION_INVALID,
                 )
             if not isinstance(args, list) or not args or (kind != "choice" and len(args) != 2):
                 raise InvalidRequest(
-                    f"search_space.{name}: _value must be a list of choices, or [low, high]", "optimization.invalid"
+                    f"search_space.{name}: _value must be a list of choices, or [low, high]",
+                    ErrorCode.OPTIMIZATION_INVALID,
                 )
 
 
@@ -157,7 +159,8 @@ class Optimization:
         self.tuner = request.tuner or "BasicVariantGenerator"
         if self.tuner not in {"BasicVariantGenerator", "OptunaSearch", "optuna", "random"}:
             raise InvalidRequest(
-                f"tuner {self.tuner!r}: use BasicVariantGenerator (default) or OptunaSearch", "optimization.invalid"
+                f"tuner {self.tuner!r}: use BasicVariantGenerator (default) or OptunaSearch",
+                ErrorCode.OPTIMIZATION_INVALID,
             )
         self.n_samples = request.n_samples  # the original Driver's max_trial_num when n_samples is not given
         self.concurrency = request.trial_concurrency or max(grids, 1)

@@ -16,7 +16,7 @@ from synergos_contract.jobs import JobBoard, failure_reason
 from synergos_contract.planning import PlannedJob
 from synergos_contract.schemas import OptimizationRequest
 from synergos_contract.store import Store
-from synergos_core.errors import InvalidRequest, UpstreamError
+from synergos_core.errors import ErrorCode, InvalidRequest, UpstreamError
 from synergos_core.jobs import build_grids
 from synergos_core.records import OptimizationSummary, QueuedJob
 from synergos_core.settings import DirectorSettings
@@ -68,7 +68,7 @@ class QueueOrchestrator:
         raise InvalidRequest(
             f"collaboration {collab_id!r} names no MQ: call configure_mq(host, port) before "
             "creating it, or start the Director with --queue rabbitmq HOST PORT",
-            "mq.not_configured",
+            ErrorCode.MQ_NOT_CONFIGURED,
         )
 
     def _connect(self, address: BrokerAddress) -> Publisher:
@@ -117,7 +117,7 @@ class QueueOrchestrator:
                 publisher.publish_job(item.process, job)
             except MQError as exc:
                 self._finished(job_id, "failed", f"could not queue the job: {exc}")
-                raise UpstreamError(f"the MQ refused the job: {exc}", "mq.unavailable") from None
+                raise UpstreamError(f"the MQ refused the job: {exc}", ErrorCode.MQ_UNAVAILABLE) from None
             except Exception as exc:  # e.g. what it waited for made it impossible (a model resized for it)
                 self._finished(job_id, "failed", failure_reason(exc))
                 raise

@@ -25,11 +25,12 @@ import torch
 
 from synergos_core.aggregation import EarlyStopping, fold_slices, sample_weights
 from synergos_core.checkpoints import StateFileWriter, save_state
-from synergos_core.errors import FederationError
+from synergos_core.errors import ErrorCode, FederationError
 from synergos_core.federation import iter_shards, send_state
 from synergos_core.metrics import ROUND_METRICS, pooled_metric
 from synergos_core.model import build_model
 from synergos_core.protocol import Evaluate, Infer, Loss, Metrics, Train, Update
+from synergos_core.schemas import RunHyperparameters
 from synergos_core.wire import Layout
 
 from .grid import GridRun
@@ -108,20 +109,20 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
 
 
 async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Progress | None) -> TrainingOutcome:
-    hp = grid.hyperparameters
-    rounds, epochs = int(hp.get("rounds", 10)), int(hp.get("epochs", 100))
-    global_model = build_model(grid.model, seed=int(hp.get("seed", 42)))
+    hp = RunHyperparameters.of(grid.hyperparameters)
+    rounds, epochs = hp.rounds, hp.epochs
+    global_model = build_model(grid.model, seed=hp.seed)
     state = global_model.state_dict()
     layout = Layout.of(state)
     state_bytes = sum(t.numel() * t.element_size() for t in state.values())
     history: dict[str, dict[int, float]] = {"train": {}, "evaluate": {}}
     local_history: dict[str, dict[int, float]] = {pid: {} for pid in grid.channels}
-    stopper = EarlyStopping(int(hp.get("patience") or 0), float(hp.get("delta") or 0.0))
+    stopper = EarlyStopping(hp.patience, hp.delta)
     timings: list[RoundTiming] = []
     stopped, completed = False, 0
     trainers = [pid for pid, c in sorted(grid.counts.items()) if c.get("train")]
     if not trainers:
-        raise FederationError("no participant has train data for this run", "federation.no_samples")
+        raise FederationError("no participant has train data for this run", ErrorCode.FEDERATION_NO_SAMPLES)
     for r in range(rounds):
         started = time.perf_counter()
         sent = await grid.broadcast(Train, r, state, participants=trainers, epochs=epochs, evaluate=r > 0)
@@ -232,7 +233,7 @@ async def _aggregate(
     pids = sorted(replies)
     counts = {replies[p].shards for p in pids}
     if len(counts) != 1:
-        raise FederationError("participants sent differently sharded updates", "federation.bad_update")
+        raise FederationError("participants sent differently sharded updates", ErrorCode.FEDERATION_BAD_UPDATE)
     await files.wait()  # the previous round's files are written (and its failures raised) before this round's
     streams = {p: iter_shards(grid.channels[p], replies[p].shards, layout, grid.limits.round_timeout_s) for p in pids}
     writers = {p: StateFileWriter(out_dir / f"local_model_{p}.safetensors", layout) for p in pids}

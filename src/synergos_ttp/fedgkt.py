@@ -19,11 +19,12 @@ import torch
 
 from synergos_core.aggregation import EarlyStopping
 from synergos_core.checkpoints import save_state
-from synergos_core.errors import FederationError
+from synergos_core.errors import ErrorCode, FederationError
 from synergos_core.federation import recv_tensors, send_message, send_state, send_tensors
 from synergos_core.gkt import ServerModel, split_index, train_server
 from synergos_core.model import build_model, output_kind
 from synergos_core.protocol import GktEvaluate, GktExport, GktExtractor, GktFeatures, GktTrain, Loss
+from synergos_core.schemas import RunHyperparameters
 
 from .federated import Progress, RoundTiming, TrainingOutcome, _checkpoint, _write_json, record_assessment
 from .grid import GridRun
@@ -51,16 +52,16 @@ async def _exchange(
 
 
 async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) -> TrainingOutcome:
-    hp = grid.hyperparameters
-    rounds, epochs = int(hp.get("rounds", 10)), int(hp.get("epochs", 100))
+    hp = RunHyperparameters.of(grid.hyperparameters)
+    rounds, epochs = hp.rounds, hp.epochs
     split, kind = split_index(grid.model, hp), output_kind(grid.model)
-    server = ServerModel(build_model(grid.model, seed=int(hp.get("seed", 42))), split)
+    server = ServerModel(build_model(grid.model, seed=hp.seed), split)
     trainers = [pid for pid, c in sorted(grid.counts.items()) if c.get("train")]
     if not trainers:
-        raise FederationError("no participant has train data for this run", "federation.no_samples")
+        raise FederationError("no participant has train data for this run", ErrorCode.FEDERATION_NO_SAMPLES)
     history: dict[str, dict[int, float]] = {"train": {}, "evaluate": {}, "server": {}}
     local_history: dict[str, dict[int, float]] = {pid: {} for pid in grid.channels}
-    stopper = EarlyStopping(int(hp.get("patience") or 0), float(hp.get("delta") or 0.0))
+    stopper = EarlyStopping(hp.patience, hp.delta)
     teachers: dict[str, torch.Tensor] = {}
     timings, completed, stopped = [], 0, False
     for r in range(rounds):
@@ -82,7 +83,7 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
         replies = {pid: reply for pid, (reply, _) in zip(trainers, results, strict=True)}
         for pid, (_, tensors) in zip(trainers, results, strict=True):
             if set(tensors) != {"features", "local_out"}:
-                raise FederationError(f"{pid} sent no features and predictions", "federation.bad_update")
+                raise FederationError(f"{pid} sent no features and predictions", ErrorCode.FEDERATION_BAD_UPDATE)
         batches = [(tensors["features"], tensors["local_out"]) for _, tensors in results]
         history["server"][r] = await asyncio.to_thread(train_server, server, batches, hp, kind)
         with torch.no_grad():

@@ -14,7 +14,7 @@ import torch
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from synergos_core.errors import FederationError, SynergosError, UpstreamError
+from synergos_core.errors import ErrorCode, FederationError, SynergosError, UpstreamError
 from synergos_core.federation import broadcast_state, new_token, recv_header, run_name, run_path, send_message
 from synergos_core.protocol import (
     PROTOCOL_HEADER,
@@ -65,15 +65,19 @@ async def worker_call(http: httpx.AsyncClient, node: GridNode, path: str, body: 
     try:
         resp = await http.post(f"{node.rest}{path}", json=body or {})
     except httpx.HTTPError as exc:
-        raise UpstreamError(f"{node.where} is unreachable ({type(exc).__name__})", "worker.unreachable") from None
+        raise UpstreamError(
+            f"{node.where} is unreachable ({type(exc).__name__})", ErrorCode.WORKER_UNREACHABLE
+        ) from None
     try:
         payload = resp.json()
     except ValueError:
-        raise UpstreamError(f"{node.where} answered {resp.status_code} without an envelope", "worker.failed") from None
+        raise UpstreamError(
+            f"{node.where} answered {resp.status_code} without an envelope", ErrorCode.WORKER_FAILED
+        ) from None
     if resp.status_code >= 400 or not payload.get("success"):
         error = payload.get("error") or {}
         detail = f"{node.participant_id}: {error.get('detail', 'request failed')}"
-        relayed = SynergosError(detail, error.get("code", "worker.failed"))
+        relayed = SynergosError(detail, error.get("code", ErrorCode.WORKER_FAILED))
         relayed.status = resp.status_code if 400 <= resp.status_code < 500 else 502
         relayed.title = error.get("title", "Worker error")
         raise relayed
@@ -168,23 +172,24 @@ class GridRun:
             if status == HTTPStatus.UPGRADE_REQUIRED:  # the Worker speaks another protocol version
                 said = exc.response.body.decode("utf-8", "replace").strip()[:300]
                 raise FederationError(
-                    f"{node.participant_id}'s node refused the channel: {said}", "federation.protocol_mismatch"
+                    f"{node.participant_id}'s node refused the channel: {said}", ErrorCode.FEDERATION_PROTOCOL_MISMATCH
                 ) from None
             raise FederationError(
-                f"{node.participant_id}'s federation port refused the channel ({status})", "federation.refused"
+                f"{node.participant_id}'s federation port refused the channel ({status})", ErrorCode.FEDERATION_REFUSED
             ) from None
         except (TimeoutError, OSError, WebSocketException) as exc:
             raise FederationError(
                 f"{node.participant_id}'s federation port {node.host}:{node.port} is unreachable "
                 f"({type(exc).__name__})",
-                "worker.unreachable",
+                ErrorCode.WORKER_UNREACHABLE,
             ) from None
         spoken = ws.response.headers.get(PROTOCOL_HEADER) if ws.response is not None else None
         if spoken != str(PROTOCOL_VERSION):
             # a Worker that accepted without naming our version (an older one) would misread us
             await ws.close(1002, "protocol version mismatch")
             raise FederationError(
-                f"{node.participant_id}'s node: {version_mismatch(spoken, peer='TTP')}", "federation.protocol_mismatch"
+                f"{node.participant_id}'s node: {version_mismatch(spoken, peer='TTP')}",
+                ErrorCode.FEDERATION_PROTOCOL_MISMATCH,
             )
         self.channels[node.participant_id] = ws
 
@@ -209,7 +214,7 @@ class GridRun:
             await broadcast_state([(self.channels[pid], sent[pid]) for pid in targets], state, self.limits.shard_bytes)
         except ConnectionClosed as exc:
             raise FederationError(
-                f"a node closed its channel while receiving weights ({exc.rcvd})", "worker.disconnected"
+                f"a node closed its channel while receiving weights ({exc.rcvd})", ErrorCode.WORKER_DISCONNECTED
             ) from None
         return sent
 
@@ -221,18 +226,19 @@ class GridRun:
             header = await recv_header(ws, self.limits.round_timeout_s)
         except ConnectionClosed:
             raise FederationError(
-                f"{pid}'s node dropped its channel during {request.op} of round {request.round}", "worker.disconnected"
+                f"{pid}'s node dropped its channel during {request.op} of round {request.round}",
+                ErrorCode.WORKER_DISCONNECTED,
             ) from None
         try:
             reply = parse_reply(header)
         except FederationError as exc:
             raise FederationError(f"{pid}: {exc.detail}", exc.code) from None
         if isinstance(reply, Error):
-            raise UpstreamError(f"{pid}: {reply.detail}", reply.code or "worker.failed")
+            raise UpstreamError(f"{pid}: {reply.detail}", reply.code or ErrorCode.WORKER_FAILED)
         if reply.run != self.run or reply.reply_to != request.nonce:
-            raise FederationError(f"{pid} sent an unexpected or replayed reply", "federation.replay")
+            raise FederationError(f"{pid} sent an unexpected or replayed reply", ErrorCode.FEDERATION_REPLAY)
         if not isinstance(reply, expect):
-            raise FederationError(f"{pid} answered {request.op} with {reply.op}", "federation.protocol")
+            raise FederationError(f"{pid} answered {request.op} with {reply.op}", ErrorCode.FEDERATION_PROTOCOL)
         return reply
 
     async def replies(self, sent: dict[str, Q], expect: type[R]) -> dict[str, R]:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from synergos_core.alignment import Alignment, align_headers, fix_model_io
 from synergos_core.checkpoints import load_state, save_state
-from synergos_core.errors import InvalidRequest, UpstreamError
+from synergos_core.errors import ErrorCode, InvalidRequest, UpstreamError
 from synergos_core.metrics import aggregate_statistics, pooled_metric
 from synergos_core.preprocessing import Preprocessing, PreprocessingOptions, Statistics
 from synergos_core.preprocessing import plan as plan_preprocessing
@@ -71,7 +71,7 @@ def preprocessing_plans(polled: dict[str, dict], options: PreprocessingOptions) 
         try:
             parties[pid] = Statistics.model_validate(raw)
         except ValidationError:
-            raise UpstreamError(f"{pid} reported malformed train statistics", "worker.bad_statistics") from None
+            raise UpstreamError(f"{pid} reported malformed train statistics", ErrorCode.WORKER_BAD_STATISTICS) from None
     if not any(s is not None for s in parties.values()):
         return {}
     return plan_preprocessing(options, parties)
@@ -83,7 +83,7 @@ async def align(
     polled = await poll_headers(http, nodes, collab_id, project_id, action)
     headers = {pid: result.get("headers", {}) for pid, result in polled.items()}
     if not any(meta.get("train") for meta in headers.values()):
-        raise InvalidRequest("no participant declared train data for this project", "alignment.no_data")
+        raise InvalidRequest("no participant declared train data for this project", ErrorCode.ALIGNMENT_NO_DATA)
     return align_headers(headers), polled
 
 
@@ -99,7 +99,9 @@ async def predict_spacers(
     polled = await poll_headers(http, [node], collab_id, project_id, action)
     headers = polled[node.participant_id].get("headers", {}).get("predict")
     if not headers:
-        raise InvalidRequest(f"{node.participant_id} has no predict data for {project_id!r}", "prediction.no_data")
+        raise InvalidRequest(
+            f"{node.participant_id} has no predict data for {project_id!r}", ErrorCode.PREDICTION_NO_DATA
+        )
     spacers = {}
     for part in ("X", "y"):
         unknown = sorted(set(headers[part]) - set(superset[part]))
@@ -107,7 +109,7 @@ async def predict_spacers(
             raise InvalidRequest(
                 f"feature drift: predict data has {len(unknown)} feature(s) the model was "
                 f"not trained on, e.g. {unknown[:5]}",
-                "prediction.feature_drift",
+                ErrorCode.PREDICTION_FEATURE_DRIFT,
             )
         have = set(headers[part])
         spacers[part] = [i for i, name in enumerate(superset[part]) if name not in have]

@@ -15,7 +15,7 @@ from synergos_contract.jobs import JobBoard, failure_reason
 from synergos_contract.planning import PlannedJob
 from synergos_contract.schemas import OptimizationRequest
 from synergos_contract.store import Store
-from synergos_core.errors import Forbidden
+from synergos_core.errors import ErrorCode, Forbidden
 from synergos_core.records import Alignment, Model, OptimizationSummary, Prediction, Record, Validation
 from synergos_core.settings import TTPSettings
 from synergos_mlops.records import RunRecorder
@@ -111,7 +111,7 @@ class Orchestrator:
     ) -> list[OptimizationSummary]:
         raise Forbidden(
             "hyper-parameter optimization runs on a Synergos Cluster: send it to the Director",
-            "optimization.cluster_only",
+            ErrorCode.OPTIMIZATION_CLUSTER_ONLY,
         )
 
     async def champion(self, collab_id: str, project_id: str, expt_id: str) -> dict[str, Any] | None:

@@ -218,7 +218,7 @@ class FederationServer:
                 await gkt.serve(ws, session.trainer, request, self.limits)
             return
         if not isinstance(request, (Train, Evaluate, Infer)):
-            raise FederationError(f"{request.op} is not served here", "federation.protocol")
+            raise FederationError(f"{request.op} is not served here", ErrorCode.FEDERATION_PROTOCOL)
         trainer = session.trainer
         async with session.lock:
             await self._receive_weights(ws, session, request)
@@ -229,7 +229,7 @@ class FederationServer:
                 try:
                     result = await self._in_thread(trainer.train, request.epochs, request.round)
                 except ValueError as exc:
-                    raise SynergosError(str(exc), "worker.no_train_data") from None
+                    raise SynergosError(str(exc), ErrorCode.WORKER_NO_TRAIN_DATA) from None
                 update = reply_to(request, Update, **result, assessment=assessment)
                 await send_state(ws, update, trainer.state, self.limits.shard_bytes)
             elif isinstance(request, Evaluate):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from synergos_core.data import align_columns, apply_spacers, class_indices, load_meta, train_statistics
-from synergos_core.errors import InvalidRequest, NotFound
+from synergos_core.errors import ErrorCode, InvalidRequest, NotFound
 from synergos_core.gkt import GKTTrainer
 from synergos_core.preprocessing import Preprocessing
 from synergos_core.schemas import METAS, InitialiseRequest
@@ -67,7 +67,7 @@ def load_split(
         X = apply_spacers(X, spacers.X)
         y = apply_spacers(y, spacers.y)
     if X.ndim == 2 and not np.isfinite(X).all():
-        raise InvalidRequest(f"{meta} data holds non-finite values after preprocessing", "dataset.invalid")
+        raise InvalidRequest(f"{meta} data holds non-finite values after preprocessing", ErrorCode.DATASET_INVALID)
     if request.action == "classify":
         target = torch.from_numpy(class_indices(y).astype(np.int64))
     else:
@@ -89,7 +89,7 @@ class SessionRegistry:
     def get(self, key: RunKey) -> RunSession:
         session = self._sessions.get(key)
         if session is None:
-            raise NotFound(f"no federation session for run {'/'.join(key)}", "session.not_found")
+            raise NotFound(f"no federation session for run {'/'.join(key)}", ErrorCode.SESSION_NOT_FOUND)
         return session
 
     def count(self) -> int:
@@ -110,7 +110,7 @@ class SessionRegistry:
             if (split := load_split(self.data_root, meta, request, preprocessing)) is not None
         }
         if "train" not in data and "evaluate" not in data and "predict" not in data:
-            raise InvalidRequest("no data selected by this participant's tags", "dataset.empty")
+            raise InvalidRequest("no data selected by this participant's tags", ErrorCode.DATASET_EMPTY)
         trainer_class = GKTTrainer if request.hyperparameters.get("algorithm") == "FedGKT" else LocalTrainer
         trainer = trainer_class(
             [layer.model_dump() for layer in request.model], request.hyperparameters, request.action, data

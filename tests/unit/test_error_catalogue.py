@@ -69,6 +69,7 @@ class Use:
     cls: str | None  # the synergos_core error class constructed there, if any
     code: str | None  # the literal's (or member's) value
     built: str | None  # the expression, for a code made at runtime
+    literal: bool = False  # written as a string literal rather than an `ErrorCode` member
 
 
 def _member_value(node: ast.AST) -> str | None:
@@ -141,7 +142,7 @@ class _Scanner(ast.NodeVisitor):
         where = f"{self.path}:{getattr(node, 'lineno', '?')}"
         if isinstance(expr, ast.Constant):
             if isinstance(expr.value, str):
-                self.uses.append(Use(where, self.path, cls, expr.value, None))
+                self.uses.append(Use(where, self.path, cls, expr.value, None, literal=True))
             return
         member = _member_value(expr)
         if member is not None:
@@ -232,6 +233,16 @@ def test_every_code_used_in_src_is_catalogued() -> None:
     known = set(ErrorCode)
     missing = sorted(f"{u.where}: {u.code!r}" for u in USES if u.code is not None and u.code not in known)
     assert not missing, "codes missing from synergos_core.errors.ErrorCode:\n" + "\n".join(missing)
+
+
+def test_services_raise_with_catalogue_members_not_strings() -> None:
+    # the Driver is installed without the core, so it alone spells codes as strings
+    literals = sorted(
+        f"{u.where}: {u.code!r}"
+        for u in USES
+        if u.literal and u.cls is not None and not u.path.startswith(("synergos_driver/", "synergos_core/errors.py"))
+    )
+    assert not literals, "raise with ErrorCode members:\n" + "\n".join(literals)
 
 
 def test_the_scan_sees_the_raise_sites() -> None:

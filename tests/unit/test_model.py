@@ -241,7 +241,13 @@ def test_batchnorm_dropout_and_recurrent_layers_train():
         ]
         trainer = LocalTrainer(
             seq,
-            {"criterion": "CrossEntropyLoss", "lr_scheduler": "none", "lr": 0.5, "optimizer": "Adam"},
+            {
+                "algorithm": "FedAvg",
+                "criterion": "CrossEntropyLoss",
+                "lr_scheduler": "none",
+                "lr": 0.5,
+                "optimizer": "Adam",
+            },
             "classify",
             {"train": Split(tokens.float(), labels)},
         )

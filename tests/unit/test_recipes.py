@@ -47,7 +47,16 @@ def cancer() -> dict[str, Split]:
 
 
 def _train(spec: list[dict], criterion: str, data: dict[str, Split]) -> tuple[LocalTrainer, list[float]]:
-    hp = {"criterion": criterion, "optimizer": "SGD", "lr": 0.1, "lr_scheduler": "none", "rounds": 1, "epochs": 40}
+    hp = {
+        "algorithm": "FedAvg",  # plain local training: no proximal term
+        "criterion": criterion,
+        "optimizer": "SGD",
+        "lr": 0.1,
+        "lr_scheduler": "none",
+        "rounds": 1,
+        "epochs": 40,
+        "patience": 0,
+    }
     check_combination(spec, hp, "classify", 2)
     trainer = LocalTrainer(spec, hp, "classify", data)
     return trainer, trainer.train(40, 0)["epoch_losses"]

@@ -278,3 +278,25 @@ def test_the_fedgkt_server_follows_its_schedule_across_rounds():
     server, lrs = _server_rounds({**hp, "lr_scheduler": "OneCycleLR", "max_lr": 0.1})
     assert server.schedule.scheduler.total_steps == total  # rounds * server_epochs * parties
     assert lrs == _reference(lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=total), total)
+
+
+# ---- defaults come from the run's schema, not from the loops ----
+
+
+def test_a_trainer_given_no_hyperparameters_trains_with_the_runs_documented_defaults():
+    from synergos_core.schemas import RunHyperparameters
+
+    defaults = RunHyperparameters()
+    assert (defaults.algorithm, defaults.lr_scheduler, defaults.patience) == ("FedProx", "CyclicLR", 10)
+    cyclic = {"base_lr": 0.001, "max_lr": 0.01}  # the default scheduler's own required arguments
+    bare = LocalTrainer(_MLP, cyclic, "classify", {"train": Split(_X, _Y)})
+    spelled = LocalTrainer(_MLP, {**defaults.model_dump(), **cyclic}, "classify", {"train": Split(_X, _Y)})
+    a, b = bare.train(30, 0), spelled.train(30, 0)
+    assert a["epoch_losses"] == b["epoch_losses"]
+    assert isinstance(bare.schedule.scheduler, S.CyclicLR)  # the default scheduler, not none
+    # patience 10 stops a run whose loss no longer falls; FedProx's mu keeps weights near the global ones
+    assert len(a["epoch_losses"]) <= 30
+    free = LocalTrainer(
+        _MLP, {"algorithm": "FedAvg", "patience": 0, **cyclic}, "classify", {"train": Split(_X, _Y)}
+    ).train(30, 0)
+    assert free["epoch_losses"] != a["epoch_losses"]  # without the proximal term the run differs

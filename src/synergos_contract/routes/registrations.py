@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import Request, Response
 
-from synergos_core.errors import InvalidRequest
+from synergos_core.errors import ErrorCode, InvalidRequest
 
 from ..deps import CollabId, ParticipantId, ProjectId, SlashRouter, StoreDep, agree_with_url, created
 from ..public import Envelope, RegistrationPublic, TagsPublic, answer, created_responses
@@ -112,7 +112,9 @@ def update_registration(
         if body.n_count != current:
             message = f"n_count is {body.n_count} but the registration has {current} nodes; send the nodes too"
             raise InvalidRequest(
-                message, "request.invalid", fields=[{"path": "n_count", "message": message, "type": "count_mismatch"}]
+                message,
+                ErrorCode.REQUEST_INVALID,
+                fields=[{"path": "n_count", "message": message, "type": "count_mismatch"}],
             )
     record = store.update_registration(collab_id, project_id, participant_id, role=body.role, nodes=nodes)
     return answer(request, record)

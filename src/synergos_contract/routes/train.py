@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import Path, Request, Response
 from pydantic import BaseModel, ConfigDict
 
-from synergos_core.errors import NotFound
+from synergos_core.errors import ErrorCode, NotFound
 from synergos_core.preprocessing import OPTION_FIELDS
 from synergos_core.records import AGGREGATE
 from synergos_core.schemas import ID_PATTERN
@@ -159,7 +159,7 @@ async def read_champion(
     store.get_experiment(collab_id, project_id, expt_id)
     found = await orch.champion(collab_id, project_id, expt_id)
     if found is None:
-        raise NotFound(f"no champion yet for {expt_id!r}: run an optimization first", "champion.not_found")
+        raise NotFound(f"no champion yet for {expt_id!r}: run an optimization first", ErrorCode.CHAMPION_NOT_FOUND)
     return answer(request, found)
 
 
