@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from synergos_core.errors import ErrorCode, ServiceError, new_correlation_id, report
+from synergos_core.finite import json_safe
 
 API_VERSION = "0.1.0"
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -25,14 +26,16 @@ def _method(request: Request) -> str:
 
 
 def envelope_body(request: Request, data: Any, status: int = 200) -> dict[str, Any]:
-    """A success body: `{apiVersion, success, status, method, params, data}`."""
+    """A success body: `{apiVersion, success, status, method, params, data}`. A NaN or an infinity
+    anywhere in `data` (a record stored before such numbers were refused, a job's metrics) is
+    answered as null: JSON has neither, and the answer must not fail because of one."""
     return {
         "apiVersion": API_VERSION,
         "success": 1,
         "status": status,
         "method": _method(request),
         "params": dict(request.path_params),
-        "data": data,
+        "data": json_safe(data),
     }
 
 

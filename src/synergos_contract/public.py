@@ -15,7 +15,16 @@ from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from synergos_core.preprocessing import Preprocessing, Scaling, Source, TargetScalingOption
-from synergos_core.records import Inference, Job, ModelExport, OptimizationSummary, QueuedJob, Record, Registration
+from synergos_core.records import (
+    Exclusion,
+    Inference,
+    Job,
+    ModelExport,
+    OptimizationSummary,
+    QueuedJob,
+    Record,
+    Registration,
+)
 from synergos_core.schemas import Connection, Layer, MetaAlignment, NodeInfo, RunHyperparameters, Superset, TagList
 
 from .envelope import envelope_body
@@ -232,6 +241,7 @@ class ModelPublic(_Public):
     local_models: dict[str, ModelExport] | None = Field(default=None, alias="locals")
     rounds_completed: int | None = None
     stopped_early: bool | None = None
+    exclusions: list[Exclusion] | None = Field(default=None, description="the parties' replies the run left out")
 
 
 class ValidationPublic(_Public):

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from synergos_core.errors import Conflict, ErrorCode, NotFound
+from synergos_core.finite import json_safe
 from synergos_core.records import (
     RECORDS,
     Alignment,
@@ -596,7 +597,8 @@ class Store:
         related: dict[str, list[Record]] = {}
         if relations:
             related = {name: self._select(s, KINDS[name], key, relations=False) for name in kind.relations}
-        details = {k: v for k, v in (row.details or {}).items() if k not in RESERVED}
+        # a NaN stored before `_clean` refused them reads as null, so that the record still answers
+        details = {k: json_safe(v) for k, v in (row.details or {}).items() if k not in RESERVED}
         created_at = _aware(row.created_at)
         if kind.name != "Registration":
             return RECORDS[kind.name].of(key, created_at, details, related)
@@ -626,8 +628,9 @@ class Store:
 
 
 def _clean(kind: Kind, details: dict[str, Any]) -> dict[str, Any]:
-    """Details never shadow the envelope fields of a record nor repeat its ids."""
-    return {k: v for k, v in details.items() if k not in RESERVED and k not in kind.key}
+    """Details never shadow the envelope fields of a record nor repeat its ids, and hold no NaN or
+    infinity (stored as null: JSON has neither, and every read of the record would fail)."""
+    return {k: json_safe(v) for k, v in details.items() if k not in RESERVED and k not in kind.key}
 
 
 def _expt(collab_id: str, project_id: str, expt_id: str) -> dict[str, str]:

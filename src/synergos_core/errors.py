@@ -10,6 +10,7 @@ transport may send of a failure.
     ├── Forbidden            403  <thing>.forbidden
     └── UpstreamError        502  worker.unreachable / worker.failed
         └── FederationError  502  federation.*
+            └── RefusedUpdate     one party's reply refused, the channel still in step
 
 An error's status is its class's; the catalogue's status for a code agrees with the class it is
 raised with (tests/unit/test_error_catalogue.py checks every raise site). The base class, which
@@ -130,6 +131,7 @@ class ErrorCode(StrEnum):
     MODEL_UNKNOWN_ACTIVATION = "model.unknown_activation", 422, "Unknown activation"
     MODEL_INVALID_STRUCTURE = "model.invalid_structure", 422, "Invalid layer structure"
     MODEL_NOT_TRAINED = "model.not_trained", 422, "Model not trained yet"
+    MODEL_UNSAFE_FORMAT = "model.unsafe_format", 422, "Model file is not valid safetensors"
     RUN_INVALID = "run.invalid", 422, "Invalid run"
     RUN_INVALID_COMBINATION = "run.invalid_combination", 422, "Run and model do not fit together"
     RUN_INVALID_CRITERION = "run.invalid_criterion", 422, "Invalid criterion"
@@ -155,6 +157,9 @@ class ErrorCode(StrEnum):
     WORKER_NO_TRAIN_DATA = "worker.no_train_data", 422, "A participant's node has no training data"
     FEDERATION_FAILED = "federation.failed", 502, "Federation failed"
     FEDERATION_BAD_UPDATE = "federation.bad_update", 502, "Invalid model update"
+    FEDERATION_BAD_COUNT = "federation.bad_count", 502, "A participant reported a sample count it did not declare"
+    FEDERATION_NON_FINITE = "federation.non_finite", 502, "A participant sent non-finite numbers"
+    FEDERATION_TOO_FEW_UPDATES = "federation.too_few_updates", 502, "Too few valid updates to aggregate"
     FEDERATION_NO_SAMPLES = "federation.no_samples", 502, "No samples to aggregate"
     FEDERATION_PROTOCOL = "federation.protocol", 502, "Federation protocol violated"
     FEDERATION_PROTOCOL_MISMATCH = "federation.protocol_mismatch", 502, "Federation protocol versions differ"
@@ -254,6 +259,18 @@ class UpstreamError(ServiceError):
 class FederationError(UpstreamError):
     code = ErrorCode.FEDERATION_FAILED
     title = ErrorCode.FEDERATION_FAILED.public_title
+
+
+class RefusedUpdate(FederationError):
+    """A party's reply refused for what it holds (a count it did not declare, a non-finite number,
+    a replayed nonce) while the channel stays in step: the TTP can leave the party out of the
+    round instead of failing the run. `participant` names the party; `pending` is how many
+    tensor frames the refused reply still announces (to be read and dropped), None if unknown."""
+
+    def __init__(self, detail: str, code: str | None = None, *, participant: str = "", pending: int | None = 0) -> None:
+        super().__init__(detail, code)
+        self.participant = participant
+        self.pending = pending
 
 
 # --- what a transport may send of a failure ---------------------------------------------

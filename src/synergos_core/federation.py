@@ -7,14 +7,14 @@ versioned (`Synergos-Protocol`). The TTP is the client and speaks first; every r
 exactly one reply. The messages themselves, their fields and op names are `protocol`'s; this
 module sends a message's header (`as_header`) followed by the tensor frames it announces, and
 fills in `shards` (and `layout`, for tensors the receiver cannot know in advance) as it plans
-them. Each side accepts a nonce once and never a round older than the last one it saw.
+them. Each side accepts a nonce once and never a round older than the last one it saw, for as long
+as the run's session lasts, whichever connection a message arrives on (`ReplayGuard`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "run_name",
     "new_nonce",
     "new_token",
+    "NONCE_CAPACITY",
     "ReplayGuard",
     "recv_frame",
     "recv_header",
@@ -68,15 +69,30 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-class ReplayGuard:
-    """Accepts each nonce once, only for this run, and never a round older than the last seen."""
+# Nonces a guard holds for one round at most: far more messages than a round exchanges (a few per
+# party), so reaching it means a peer is flooding; its messages are then refused, never forgotten.
+NONCE_CAPACITY = 1_000_000
 
-    def __init__(self, run: str, memory: int = 4096) -> None:
+
+class ReplayGuard:
+    """Accepts each nonce once, only for this run, and never a round older than the last seen.
+
+    One guard lives as long as a federation session, across all of its connections (the Worker's
+    `RunSession`, the TTP's `GridRun` per participant), so a message captured on one connection
+    and replayed on another is refused like one replayed on the same connection.
+
+    Memory stays bounded without forgetting a nonce that could still be accepted: a message of an
+    older round is refused by the round rule whatever its nonce, so only the nonces of the
+    current round are kept (they are dropped when a later round begins); and at most `capacity`
+    of them (default 1,000,000, some 100 MB at the very worst): past that, further messages of
+    the round are refused rather than a nonce forgotten.
+    """
+
+    def __init__(self, run: str, capacity: int = NONCE_CAPACITY) -> None:
         self.run = run
         self.round = -1
         self._seen: set[str] = set()
-        self._order: deque[str] = deque()
-        self._memory = memory
+        self._capacity = capacity
 
     def check(self, message: RequestMessage | ReplyMessage) -> None:
         """`message`: a parsed protocol message (its run, round and nonce are already well-typed)."""
@@ -85,15 +101,23 @@ class ReplayGuard:
             raise FederationError(
                 f"message for run {message.run!r} on the channel of {self.run!r}", ErrorCode.FEDERATION_WRONG_RUN
             )
-        if nonce in self._seen:
-            raise FederationError("replayed nonce", ErrorCode.FEDERATION_REPLAY)
         if rnd < self.round:
             raise FederationError(f"stale round {rnd!r} (current {self.round})", ErrorCode.FEDERATION_REPLAY)
-        self.round = rnd
+        if rnd == self.round and nonce in self._seen:
+            raise FederationError("replayed nonce", ErrorCode.FEDERATION_REPLAY)
+        if rnd > self.round:
+            self.round = rnd
+            self._seen.clear()  # older rounds' messages are refused as stale: their nonces are not needed
+        if len(self._seen) >= self._capacity:
+            raise FederationError(
+                f"more than {self._capacity} messages in round {rnd}: refused rather than forget a nonce",
+                ErrorCode.FEDERATION_REPLAY,
+            )
         self._seen.add(nonce)
-        self._order.append(nonce)
-        if len(self._order) > self._memory:
-            self._seen.discard(self._order.popleft())
+
+    def __len__(self) -> int:
+        """How many nonces are held (those of the current round)."""
+        return len(self._seen)
 
 
 async def recv_frame(ws: Any, timeout: float | None) -> bytes:

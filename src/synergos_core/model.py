@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ErrorCode, InvalidRequest
+from .finite import has_non_finite
 from .schemas import DistillationOptions, RunHyperparameters
 
 log = logging.getLogger(__name__)
@@ -230,6 +230,9 @@ RUN_KEYS = {
     "seed",
     "is_snn",
     "precision_fractional",
+    "aggregation",
+    "trim_ratio",
+    "byzantine",
 }
 
 
@@ -511,9 +514,8 @@ def validate_run(hp: dict[str, Any]) -> None:
     build_scheduler(run.lr_scheduler, optimizer, hp)
     build_criterion(run.criterion, hp)
     check_known_hyperparameters(hp)  # after the names themselves are known to be right
-    for key in ("lr", "mu", "l1_lambda", "l2_lambda"):
-        value = hp.get(key)
-        if isinstance(value, float) and not math.isfinite(value):
+    for key, value in hp.items():  # JSON bodies may carry NaN and Infinity; no setting means either
+        if has_non_finite(value):
             raise _invalid(f"{key} must be finite", ErrorCode.RUN_INVALID, key)
 
 

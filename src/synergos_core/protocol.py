@@ -311,7 +311,47 @@ def _parse(adapter: TypeAdapter[Any], ops: frozenset[str], role: str, header: ob
     try:
         return adapter.validate_python(header)
     except ValidationError as exc:
-        raise FederationError(f"malformed {op} {role}: {_describe(exc, op)}", ErrorCode.FEDERATION_PROTOCOL) from None
+        raise FederationError(f"malformed {op} {role}: {_describe(exc, op)}", _refusal_code(exc)) from None
+
+
+# fields that carry a party's sample counts: a wrong one is that party's bad count, not a broken message
+_COUNT_FIELDS = frozenset({"n_samples", "train_samples", "eval_samples"})
+
+
+def _refusal_code(exc: ValidationError) -> ErrorCode:
+    """Why a message is refused: a well-formed message whose only faults are non-finite numbers is
+    `federation.non_finite`, one whose only faults are sample counts (negative, not an integer)
+    `federation.bad_count`; anything else is `federation.protocol`. The first two leave the
+    channel in step, so the TTP can leave that party's reply out (`errors.RefusedUpdate`).
+
+    A plain union (`metric`) reports every member's faults; it is judged by the member that fits
+    but for such values, if one does."""
+    plain: list[ErrorCode | None] = []
+    unions: dict[tuple[Any, ...], dict[str, list[ErrorCode | None]]] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        loc, code = tuple(err["loc"]), _content_code(err)
+        member = next((i for i, part in enumerate(loc) if isinstance(part, str) and part[:1].isupper()), None)
+        if member is None:
+            plain.append(code)
+        else:
+            unions.setdefault(loc[:member], {}).setdefault(str(loc[member]), []).append(code)
+    for members in unions.values():
+        fitting = [codes for codes in members.values() if None not in codes]
+        plain.extend(fitting[0] if fitting else [None])
+    if None in plain:
+        return ErrorCode.FEDERATION_PROTOCOL
+    return (
+        ErrorCode.FEDERATION_NON_FINITE if ErrorCode.FEDERATION_NON_FINITE in plain else ErrorCode.FEDERATION_BAD_COUNT
+    )
+
+
+def _content_code(err: Any) -> ErrorCode | None:
+    """The code of one field's fault if it is in what a party reports (not the message's shape)."""
+    if err["type"] == "finite_number":
+        return ErrorCode.FEDERATION_NON_FINITE
+    if err["loc"] and err["loc"][-1] in _COUNT_FIELDS:
+        return ErrorCode.FEDERATION_BAD_COUNT
+    return None
 
 
 def _describe(exc: ValidationError, tag: str | None = None, limit: int = 3) -> str:

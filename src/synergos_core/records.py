@@ -31,6 +31,7 @@ __all__ = [
     "Tags",
     "Alignment",
     "ModelExport",
+    "Exclusion",
     "Model",
     "Inference",
     "Validation",
@@ -220,8 +221,21 @@ class ModelExport(BaseModel):
     checkpoints: str | None = None
 
 
+class Exclusion(BaseModel):
+    """A party's reply that a run left out, refused for what it held (`federation.bad_count`,
+    `federation.non_finite`, `federation.replay`, ...); the party took part again the next round."""
+
+    model_config = ConfigDict(extra="allow")
+    round: int
+    participant_id: str
+    request: str = Field(description="what the reply answered: train, evaluate, gkt_train, ...")
+    code: str
+    reason: str
+
+
 class Model(Record):
-    """A trained run: where its global and local models are, their loss histories, how it ended."""
+    """A trained run: where its global and local models are, their loss histories, how it ended,
+    and the parties' replies it left out (`exclusions`)."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     KEY = (_C, _P, _E, _R)
@@ -233,6 +247,7 @@ class Model(Record):
     local_models: dict[str, ModelExport] = Field(default_factory=dict, alias="locals")
     rounds_completed: int | None = None
     stopped_early: bool | None = None
+    exclusions: list[Exclusion] | None = None
 
 
 class Inference(BaseModel):
@@ -280,6 +295,7 @@ class Job(BaseModel):
     rounds: int | None = None
     detail: str | None = None
     metrics: dict[str, Any] | None = None
+    exclusions: list[Exclusion] | None = Field(default=None, description="parties' replies left out so far")
     started_at: str
     updated_at: str
 

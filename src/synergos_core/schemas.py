@@ -17,6 +17,7 @@ from .preprocessing import Preprocessing
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$")
 METAS = ("train", "evaluate", "predict")
+Aggregation = Literal["mean", "median", "trimmed_mean", "krum"]
 
 Identifier = Field(pattern=ID_PATTERN, description="letters, digits, '_', '-', '.'; at most 128")
 
@@ -90,6 +91,30 @@ class RunHyperparameters(BaseModel):
     seed: int = 42
     is_snn: bool = False
     precision_fractional: int = Field(default=5, ge=0)
+    # how the TTP combines the parties' weights each round (`synergos_core.aggregation`)
+    aggregation: Aggregation = Field(
+        default="mean",
+        description="mean: the sample-weighted mean (FedAvg/FedProx); median and trimmed_mean: coordinate-wise, "
+        "each party counting once; krum: the update closest to its neighbours (Blanchard et al. 2017)",
+    )
+    trim_ratio: float = Field(
+        default=0.1, ge=0, lt=0.5, description="trimmed_mean: the share of parties cut at each end, per coordinate"
+    )
+    byzantine: int | None = Field(
+        default=None,
+        ge=0,
+        description="krum: how many Byzantine parties to tolerate (f); needs more than 2f + 2 parties; "
+        "default the largest f the run's parties allow",
+    )
+
+    @model_validator(mode="after")
+    def _aggregation_fits_the_algorithm(self) -> RunHyperparameters:
+        if self.algorithm == "FedGKT" and self.aggregation != "mean":
+            raise ValueError(
+                f"aggregation {self.aggregation!r} needs weights to combine, and FedGKT averages none: it distils the "
+                "parties' predictions into the server model; use aggregation='mean' (the default) with FedGKT"
+            )
+        return self
 
     @classmethod
     def of(cls, hp: RunHyperparameters | Mapping[str, Any]) -> RunHyperparameters:

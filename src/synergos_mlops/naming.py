@@ -75,14 +75,14 @@ def tag_value(value: object) -> str:
 
 
 def metric_value(value: object) -> float | None:
-    """A float MLflow can store, or None for a missing, NaN or non-numeric value."""
+    """A float MLflow can store, or None for a missing, non-finite (NaN, ±inf) or non-numeric value."""
     if value is None or isinstance(value, (str, bytes)):
         return None
     try:
         number = float(value)  # type: ignore[arg-type]  # numpy and torch scalars too; others raise below
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(number) else number
+    return number if math.isfinite(number) else None
 
 
 def quote(value: str) -> str:

@@ -1,12 +1,24 @@
 """The federated training loop (FedAvg / FedProx) on one grid, and inference for validation.
 
 Each round: the global weights go out once (every shard encoded once for all parties), each
-party trains locally and streams its weights back, and the TTP folds them shard by shard into
-the global model, in place (once sent, the old weights are not needed again). A party also
-reports the loss of the weights it received on its own `evaluate` data, which is the previous
-round's global evaluate loss; the final round's loss comes from one closing `evaluate` request.
-Early stopping on that loss ends training at the best-known round. Memory stays at one model
-plus a few shards per party in flight; model files are written on a background thread.
+party trains locally and streams its weights back, and the TTP combines them into the global
+model, in place (once sent, the old weights are not needed again), by the run's `aggregation`
+(`synergos_core.aggregation`): the mean is folded shard by shard as the updates arrive, the
+robust rules read the updates back from the parties' local model files once all have arrived.
+A party also reports the loss of the weights it received on its own `evaluate` data, which is
+the previous round's global evaluate loss; the final round's loss comes from one closing
+`evaluate` request. Early stopping on that loss ends training at the best-known round. Memory
+stays at one model plus a few shards per party in flight; model files are written on a
+background thread.
+
+Updates are checked before they count: a party's reply whose sample count is not the one it
+declared when its session opened, or that holds a NaN or an infinity (a loss, a metric, a
+weight), or replays a nonce, is refused with that reason (`federation.bad_count`,
+`federation.non_finite`, `federation.replay`) and left out of that round only: its frames are
+read and dropped, the other parties' updates are combined without it (the mean re-weighted
+among them), the exclusion is logged and recorded (`TrainingOutcome.exclusions`, the Model
+record and the job's `exclusions`), and the party takes part again in the next round. A round
+left without any update fails the run with the refusal's reason.
 """
 
 from __future__ import annotations
@@ -23,13 +35,22 @@ from typing import Any
 
 import torch
 
-from synergos_core.aggregation import EarlyStopping, fold_slices, sample_weights
+from synergos_core.aggregation import (
+    EarlyStopping,
+    check_finite,
+    combine,
+    fold_slices,
+    krum_tolerance,
+    sample_weights,
+)
 from synergos_core.checkpoints import StateFileWriter, save_state
-from synergos_core.errors import ErrorCode, FederationError
-from synergos_core.federation import iter_shards, send_state
+from synergos_core.errors import ErrorCode, FederationError, InvalidRequest, RefusedUpdate
+from synergos_core.federation import iter_shards, recv_frame, send_state
+from synergos_core.finite import json_safe
 from synergos_core.metrics import ROUND_METRICS, pooled_metric
 from synergos_core.model import build_model
 from synergos_core.protocol import Evaluate, Infer, Loss, Metrics, Train, Update
+from synergos_core.records import Exclusion
 from synergos_core.schemas import RunHyperparameters
 from synergos_core.wire import Layout
 
@@ -57,6 +78,39 @@ class TrainingOutcome:
     timings: list[RoundTiming] = field(default_factory=list)
     # the closing assessment of the final model, included in the last round's timing
     final_evaluate_s: float = 0.0
+    # the parties' replies left out, by round (`Exclusions.items`)
+    exclusions: list[Exclusion] = field(default_factory=list)
+
+
+@dataclass
+class Exclusions:
+    """The replies a run left out, in the order they were refused, as the Model record and the job
+    board show them; each refusal is logged."""
+
+    run: str
+    progress: Progress | None = None
+    items: list[Exclusion] = field(default_factory=list)
+
+    def add(self, round_index: int, request: str, refused: Mapping[str, RefusedUpdate]) -> None:
+        for pid, exc in refused.items():
+            log.warning(
+                "run %s, round %d: %s's %s reply left out (%s): %s",
+                self.run,
+                round_index,
+                pid,
+                request,
+                exc.code,
+                exc.detail,
+            )
+            self.items.append(
+                Exclusion(round=round_index, participant_id=pid, request=request, code=exc.code, reason=exc.detail)
+            )
+        if refused and self.progress is not None:
+            self.progress(exclusions=list(self.items))
+
+    def first(self, refused: Mapping[str, RefusedUpdate]) -> RefusedUpdate:
+        """The refusal to fail a round with when no reply is left (the first party's)."""
+        return refused[sorted(refused)[0]]
 
 
 def _weighted(values: dict[str, tuple[float | None, int]]) -> float | None:
@@ -78,6 +132,11 @@ class _FileQueue:
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
         self._pending.append(asyncio.get_running_loop().run_in_executor(self._executor, fn, *args))
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on the files' thread once everything submitted so far is written; its result."""
+        await self.wait()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def wait(self) -> None:
         """Until everything submitted so far is written; the first failure is raised here."""
@@ -123,10 +182,19 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
     trainers = [pid for pid, c in sorted(grid.counts.items()) if c.get("train")]
     if not trainers:
         raise FederationError("no participant has train data for this run", ErrorCode.FEDERATION_NO_SAMPLES)
+    if hp.aggregation == "krum" and krum_tolerance(len(trainers), hp.byzantine) is None:
+        f = 0 if hp.byzantine is None else hp.byzantine
+        raise InvalidRequest(
+            f"aggregation 'krum' with byzantine={hp.byzantine} needs more than 2f + 2 parties with train data "
+            f"(at least {2 * f + 3}); this run has {len(trainers)}",
+            ErrorCode.RUN_INVALID_COMBINATION,
+        )
+    exclusions = Exclusions(grid.run, progress)
     for r in range(rounds):
         started = time.perf_counter()
         sent = await grid.broadcast(Train, r, state, participants=trainers, epochs=epochs, evaluate=r > 0)
-        replies = await grid.replies(sent, Update)
+        replies, refused = await grid.screened(sent, Update)
+        exclusions.add(r, Train.model_fields["op"].default, refused)
         if r > 0:
             # the parties assessed the weights they received: round r - 1's global model
             loss = record_assessment(history, r - 1, replies, grid.action, progress, rounds)
@@ -135,10 +203,14 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
                 await _drain(grid, replies, layout)
                 log.info("run %s: early stop after round %d (evaluate loss %.5f)", grid.run, r, loss)
                 break
+        if not replies:
+            raise exclusions.first(refused)
         weights = sample_weights({p: h.n_samples for p, h in replies.items()})
-        # folded in place: once broadcast, the old global weights are only needed if training stops
-        # early, which is decided above, before any update is folded
-        await _aggregate(grid, replies, weights, layout, state, out_dir, files)
+        # combined in place: once broadcast, the old global weights are only needed if training stops
+        # early, which is decided above, before any update is combined
+        refused = await _aggregate(grid, replies, weights, layout, state, out_dir, files, hp)
+        exclusions.add(r, Train.model_fields["op"].default, refused)
+        replies = {pid: h for pid, h in replies.items() if pid not in refused}
         for pid, h in replies.items():
             local_history[pid][r] = h.train_loss
         completed = r + 1
@@ -156,14 +228,14 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
     final_s = 0.0
     if not stopped:
         started = time.perf_counter()
-        assessed = await assess(grid, state, completed)
+        assessed = await assess(grid, state, completed, exclusions)
         final_s = time.perf_counter() - started
         record_assessment(history, completed - 1, assessed, grid.action, progress, rounds)
         if timings:
             timings[-1].wall_s += final_s
             timings[-1].bytes_moved += state_bytes * len(grid.channels)
         _write_json(out_dir / "global_loss_history.json", history)
-    return TrainingOutcome(state, history, local_history, completed, stopped, timings, final_s)
+    return TrainingOutcome(state, history, local_history, completed, stopped, timings, final_s, exclusions.items)
 
 
 def record_assessment(
@@ -182,6 +254,8 @@ def record_assessment(
     eval_loss = _weighted({p: (a.eval_loss, a.eval_samples) for p, a in assessed.items()})
     metric = pooled_metric([a.metric.model_dump() for a in assessed.values() if a.metric is not None], action)
     name = f"evaluate_{ROUND_METRICS[action]}"
+    # finite reports can still pool to an infinity (huge losses): such a figure is not recorded
+    train_loss, eval_loss, metric = json_safe(train_loss), json_safe(eval_loss), json_safe(metric)
     for key, value in (("train", train_loss), ("evaluate", eval_loss), (name, metric)):
         if value is not None:
             history.setdefault(key, {})[round_index] = value
@@ -190,10 +264,17 @@ def record_assessment(
     return eval_loss
 
 
-async def assess(grid: GridRun, state: dict[str, torch.Tensor], round_index: int) -> dict[str, Loss]:
-    """Every party's assessment of `state` on its own train and evaluate data."""
+async def assess(
+    grid: GridRun, state: dict[str, torch.Tensor], round_index: int, exclusions: Exclusions | None = None
+) -> dict[str, Loss]:
+    """Every party's assessment of `state` on its own train and evaluate data; with `exclusions`,
+    a refused one is left out (and recorded there) instead of failing the run."""
     sent = await grid.broadcast(Evaluate, round_index, state, meta="evaluate", assess=True)
-    return await grid.replies(sent, Loss)
+    if exclusions is None:
+        return await grid.replies(sent, Loss)
+    accepted, refused = await grid.screened(sent, Loss)
+    exclusions.add(round_index, Evaluate.model_fields["op"].default, refused)
+    return accepted
 
 
 async def infer(
@@ -229,7 +310,13 @@ async def _aggregate(
     target: dict[str, torch.Tensor],
     out_dir: Path,
     files: _FileQueue,
-) -> None:
+    hp: RunHyperparameters,
+) -> dict[str, RefusedUpdate]:
+    """Receive the parties' weights shard by shard into their local model files and combine them
+    into `target` by the run's rule; returns the parties whose weights were refused (non-finite),
+    left out of `target`. The mean is folded as the shards arrive; the other rules, and the mean
+    again if a party was refused after some of its shards were folded, read the kept parties'
+    files back once every shard is in (`aggregation.combine`)."""
     pids = sorted(replies)
     counts = {replies[p].shards for p in pids}
     if len(counts) != 1:
@@ -237,14 +324,41 @@ async def _aggregate(
     await files.wait()  # the previous round's files are written (and its failures raised) before this round's
     streams = {p: iter_shards(grid.channels[p], replies[p].shards, layout, grid.limits.round_timeout_s) for p in pids}
     writers = {p: StateFileWriter(out_dir / f"local_model_{p}.safetensors", layout) for p in pids}
+    refused: dict[str, RefusedUpdate] = {}
+    streaming = hp.aggregation == "mean"
     try:
         for _ in range(counts.pop()):
-            shards = await asyncio.gather(*(anext(streams[p]) for p in pids))
-            fold_slices(target, [(p, weights[p], s) for p, s in zip(pids, shards, strict=False)])
+            shards = dict(
+                zip(
+                    pids,
+                    await asyncio.gather(*(_next_shard(grid, streams[p], p in refused, p) for p in pids)),
+                    strict=True,
+                )
+            )
+            live = [(p, weights[p], shards[p]) for p in pids if p not in refused]
+            try:
+                if streaming and not refused:
+                    fold_slices(target, live)
+                else:
+                    for p, _, slices in live:
+                        check_finite(p, slices)
+            except RefusedUpdate as exc:
+                refused[exc.participant] = exc
             # this shard is written while the next one arrives; no more than that is held
             await files.wait()
-            files.submit(_write_locals, writers, pids, shards)
+            files.submit(_write_locals, writers, [(p, shards[p]) for p in pids if p not in refused])
         await files.wait()
+        for p in refused:
+            writers.pop(p).abort()
+        kept = [p for p in pids if p not in refused]
+        if not kept:
+            raise next(iter(refused.values()))
+        if refused or not streaming:
+            reweighted = sample_weights({p: replies[p].n_samples for p in kept})
+            chunk = max(1 << 16, grid.limits.shard_bytes // len(kept))
+            chosen = await files.run(combine, target, layout, {p: writers[p] for p in kept}, reweighted, hp, chunk)
+            if chosen is not None:
+                log.info("run %s: krum chose %s's update", grid.run, chosen)
     except BaseException:
         try:
             await files.wait()
@@ -254,12 +368,21 @@ async def _aggregate(
             w.abort()
         raise
     files.submit(_commit_locals, writers)
+    return refused
+
+
+async def _next_shard(grid: GridRun, stream: Any, dropped: bool, pid: str) -> list[tuple[str, int, torch.Tensor]]:
+    """`pid`'s next shard, decoded; once its update is refused, its frames are read and dropped."""
+    if dropped:
+        await recv_frame(grid.channels[pid], grid.limits.round_timeout_s)
+        return []
+    return await anext(stream)
 
 
 def _write_locals(
-    writers: dict[str, StateFileWriter], pids: list[str], shards: list[list[tuple[str, int, torch.Tensor]]]
+    writers: dict[str, StateFileWriter], shards: list[tuple[str, list[tuple[str, int, torch.Tensor]]]]
 ) -> None:
-    for p, slices in zip(pids, shards, strict=False):
+    for p, slices in shards:
         for name, offset, tensor in slices:
             writers[p].write(name, offset, tensor)
 

@@ -5,6 +5,11 @@ predictions for its samples) and sends features and predictions; the server dist
 `server_epochs`; each party then evaluates its extractor with the new server layers on its own
 `evaluate` data. At the end each party hands over its extractor, so that validation and
 prediction can run the full model on the party's side.
+
+A party's features and predictions are checked before the server learns from them (its sample
+count the one it declared, every value finite, one row per sample, shaped as the server layers
+take them); a refused party is left out of that round's distillation, as a refused update is in
+`federated`, and recorded in the run's exclusions.
 """
 
 from __future__ import annotations
@@ -19,14 +24,23 @@ import torch
 
 from synergos_core.aggregation import EarlyStopping
 from synergos_core.checkpoints import save_state
-from synergos_core.errors import ErrorCode, FederationError
+from synergos_core.errors import ErrorCode, FederationError, RefusedUpdate
 from synergos_core.federation import recv_tensors, send_message, send_state, send_tensors
+from synergos_core.finite import tensor_is_finite
 from synergos_core.gkt import ServerModel, split_index, train_server
 from synergos_core.model import build_model, output_kind
 from synergos_core.protocol import GktEvaluate, GktExport, GktExtractor, GktFeatures, GktTrain, Loss
 from synergos_core.schemas import RunHyperparameters
 
-from .federated import Progress, RoundTiming, TrainingOutcome, _checkpoint, _write_json, record_assessment
+from .federated import (
+    Exclusions,
+    Progress,
+    RoundTiming,
+    TrainingOutcome,
+    _checkpoint,
+    _write_json,
+    record_assessment,
+)
 from .grid import GridRun
 
 T = TypeVar("T", GktFeatures, GktExtractor)
@@ -48,7 +62,54 @@ async def _exchange(
         await send_message(ws, request)
     reply = await grid.reply(pid, request, expect)
     received = await recv_tensors(ws, reply, allowed, grid.limits.max_payload_bytes, grid.limits.round_timeout_s)
+    for name, tensor in received.items():
+        if not tensor_is_finite(tensor):
+            raise RefusedUpdate(f"{pid} sent non-finite {name}", ErrorCode.FEDERATION_NON_FINITE, participant=pid)
     return reply, received
+
+
+async def _features(
+    grid: GridRun, pid: str, request: GktTrain, teacher: torch.Tensor | None, server: ServerModel
+) -> tuple[GktFeatures, dict[str, torch.Tensor]]:
+    """`pid`'s features and predictions of this round, trained towards `teacher` if given; checked."""
+    tensors = {"server_out": teacher} if teacher is not None else None
+    reply, received = await _exchange(grid, pid, request, tensors, GktFeatures, {"features", "local_out"})
+    _check_features(pid, reply, received, server)
+    return reply, received
+
+
+def _check_features(pid: str, reply: GktFeatures, tensors: dict[str, torch.Tensor], server: ServerModel) -> None:
+    """A party's features and predictions: one row per declared sample, as the server layers take
+    them and as they answer (finite values were checked as they arrived)."""
+    if set(tensors) != {"features", "local_out"}:
+        raise FederationError(f"{pid} sent no features and predictions", ErrorCode.FEDERATION_BAD_UPDATE)
+    features, local_out = tensors["features"], tensors["local_out"]
+    rows = {len(features) if features.dim() else -1, len(local_out) if local_out.dim() else -1}
+    if rows != {reply.n_samples}:
+        raise RefusedUpdate(
+            f"{pid} sent features and predictions for {sorted(rows)} samples, not its {reply.n_samples}",
+            ErrorCode.FEDERATION_BAD_UPDATE,
+            participant=pid,
+        )
+    dtype = next((p.dtype for p in server.model.parameters()), torch.float32)
+    try:
+        if features.dtype != dtype or local_out.dtype != dtype:
+            raise TypeError(f"{features.dtype}/{local_out.dtype}, not {dtype}")
+        training = server.training
+        server.eval()  # one row through BatchNorm or Dropout, without touching their state
+        try:
+            with torch.no_grad():
+                answered = server(features[:1])
+        finally:
+            server.train(training)
+        if answered.shape[1:] != local_out.shape[1:]:
+            raise ValueError(f"predictions shaped {tuple(local_out.shape[1:])}, not {tuple(answered.shape[1:])}")
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise RefusedUpdate(
+            f"{pid}'s features do not fit the server layers ({str(exc)[:200]})",
+            ErrorCode.FEDERATION_BAD_UPDATE,
+            participant=pid,
+        ) from None
 
 
 async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) -> TrainingOutcome:
@@ -64,35 +125,34 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
     stopper = EarlyStopping(hp.patience, hp.delta)
     teachers: dict[str, torch.Tensor] = {}
     timings, completed, stopped = [], 0, False
+    exclusions = Exclusions(grid.run, progress)
     for r in range(rounds):
         started = time.perf_counter()
         requests = {pid: grid.request(GktTrain, r, epochs=epochs) for pid in trainers}
-        results = await asyncio.gather(
-            *(
-                _exchange(
-                    grid,
-                    pid,
-                    requests[pid],
-                    {"server_out": teachers[pid]} if pid in teachers else None,
-                    GktFeatures,
-                    {"features", "local_out"},
-                )
-                for pid in trainers
+        exchanges = [_features(grid, pid, requests[pid], teachers.get(pid), server) for pid in trainers]
+        results = dict(
+            zip(
+                trainers,
+                await asyncio.gather(*(grid.refusable(pid, x) for pid, x in zip(trainers, exchanges, strict=True))),
+                strict=True,
             )
         )
-        replies = {pid: reply for pid, (reply, _) in zip(trainers, results, strict=True)}
-        for pid, (_, tensors) in zip(trainers, results, strict=True):
-            if set(tensors) != {"features", "local_out"}:
-                raise FederationError(f"{pid} sent no features and predictions", ErrorCode.FEDERATION_BAD_UPDATE)
-        batches = [(tensors["features"], tensors["local_out"]) for _, tensors in results]
-        history["server"][r] = await asyncio.to_thread(train_server, server, batches, hp, kind)
+        refused = {pid: got for pid, got in results.items() if isinstance(got, RefusedUpdate)}
+        exclusions.add(r, GktTrain.model_fields["op"].default, refused)
+        accepted = {pid: got for pid, got in results.items() if not isinstance(got, RefusedUpdate)}
+        if not accepted:
+            raise exclusions.first(refused)
+        replies = {pid: reply for pid, (reply, _) in accepted.items()}
+        batches = {pid: (tensors["features"], tensors["local_out"]) for pid, (_, tensors) in accepted.items()}
+        history["server"][r] = await asyncio.to_thread(train_server, server, list(batches.values()), hp, kind)
         with torch.no_grad():
-            teachers = {pid: server(features).detach() for pid, (features, _) in zip(trainers, batches, strict=False)}
-        del batches, results
+            teachers = {pid: server(features).detach() for pid, (features, _) in batches.items()}
+        del batches, results, accepted
         for pid, h in replies.items():
             local_history[pid][r] = h.train_loss
         # each party's full model (its extractor, the new server layers) on its train and evaluate data
-        loss = record_assessment(history, r, await assess(grid, server.state(), r), grid.action, progress, rounds)
+        assessed = await assess(grid, server.state(), r, exclusions)
+        loss = record_assessment(history, r, assessed, grid.action, progress, rounds)
         completed = r + 1
         _checkpoint(out_dir, r, server.state(), json.dumps(history))
         timings.append(RoundTiming(r, time.perf_counter() - started, {p: h.compute_s for p, h in replies.items()}, 0))
@@ -100,12 +160,18 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
             stopped = True
             break
     for pid in sorted(grid.channels):
-        _, extractor = await _exchange(
-            grid, pid, grid.request(GktExport, completed), None, GktExtractor, set(_extractor_names(server, split))
+        request = grid.request(GktExport, completed)
+        exported = await grid.refusable(
+            pid, _exchange(grid, pid, request, None, GktExtractor, set(_extractor_names(server, split)))
         )
-        save_state(extractor, out_dir / f"local_model_{pid}.safetensors")
+        if isinstance(exported, RefusedUpdate):  # no model of its own for this party: it cannot validate
+            exclusions.add(completed, request.op, {pid: exported})
+            continue
+        save_state(exported[1], out_dir / f"local_model_{pid}.safetensors")
     _write_json(out_dir / "global_loss_history.json", history)
-    return TrainingOutcome(server.state(), history, local_history, completed, stopped, timings)
+    return TrainingOutcome(
+        server.state(), history, local_history, completed, stopped, timings, exclusions=exclusions.items
+    )
 
 
 def _extractor_names(server: ServerModel, split: int) -> list[str]:
@@ -113,16 +179,17 @@ def _extractor_names(server: ServerModel, split: int) -> list[str]:
     return names + ["head.linear.weight", "head.linear.bias"]  # absent when the head is the server part
 
 
-async def assess(grid: GridRun, server_state: dict[str, torch.Tensor], round_index: int) -> dict[str, Loss]:
-    """Every party's assessment of its full model with `server_state` as the server layers."""
-
-    async def one(pid: str) -> Loss:
-        request = grid.request(GktEvaluate, round_index, meta="evaluate", assess=True)
+async def assess(
+    grid: GridRun, server_state: dict[str, torch.Tensor], round_index: int, exclusions: Exclusions
+) -> dict[str, Loss]:
+    """Every party's assessment of its full model with `server_state` as the server layers; a
+    refused one is left out (and recorded in `exclusions`)."""
+    sent = {pid: grid.request(GktEvaluate, round_index, meta="evaluate", assess=True) for pid in sorted(grid.channels)}
+    for pid, request in sent.items():
         await send_state(grid.channels[pid], request, server_state, grid.limits.shard_bytes)
-        return await grid.reply(pid, request, Loss)
-
-    pids = sorted(grid.channels)
-    return dict(zip(pids, await asyncio.gather(*(one(pid) for pid in pids)), strict=False))
+    accepted, refused = await grid.screened(sent, Loss)
+    exclusions.add(round_index, GktEvaluate.model_fields["op"].default, refused)
+    return accepted
 
 
 def participant_states(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -14,15 +15,32 @@ import torch
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from synergos_core.errors import ErrorCode, FederationError, SynergosError, UpstreamError
-from synergos_core.federation import broadcast_state, new_token, recv_header, run_name, run_path, send_message
+from synergos_core.errors import ErrorCode, FederationError, RefusedUpdate, SynergosError, UpstreamError
+from synergos_core.federation import (
+    ReplayGuard,
+    broadcast_state,
+    new_token,
+    recv_frame,
+    recv_header,
+    run_name,
+    run_path,
+    send_message,
+)
+from synergos_core.finite import has_non_finite
 from synergos_core.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
+    Assessment,
     Close,
     Error,
+    Evaluate,
+    GktEvaluate,
+    GktFeatures,
+    Loss,
+    Metrics,
     ReplyMessage,
     RequestMessage,
+    Update,
     new_nonce,
     parse_reply,
     version_mismatch,
@@ -36,6 +54,10 @@ log = logging.getLogger(__name__)
 READ_AHEAD_BYTES = 8 * 1024 * 1024
 Q = TypeVar("Q", bound=RequestMessage)
 R = TypeVar("R", bound=ReplyMessage)
+T = TypeVar("T")
+# what makes a party's reply refusable without failing the run (`RefusedUpdate`): faults of its
+# content in a message that is otherwise well-formed, so the channel stays in step
+REFUSABLE = frozenset({ErrorCode.FEDERATION_NON_FINITE, ErrorCode.FEDERATION_BAD_COUNT})
 
 
 @dataclass
@@ -110,6 +132,8 @@ class GridRun:
         self.counts: dict[str, dict[str, int]] = {}
         self._initialised: list[GridNode] = []
         self._round = 0  # the latest round requested: a Worker refuses anything older, `close` included
+        # per participant, the nonces and round of its replies for the whole run: a reply is accepted once
+        self._guards: dict[str, ReplayGuard] = {}
 
     async def __aenter__(self) -> GridRun:
         try:
@@ -220,7 +244,12 @@ class GridRun:
 
     async def reply(self, pid: str, request: RequestMessage, expect: type[R]) -> R:
         """The node's reply to `request`, parsed and checked for run, nonce echo and kind; an `Error`
-        reply becomes an exception naming the participant."""
+        reply becomes an exception naming the participant.
+
+        A reply that is well-formed but refused for what it holds (a non-finite number, a sample
+        count other than the one the party declared when its session opened, a nonce it used
+        before) raises `RefusedUpdate`, with the tensor frames it still announces: `refusable`
+        drops those and lets the run go on without that reply."""
         ws = self.channels[pid]
         try:
             header = await recv_header(ws, self.limits.round_timeout_s)
@@ -232,16 +261,83 @@ class GridRun:
         try:
             reply = parse_reply(header)
         except FederationError as exc:
+            if exc.code in REFUSABLE:
+                shards = header.get("shards", 0)
+                pending = shards if isinstance(shards, int) and not isinstance(shards, bool) and shards >= 0 else None
+                raise RefusedUpdate(f"{pid}: {exc.detail}", exc.code, participant=pid, pending=pending) from None
             raise FederationError(f"{pid}: {exc.detail}", exc.code) from None
         if isinstance(reply, Error):
             raise UpstreamError(f"{pid}: {reply.detail}", reply.code or ErrorCode.WORKER_FAILED)
         if reply.run != self.run or reply.reply_to != request.nonce:
             raise FederationError(f"{pid} sent an unexpected or replayed reply", ErrorCode.FEDERATION_REPLAY)
+        pending = getattr(reply, "shards", 0)
+        try:
+            self._guards.setdefault(pid, ReplayGuard(self.run)).check(reply)
+        except FederationError as exc:
+            raise RefusedUpdate(f"{pid}: {exc.detail}", exc.code, participant=pid, pending=pending) from None
         if not isinstance(reply, expect):
             raise FederationError(f"{pid} answered {request.op} with {reply.op}", ErrorCode.FEDERATION_PROTOCOL)
+        fault = self._content_fault(pid, request, reply)
+        if fault is not None:
+            raise RefusedUpdate(f"{pid} {fault[1]}", fault[0], participant=pid, pending=pending)
         return reply
 
+    def declared(self, pid: str, meta: str) -> int | None:
+        """How many samples `pid`'s node declared for `meta` when its session opened (0: none;
+        None: what it declared is not a count)."""
+        count = self.counts.get(pid, {}).get(meta, 0)
+        return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
+
+    def _content_fault(self, pid: str, request: RequestMessage, reply: ReplyMessage) -> tuple[ErrorCode, str] | None:
+        """What is wrong with what a parsed reply says, if anything: sample counts must be the ones the
+        party declared (a trainer's positive), metrics finite. (The protocol has refused non-finite
+        losses and negative counts already.)"""
+        counts: list[tuple[str, str, int]] = []  # (what, meta, reported)
+        if isinstance(reply, (Update, GktFeatures)):
+            if reply.n_samples <= 0:
+                return ErrorCode.FEDERATION_BAD_COUNT, f"reported {reply.n_samples} training samples"
+            counts.append(("training samples", "train", reply.n_samples))
+        elif isinstance(reply, Loss) and isinstance(request, (Evaluate, GktEvaluate)):
+            counts.append((f"{request.meta} samples", request.meta, reply.n_samples))
+        elif isinstance(reply, Metrics):
+            counts.append((f"{reply.meta} samples", reply.meta, reply.n_samples))
+            if has_non_finite(reply.statistics):
+                return ErrorCode.FEDERATION_NON_FINITE, f"sent non-finite {reply.meta} statistics"
+        assessment: Assessment | None = getattr(reply, "assessment", None)
+        if assessment is not None:
+            counts.append(("assessed train samples", "train", assessment.train_samples))
+            counts.append(("assessed evaluate samples", "evaluate", assessment.eval_samples))
+        for what, meta, reported in counts:
+            declared = self.declared(pid, meta)
+            if reported != declared:
+                said = "no valid count" if declared is None else declared
+                return ErrorCode.FEDERATION_BAD_COUNT, f"reported {reported} {what}; its node declared {said}"
+        return None
+
+    async def refusable(self, pid: str, work: Awaitable[T]) -> T | RefusedUpdate:
+        """What `work` (receiving `pid`'s reply) gives, or the `RefusedUpdate` it raised once the
+        tensor frames the refused reply announced are read and dropped, so that the channel stays
+        in step for the next request. A refusal whose frames cannot be known is raised."""
+        try:
+            return await work
+        except RefusedUpdate as refused:
+            if refused.pending is None:
+                raise
+            for _ in range(refused.pending):
+                await recv_frame(self.channels[pid], self.limits.round_timeout_s)
+            return refused
+
     async def replies(self, sent: dict[str, Q], expect: type[R]) -> dict[str, R]:
+        """Every node's reply; any refusal fails them all (see `screened` to go on without it)."""
         pids = list(sent)
         replies = await asyncio.gather(*(self.reply(pid, sent[pid], expect) for pid in pids))
         return dict(zip(pids, replies, strict=False))
+
+    async def screened(self, sent: dict[str, Q], expect: type[R]) -> tuple[dict[str, R], dict[str, RefusedUpdate]]:
+        """Every node's reply, and apart the replies refused for what they hold (`refusable`), by
+        participant; a failure of any other kind fails them all."""
+        pids = list(sent)
+        results = await asyncio.gather(*(self.refusable(pid, self.reply(pid, sent[pid], expect)) for pid in pids))
+        accepted = {pid: r for pid, r in zip(pids, results, strict=True) if not isinstance(r, RefusedUpdate)}
+        refused = {pid: r for pid, r in zip(pids, results, strict=True) if isinstance(r, RefusedUpdate)}
+        return accepted, refused

@@ -19,10 +19,12 @@ from synergos_core.alignment import Alignment, align_headers, fix_model_io
 from synergos_core.checkpoints import load_state, save_state
 from synergos_core.errors import ErrorCode, InvalidRequest, UpstreamError
 from synergos_core.metrics import aggregate_statistics, pooled_metric
+from synergos_core.model import build_model
 from synergos_core.preprocessing import Preprocessing, PreprocessingOptions, Statistics
 from synergos_core.preprocessing import plan as plan_preprocessing
 from synergos_core.schemas import RunHyperparameters
 from synergos_core.settings import FederationLimits
+from synergos_core.wire import Layout
 
 from . import federated, fedgkt
 from .grid import GridNode, GridRun, worker_call
@@ -158,6 +160,8 @@ async def train_run(
         "locals": locals_,
         "rounds_completed": outcome.rounds_completed,
         "stopped_early": outcome.stopped_early,
+        # the parties' replies left out of the run, by round, with the reason (none: every one counted)
+        "exclusions": [exclusion.model_dump(mode="json") for exclusion in outcome.exclusions],
     }
 
 
@@ -196,9 +200,11 @@ async def infer_run(
     meta: str,
 ) -> Inference:
     """Run the trained global model on each node's own `meta` data; statistics per participant."""
-    state = load_state(run_dir(outputs, keys) / "global_model.safetensors")
+    gkt = _algorithm(hyperparameters) == "FedGKT"  # its global model holds the server layers only
+    expected = None if gkt else Layout.of(build_model(model).state_dict())
+    state = load_state(run_dir(outputs, keys) / "global_model.safetensors", expected)
     async with GridRun(keys, nodes, action, model, hyperparameters, limits, http) as grid:
-        if _algorithm(hyperparameters) == "FedGKT":  # each party runs its own extractor
+        if gkt:  # each party runs its own extractor
             states = fedgkt.participant_states(run_dir(outputs, keys), state, list(grid.channels))
             replies = await federated.infer_each(grid, states, meta)
         else:

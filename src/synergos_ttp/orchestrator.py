@@ -51,9 +51,14 @@ class Orchestrator:
             board = self.jobs.start(item.kind, item.keys, rounds=item.rounds)
 
             def progress(board: Any = board, **info: Any) -> None:
-                self.jobs.update(
-                    board, round=info["round"], metrics={k: v for k, v in info.items() if k not in ("round", "rounds")}
-                )
+                if "exclusions" in info:  # the replies left out so far: the training loops report them apart
+                    self.jobs.update(board, exclusions=info.pop("exclusions"))
+                if "round" in info:
+                    self.jobs.update(
+                        board,
+                        round=info["round"],
+                        metrics={k: v for k, v in info.items() if k not in ("round", "rounds")},
+                    )
 
             with self.jobs.failing(board):
                 job = item.build()

@@ -149,7 +149,7 @@ class FederationServer:
             await session.connection.close(1001, "replaced by a new connection")
         session.connection = ws
         run = run_name(*session.key)
-        guard = ReplayGuard(run)
+        guard = session.guard  # the session's, not this connection's: a replay on a new connection is refused too
         try:
             while True:
                 request: RequestMessage | None = None

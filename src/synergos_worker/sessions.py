@@ -14,6 +14,7 @@ import torch
 
 from synergos_core.data import align_columns, apply_spacers, class_indices, load_meta, train_statistics
 from synergos_core.errors import ErrorCode, InvalidRequest, NotFound
+from synergos_core.federation import ReplayGuard, run_name
 from synergos_core.gkt import GKTTrainer
 from synergos_core.preprocessing import Preprocessing
 from synergos_core.schemas import METAS, InitialiseRequest
@@ -34,6 +35,12 @@ class RunSession:
     results: dict[str, Any] = field(default_factory=dict)
     connection: Any = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # the nonces and round seen on any connection of this session: a message captured on one
+    # connection is refused on the next as on the same one
+    guard: ReplayGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = ReplayGuard(run_name(*self.key))
 
     def authorised(self, presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(presented.encode(), self.token.encode())

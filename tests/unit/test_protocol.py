@@ -212,42 +212,56 @@ def _update_header() -> dict:
     return as_header(_replies()[0])
 
 
+NON_FINITE, BAD_COUNT, PROTOCOL = "federation.non_finite", "federation.bad_count", "federation.protocol"
+
+
 @pytest.mark.parametrize(
-    "path, value",
+    "path, value, code",
     [
-        (("train_loss",), math.nan),
-        (("train_loss",), math.inf),
-        (("epoch_losses",), [0.5, math.nan]),
-        (("compute_s",), -1.0),
-        (("n_samples",), -3),
-        (("n_samples",), 40.0),
-        (("lrs",), [math.inf]),
-        (("assessment", "eval_loss"), math.nan),
-        (("assessment", "train_samples"), -1),
-        (("assessment", "metric"), {"n": 10}),
-        (("assessment", "metric"), {"n": 10, "correct": 7, "extra": 1}),
-        (("assessment", "metric"), {"n": 10, "sse": math.nan, "sum_y": 1.0, "sum_y2": 1.0}),
-        (("reply_to",), None),
-        (("shards",), "1"),
+        (("train_loss",), math.nan, NON_FINITE),
+        (("train_loss",), math.inf, NON_FINITE),
+        (("epoch_losses",), [0.5, math.nan], NON_FINITE),
+        (("compute_s",), -1.0, PROTOCOL),
+        (("n_samples",), -3, BAD_COUNT),
+        (("n_samples",), 40.0, BAD_COUNT),
+        (("lrs",), [math.inf], NON_FINITE),
+        (("assessment", "eval_loss"), math.nan, NON_FINITE),
+        (("assessment", "train_samples"), -1, BAD_COUNT),
+        (("assessment", "metric"), {"n": 10}, PROTOCOL),
+        (("assessment", "metric"), {"n": 10, "correct": 7, "extra": 1}, PROTOCOL),
+        (("assessment", "metric"), {"n": 10, "sse": math.nan, "sum_y": 1.0, "sum_y2": 1.0}, NON_FINITE),
+        (("assessment", "metric"), {"n": 10, "sse": math.nan, "sum_y": 1.0}, PROTOCOL),
+        (("assessment", "metric"), {"n": 10, "correct": 11.5}, PROTOCOL),
+        (("reply_to",), None, PROTOCOL),
+        (("shards",), "1", PROTOCOL),
     ],
 )
-def test_malformed_or_non_finite_update_is_refused(path, value):
+def test_malformed_or_non_finite_update_is_refused_with_its_reason(path, value, code):
     header = _update_header()
     target = header
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = value
-    # through the codec: json writes NaN and Infinity, so the protocol must be the one to refuse them
+    # through the codec: json writes NaN and Infinity, so the protocol must be the one to refuse them;
+    # a message whose only fault is a non-finite number or a bad count is refused for that reason (the
+    # TTP can then leave the party out of the round), anything else is a broken message
     with pytest.raises(FederationError) as info:
         parse_reply(decode_control(encode_control(header)))
-    assert info.value.code == "federation.protocol" and ".".join(path[:1]) in info.value.detail
+    assert info.value.code == code and ".".join(path[:1]) in info.value.detail
+
+
+def test_a_non_finite_number_beside_a_broken_field_is_a_protocol_error():
+    header = {**_update_header(), "train_loss": math.nan, "shards": "1"}
+    with pytest.raises(FederationError) as info:
+        parse_reply(decode_control(encode_control(header)))
+    assert info.value.code == PROTOCOL
 
 
 def test_nan_loss_is_refused():
     loss = as_header(reply_to(Evaluate(**_envelope(), meta="evaluate"), Loss, loss=0.5, n_samples=4))
     with pytest.raises(FederationError, match="loss: Input should be a finite number") as info:
         parse_reply(decode_control(encode_control({**loss, "loss": float("nan")})))
-    assert info.value.code == "federation.protocol"
+    assert info.value.code == NON_FINITE
 
 
 def test_malformed_tensor_manifest_is_refused():
