@@ -7,15 +7,17 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 
 from synergos_core.settings import ServiceSettings
 
+from .auth import IdentityGate, authorize, contract_gate
 from .envelope import API_VERSION, BodyLimitMiddleware, install_error_handlers
 from .jobs import JobBoard
 from .orchestration import Orchestrator
 from .public import Envelope, HealthPublic, answer
 from .routes import ROUTERS
+from .serving import service_credentials
 from .store import Store
 
 OrchestratorFactory = Callable[[Store, JobBoard], Orchestrator]
@@ -26,8 +28,10 @@ def create_contract_app(
     title: str,
     make_orchestrator: OrchestratorFactory,
     health: Callable[[], dict] | None = None,
+    role: str = "ttp",
 ) -> FastAPI:
     """An app with its own metadata store (SQLite under `data_dir` unless `db_url` is given)."""
+    credentials = service_credentials(settings, role)  # None only with --insecure
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]  # set by the CLI or the caller
     store = Store(settings.db_url or f"sqlite:///{settings.data_dir}/synergos.db")
     jobs = JobBoard()
@@ -41,13 +45,16 @@ def create_contract_app(
             await orchestrator.aclose()
             store.close()
 
-    app = FastAPI(title=title, version=API_VERSION, lifespan=lifespan)
+    app = FastAPI(title=title, version=API_VERSION, lifespan=lifespan, dependencies=[Depends(authorize)])
     app.state.settings = settings
+    app.state.credentials = credentials
     app.state.store = store
     app.state.jobs = jobs
     app.state.orchestrator = orchestrator
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if credentials is not None:
+        app.add_middleware(IdentityGate, admit=contract_gate)  # outermost: refused before anything else
     for router in ROUTERS:
         app.include_router(router)
 

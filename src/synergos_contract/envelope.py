@@ -171,29 +171,36 @@ class BodyLimitMiddleware:
 
 
 async def _send_413(send: Any, limit: int) -> None:
+    await send_error(send, ErrorCode.REQUEST_TOO_LARGE, f"request bodies are limited to {limit} bytes")
+
+
+async def send_error(send: Any, code: ErrorCode, detail: str, headers: dict[str, str] | None = None) -> None:
+    """Answer a request from ASGI middleware, before any route runs, with the error envelope."""
     import json
 
-    error = _catalogued(ErrorCode.REQUEST_TOO_LARGE, f"request bodies are limited to {limit} bytes")
-    log.debug("a request body over %d bytes refused [%s]", limit, error["correlation_id"])
+    error = _catalogued(code, detail)
+    log.debug("%s refused before routing: %s [%s]", code, detail, error["correlation_id"])
     body = json.dumps(
         {
             "apiVersion": API_VERSION,
             "success": 0,
-            "status": 413,
+            "status": code.status,
             "method": "request",
             "params": {},
             "data": None,
             "error": error,
         }
     ).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": code.status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (CORRELATION_HEADER.lower().encode(), error["correlation_id"].encode()),
+                *extra,
             ],
         }
     )

@@ -26,6 +26,16 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     add("--outputs_dir", "--outputs-dir")
     add("--mlflow_dir", "--mlflow-dir")
     add("--db_url", "--db-url", help="SQLAlchemy URL of the metadata store (SQLite file by default)")
+    add(
+        "--credentials",
+        help="this service's identity: a folder from synergos-provision (DIR/NAME); env SYNERGOS_CREDENTIALS",
+    )
+    add(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="DEVELOPMENT ONLY: plain HTTP/WebSocket without identities; anyone can command the service",
+    )
     return parser
 
 

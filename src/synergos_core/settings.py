@@ -6,9 +6,10 @@ No settings object is built at import time; each CLI builds one and hands it to 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 
@@ -36,6 +37,9 @@ class ServiceSettings(BaseSettings):
     logging_variant: list[str] = Field(default_factory=lambda: ["basic"])
     censored: bool = False
     debug: bool = False
+    # the service's identity: a folder from synergos-provision (inside an image, /<role>/credentials)
+    credentials: Path | None = None
+    insecure: bool = False  # development only: no TLS, no identities (loudly warned about)
     # bounded resources
     max_body_bytes: int = 8 * MiB
     http_timeout_s: float = 60.0
@@ -80,9 +84,26 @@ class FederationLimits(BaseSettings):
     max_payload_bytes: int = 2 * 1024 * MiB  # features and predictions a FedGKT party sends per round
 
 
+def _names(value: object) -> object:
+    """`a,b c` from the environment, or a list from the CLI."""
+    if isinstance(value, str):
+        return [v for v in value.replace(",", " ").split() if v]
+    return value
+
+
 class WorkerSettings(ServiceSettings):
     ws_port: int = 8020
     federation: FederationLimits = Field(default_factory=FederationLimits)
+    # the operator's choice: which TTP/Director identities may command this node (empty: any
+    # TTP or Director of the collaboration CA), and which collaborations (`collab` or
+    # `collab/project`) it serves (empty: the collaboration its certificate names, if any, else any)
+    trust: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    collaborations: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("trust", "collaborations", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        return _names(value)
 
 
 class TTPSettings(ServiceSettings):

@@ -13,5 +13,8 @@ from .orchestrator import QueueOrchestrator
 def create_app(settings: DirectorSettings) -> FastAPI:
     settings.resolve_dirs("director")  # fills only what was not given
     return create_contract_app(
-        settings, f"Synergos Director ({settings.id})", lambda store, jobs: QueueOrchestrator(store, settings, jobs)
+        settings,
+        f"Synergos Director ({settings.id})",
+        lambda store, jobs: QueueOrchestrator(store, settings, jobs),
+        role="director",
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-import uvicorn
 from pydantic import ValidationError
 
+from synergos_contract.serving import run, scheme, service_credentials
 from synergos_core.cli import base_parser, given
+from synergos_core.identity import CredentialsError
 from synergos_core.logs import configure_logging
 from synergos_core.settings import DirectorSettings
 
@@ -39,18 +40,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     settings.resolve_dirs("director")
     configure_logging(settings.id, settings.logging_variant, settings.censored, settings.debug)
+    try:
+        credentials = service_credentials(settings, "director")
+    except CredentialsError as exc:
+        parser.error(str(exc))
     from .app import create_app
 
-    log.info("Director %s listening on http://%s:%s", settings.id, settings.host, settings.port)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ws="none",
-        log_config=None,
-        timeout_keep_alive=5,
-        limit_concurrency=200,
-    )
+    log.info("Director %s listening on %s://%s:%s", settings.id, scheme(credentials), settings.host, settings.port)
+    run(create_app(settings), settings, "director", credentials)
 
 
 if __name__ == "__main__":

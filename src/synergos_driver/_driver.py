@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import TracebackType
 
 import httpx
@@ -10,6 +11,7 @@ from ._connect import CollaborationTask, ExperimentTask, ParticipantTask, Projec
 from ._evaluate import PredictionTask, ValidationTask
 from ._registration import RegistrationTask, TagTask
 from ._session import Session
+from ._tls import client_context, credentials_folder
 from ._train import AlignmentTask, ModelTask, OptimizationTask
 from ._version import __version__
 
@@ -28,28 +30,39 @@ class Driver:
     predictions, optimizations) has no read timeout and shows progress on stderr unless
     `show_progress=False`. Idempotent GETs are retried `retries` times on connection errors and
     5xx answers. `transport` replaces the network, e.g. with `httpx.MockTransport` in tests.
+
+    The user's identity is a folder from `synergos-provision` (`ca.pem`, `cert.pem`, `key.pem`):
+    `credentials=` or, without code changes, the `SYNERGOS_CREDENTIALS` environment variable.
+    With credentials the Driver speaks HTTPS, presents the user's certificate and trusts only the
+    collaboration CA; `is_secured=True` forces HTTPS, `is_secured=False` plain HTTP (for services
+    started with `--insecure`).
     """
 
     def __init__(
         self,
         host: str,
         port: int,
-        is_secured: bool = False,
+        is_secured: bool | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         *,
         show_progress: bool = True,
         retries: int = 2,
+        credentials: str | os.PathLike[str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
-        self.is_secured = is_secured
-        scheme = "https" if is_secured else "http"
+        folder = credentials_folder(credentials)
+        # HTTPS when asked, or by default whenever the user holds credentials
+        self.is_secured = bool(folder is not None) if is_secured is None else bool(is_secured)
+        self.credentials = folder if self.is_secured else None
+        scheme = "https" if self.is_secured else "http"
         netloc = f"[{host}]" if ":" in host and not host.startswith("[") else host  # bare IPv6
         self._session = Session(
             f"{scheme}://{netloc}:{port}",
             timeout=timeout,
             transport=transport,
+            verify=client_context(folder) if self.is_secured and folder is not None else True,
             retries=retries,
             show_progress=show_progress,
             user_agent=f"synergos-driver/{__version__}",

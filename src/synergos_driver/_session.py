@@ -7,6 +7,7 @@ request that may have reached the server is never re-sent unless it is a GET.
 
 from __future__ import annotations
 
+import ssl
 import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -34,6 +35,7 @@ class Session:
         retries: int,
         show_progress: bool,
         user_agent: str,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.address = address
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
@@ -49,6 +51,7 @@ class Session:
             base_url=address,
             timeout=self.timeout,
             transport=transport,
+            verify=verify,
             follow_redirects=True,
             headers={"User-Agent": user_agent, "Accept": "application/json"},
         )

@@ -10,6 +10,7 @@ service started here is stopped at the end.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -57,8 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _run_script(name: str, *extra: str) -> int:
-    return subprocess.call([sys.executable, str(ROOT / "examples" / name), *extra], stdin=subprocess.DEVNULL)
+def _run_script(topo: topology.Topology, name: str, *extra: str) -> int:
+    """Run an example as a user would: the orchestrator's identity in SYNERGOS_CREDENTIALS."""
+    env = {**os.environ, "SYNERGOS_CREDENTIALS": str(topo.user())}
+    return subprocess.call([sys.executable, str(ROOT / "examples" / name), *extra], stdin=subprocess.DEVNULL, env=env)
+
+
+def _identities(workspace: Path) -> topology.Identities:
+    identities = topology.Identities(workspace / "credentials")
+    print(
+        f"[demo] every service and the orchestrator user get an identity of one collaboration CA in "
+        f"{identities.root} (synergos-provision does the same for real machines); TLS both ways"
+    )
+    return identities
 
 
 def _failed(topo: topology.Topology, logs: Path, code: int) -> int:
@@ -73,7 +85,7 @@ def run_basic(workspace: Path, example: str) -> int:
     logs = workspace / "logs"
     print(f"[demo] preparing two parties' data ({what}) in {workspace}")
     roots = prepare(workspace)
-    with topology.Topology() as topo:
+    with topology.Topology(_identities(workspace)) as topo:
         topo.add(topology.ttp("ttp", ADDR["ttp"], 5000, workspace / "ttp", logs))
         for name in ("worker_1", "worker_2"):
             topo.add(topology.worker(name, ADDR[name], 5000, 8020, roots[name], workspace / name / "outputs", logs))
@@ -84,7 +96,16 @@ def run_basic(workspace: Path, example: str) -> int:
         topo.wait()
         print(f"[demo] running examples/{script} through the Driver")
         code = _run_script(
-            script, "--host", ADDR["ttp"], "--port", "5000", "--worker", ADDR["worker_1"], "--worker", ADDR["worker_2"]
+            topo,
+            script,
+            "--host",
+            ADDR["ttp"],
+            "--port",
+            "5000",
+            "--worker",
+            ADDR["worker_1"],
+            "--worker",
+            ADDR["worker_2"],
         )
         return _failed(topo, logs, code) if code else 0
 
@@ -97,7 +118,7 @@ def run_cluster(workspace: Path, n_samples: int) -> int:
     roots = datasets.prepare_penguins(workspace)
     broker = ensure_local_broker()
     try:
-        with topology.Topology() as topo:
+        with topology.Topology(_identities(workspace)) as topo:
             shared = workspace / "shared"  # the volume the Director, TTPs and MLOps share, as in the guide
             topo.add(topology.mlops("mlops", ADDR["mlops"], 5500, shared / "mlflow", logs))
             director = topo.add(
@@ -136,6 +157,7 @@ def run_cluster(workspace: Path, n_samples: int) -> int:
             topo.wait()
             print("[demo] running examples/synergos_cluster.py (the guide's script) against the Director")
             code = _run_script(
+                topo,
                 "synergos_cluster.py",
                 "--host",
                 ADDR["director"],
@@ -152,7 +174,7 @@ def run_cluster(workspace: Path, n_samples: int) -> int:
             )
             if code:
                 return _failed(topo, logs, code)
-            lines = _follow(director, f"http://{ADDR['director']}:5000", n_samples)
+            lines = _follow(topo.client(), director, f"https://{ADDR['director']}:5000", n_samples)
             trials = [line for line in lines if "VALIDATION COMPLETED" in line and "optim_run_" in line]
             print(f"\n[demo] hyper-parameter optimization: {len(trials)} trials validated")
             for line in trials:
@@ -197,7 +219,9 @@ def _show_mlflow(base: str, timeout: float = 60.0) -> None:
         )
 
 
-def _follow(director: topology.Service, base: str, n_samples: int, timeout: float = 900.0) -> list[str]:
+def _follow(
+    http: httpx.Client, director: topology.Service, base: str, n_samples: int, timeout: float = 900.0
+) -> list[str]:
     """Print the Director's completion lines until every queued job and every trial is done."""
     seen: list[str] = []
     deadline = time.monotonic() + timeout
@@ -207,7 +231,7 @@ def _follow(director: topology.Service, base: str, n_samples: int, timeout: floa
             if match and match.group(0) not in seen:
                 seen.append(match.group(0))
                 print(f"[director] {match.group(0)}")
-        jobs = httpx.get(f"{base}/ttp/status/jobs", timeout=10).json()["data"]
+        jobs = http.get(f"{base}/ttp/status/jobs", timeout=10).json()["data"]
         trials = [line for line in seen if "VALIDATION COMPLETED" in line and "optim_run_" in line]
         if jobs and all(j["state"] in {"completed", "failed"} for j in jobs) and len(trials) >= n_samples:
             return seen

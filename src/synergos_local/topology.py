@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -45,6 +47,27 @@ def loopback_block(ports: tuple[int, ...] = (5000, 8020)) -> str:
     raise RuntimeError("no free loopback block found")
 
 
+class Identities:
+    """One collaboration's credentials for a local topology, provisioned on demand under `root`
+    (`synergos-provision` does the same for real deployments): every service and user started
+    here is issued from the same CA, so services of several `Topology` blocks trust each other."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, name: str, role: str) -> Path:
+        from synergos_core.identity import Role, provision
+
+        return provision(self.root, {Role(role): [name]})[name]
+
+    def user(self, name: str = "orchestrator") -> Path:
+        """An orchestrator user's folder: what the Driver takes (`credentials=` or SYNERGOS_CREDENTIALS)."""
+        return self.folder(name, "orchestrator")
+
+    def participant(self, name: str) -> Path:
+        return self.folder(name, "participant")
+
+
 @dataclass
 class Service:
     name: str
@@ -53,6 +76,26 @@ class Service:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    role: str | None = None  # ttp, director or worker: the identity it is issued; None for MLflow
+    credentials: Path | None = None
+
+    def secure(self, folder: Path | None) -> None:
+        """Start with this identity (None: with --insecure, development only)."""
+        if self.role is None:
+            return
+        if folder is None:
+            self.args = [*self.args, "--insecure"]
+            return
+        self.credentials = folder
+        self.args = [*self.args, "--credentials", str(folder)]
+        self.health_url = self.health_url.replace("http://", "https://", 1)
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if self.credentials is None:
+            return True
+        from synergos_core.identity import Credentials
+
+        return Credentials.load(self.credentials).client_context()
 
     def start(self) -> Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,13 +113,14 @@ class Service:
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
+        verify = self._verify()
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with {self.process.returncode}; see {self.log_path}:\n" + self.tail()
                 )
             try:
-                if httpx.get(self.health_url, timeout=1.0).status_code == 200:
+                if httpx.get(self.health_url, timeout=1.0, verify=verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -136,16 +180,16 @@ def worker(
         ]
         + (extra or [])
     )
-    return Service(name, args, f"http://{host}:{port}/health", log_dir / f"{name}.log")
+    return Service(name, args, f"http://{host}:{port}/health", log_dir / f"{name}.log", role="worker")
 
 
 def ttp(name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: list[str] | None = None) -> Service:
     """A basic TTP, or with `extra=cluster_flags(...)` a cluster TTP; `workdir` may be shared."""
-    return _orchestrator("synergos_ttp", name, host, port, workdir, log_dir, extra)
+    return _orchestrator("synergos_ttp", "ttp", name, host, port, workdir, log_dir, extra)
 
 
 def director(name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: list[str] | None = None) -> Service:
-    return _orchestrator("synergos_director", name, host, port, workdir, log_dir, extra)
+    return _orchestrator("synergos_director", "director", name, host, port, workdir, log_dir, extra)
 
 
 def mlops(name: str, host: str, port: int, mlflow_dir: Path, log_dir: Path) -> Service:
@@ -171,7 +215,7 @@ def cluster_flags(mq_host: str, mq_port: int, grid: int | None = None) -> list[s
 
 
 def _orchestrator(
-    module: str, name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: list[str] | None
+    module: str, role: str, name: str, host: str, port: int, workdir: Path, log_dir: Path, extra: list[str] | None
 ) -> Service:
     args = (
         _cli(module)
@@ -193,17 +237,27 @@ def _orchestrator(
         ]
         + (extra or [])
     )
-    return Service(name, args, f"http://{host}:{port}/health", log_dir / f"{name}.log")
+    return Service(name, args, f"http://{host}:{port}/health", log_dir / f"{name}.log", role=role)
 
 
 class Topology:
-    """`with Topology() as topo:` start services, wait until healthy; all stopped on exit."""
+    """`with Topology(identities) as topo:` start services, wait until healthy; all stopped on exit.
 
-    def __init__(self) -> None:
+    Each service is started with its own identity from `identities` (provisioned on first use);
+    without `identities`, a fresh collaboration CA in a temporary folder removed on exit.
+    `insecure=True` starts them with `--insecure` instead (development only)."""
+
+    def __init__(self, identities: Identities | None = None, *, insecure: bool = False) -> None:
         self.services: list[Service] = []
         self._stack = ExitStack()
+        self.insecure = insecure
+        if identities is None and not insecure:
+            identities = Identities(Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="synergos-ca-"))))
+        self.identities = identities
 
     def add(self, service: Service) -> Service:
+        if service.role is not None:
+            service.secure(None if self.identities is None else self.identities.folder(service.name, service.role))
         self.services.append(service.start())
         self._stack.callback(service.stop)
         return service
@@ -211,6 +265,25 @@ class Topology:
     def wait(self, timeout: float = 90.0) -> None:
         for service in self.services:
             service.wait_healthy(timeout)
+
+    def user(self, name: str = "orchestrator") -> Path | None:
+        """An orchestrator user's credentials folder for the Driver (None when insecure)."""
+        return None if self.identities is None else self.identities.user(name)
+
+    def client(self, name: str = "orchestrator") -> httpx.Client:
+        """An HTTP client holding `name`'s identity (plain when insecure), closed with the topology."""
+        verify: ssl.SSLContext | bool = True
+        folder = self.user(name)
+        if folder is not None:
+            from synergos_core.identity import Credentials
+
+            verify = Credentials.load(folder).client_context()
+        client = httpx.Client(verify=verify, timeout=60.0)
+        self._stack.callback(client.close)
+        return client
+
+    def scheme(self) -> str:
+        return "http" if self.identities is None else "https"
 
     def __enter__(self) -> Topology:
         return self

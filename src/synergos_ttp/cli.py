@@ -7,10 +7,11 @@ import logging
 import os
 
 import torch
-import uvicorn
 from pydantic import ValidationError
 
+from synergos_contract.serving import run, scheme, service_credentials
 from synergos_core.cli import base_parser, given
+from synergos_core.identity import CredentialsError
 from synergos_core.logs import configure_logging
 from synergos_core.settings import TTPSettings
 
@@ -49,8 +50,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     settings.resolve_dirs("ttp")
     configure_logging(settings.id, settings.logging_variant, settings.censored, settings.debug)
+    try:
+        credentials = service_credentials(settings, "ttp")
+    except CredentialsError as exc:
+        parser.error(str(exc))
     mode = "cluster" if settings.queue else "basic"
-    log.info("TTP %s (%s mode) listening on http://%s:%s", settings.id, mode, settings.host, settings.port)
+    log.info(
+        "TTP %s (%s mode) listening on %s://%s:%s", settings.id, mode, scheme(credentials), settings.host, settings.port
+    )
     if settings.queue:
         from .cluster_app import create_cluster_app
 
@@ -58,15 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         app = create_app(settings)
     torch.set_num_threads(int(os.environ.get("SYNERGOS_TORCH_THREADS", "1")))
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        ws="none",
-        log_config=None,
-        timeout_keep_alive=5,
-        limit_concurrency=200,
-    )
+    run(app, settings, "ttp", credentials)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ import logging
 import threading
 from typing import Any
 
-import httpx
-
+from synergos_contract.serving import service_credentials
 from synergos_core.errors import SynergosError
 from synergos_core.settings import TTPSettings
 
 from . import operations
+from .grid import WorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ class JobRunner:
 
     def __init__(self, settings: TTPSettings) -> None:
         self.settings = settings
+        self.credentials = service_credentials(settings, "ttp")  # None only with --insecure
         self.done = 0
         self.current: dict[str, Any] | None = None
         self._lock = threading.Lock()
@@ -45,7 +46,7 @@ class JobRunner:
                 self.done += 1
 
     async def _run(self, job: dict) -> dict:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.settings.http_timeout_s, connect=5.0)) as http:
+        async with WorkerClient(self.credentials, self.settings.http_timeout_s) as http:
             return await operations.run_job(
                 http,
                 job,

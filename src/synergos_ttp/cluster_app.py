@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from synergos_contract.auth import IdentityGate, roles_and_names
 from synergos_contract.envelope import API_VERSION, envelope, install_error_handlers
 from synergos_core.errors import SynergosError
+from synergos_core.identity import ORCHESTRATING_ROLES
 from synergos_core.settings import TTPSettings
 from synergos_mq.connection import parse_queue_flag
 from synergos_mq.consumer import JobConsumer
@@ -53,6 +55,8 @@ def create_cluster_app(settings: TTPSettings) -> FastAPI:
 
     app = FastAPI(title=f"Synergos cluster TTP ({settings.id})", version=API_VERSION, lifespan=lifespan)
     install_error_handlers(app)
+    if runner.credentials is not None:
+        app.add_middleware(IdentityGate, admit=roles_and_names(ORCHESTRATING_ROLES))
 
     @app.get("/health", name="health")
     def health(request: Request) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -27,6 +28,7 @@ from synergos_core.federation import (
     send_message,
 )
 from synergos_core.finite import has_non_finite
+from synergos_core.identity import Credentials, Role, peer_identity
 from synergos_core.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
@@ -73,19 +75,27 @@ class GridNode:
     superset: dict[str, list[str]] | None = None
     preprocessing: dict[str, Any] | None = None
 
-    @property
-    def rest(self) -> str:
-        return f"http://{self.host}:{self.f_port}"
+    def rest(self, secure: bool) -> str:
+        return f"{'https' if secure else 'http'}://{self.host}:{self.f_port}"
 
     @property
     def where(self) -> str:
         return f"{self.participant_id}'s node at {self.host}:{self.f_port}"
 
 
-async def worker_call(http: httpx.AsyncClient, node: GridNode, path: str, body: dict | None = None) -> dict:
+class WorkerClient(httpx.AsyncClient):
+    """The TTP's client for its Workers' REST APIs and federation ports: TLS with the TTP's own
+    identity, trusting only the collaboration CA (plain HTTP only in `--insecure` mode)."""
+
+    def __init__(self, credentials: Credentials | None, timeout_s: float) -> None:
+        self.tls: ssl.SSLContext | None = credentials.client_context() if credentials else None
+        super().__init__(timeout=httpx.Timeout(timeout_s, connect=5.0), verify=self.tls or True)
+
+
+async def worker_call(http: WorkerClient, node: GridNode, path: str, body: dict | None = None) -> dict:
     """POST to a Worker's REST API; its own errors come back with the participant named."""
     try:
-        resp = await http.post(f"{node.rest}{path}", json=body or {})
+        resp = await http.post(f"{node.rest(http.tls is not None)}{path}", json=body or {})
     except httpx.HTTPError as exc:
         raise UpstreamError(
             f"{node.where} is unreachable ({type(exc).__name__})", ErrorCode.WORKER_UNREACHABLE
@@ -117,7 +127,7 @@ class GridRun:
         model: list[dict],
         hyperparameters: dict[str, Any],
         limits: FederationLimits,
-        http: httpx.AsyncClient,
+        http: WorkerClient,
     ) -> None:
         self.keys = keys
         self.run = run_name(*keys)
@@ -177,7 +187,8 @@ class GridRun:
         self.counts[node.participant_id] = data.get("counts", {})
 
     async def _connect(self, node: GridNode) -> None:
-        uri = f"ws://{node.host}:{node.port}{run_path(*self.keys)}"
+        tls = self.http.tls
+        uri = f"{'wss' if tls else 'ws'}://{node.host}:{node.port}{run_path(*self.keys)}"
         read_ahead = min(self.limits.max_queue, max(1, READ_AHEAD_BYTES // max(1, self.limits.shard_bytes)))
         headers = {"Authorization": f"Bearer {self.token}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
         try:
@@ -190,9 +201,15 @@ class GridRun:
                 open_timeout=self.limits.open_timeout_s,
                 ping_interval=self.limits.ping_interval_s,
                 ping_timeout=self.limits.ping_timeout_s,
+                ssl=tls,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
+            if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN) and tls is not None:
+                said = exc.response.body.decode("utf-8", "replace").strip()[:300]
+                raise FederationError(
+                    f"{node.participant_id}'s node refused this TTP's identity: {said}", ErrorCode.FEDERATION_REFUSED
+                ) from None
             if status == HTTPStatus.UPGRADE_REQUIRED:  # the Worker speaks another protocol version
                 said = exc.response.body.decode("utf-8", "replace").strip()[:300]
                 raise FederationError(
@@ -207,6 +224,14 @@ class GridRun:
                 f"({type(exc).__name__})",
                 ErrorCode.WORKER_UNREACHABLE,
             ) from None
+        if tls is not None:
+            peer = peer_identity(ws.transport.get_extra_info("peercert"))
+            if peer is None or peer.role is not Role.WORKER:
+                await ws.close(1008, "not a Worker")
+                raise FederationError(
+                    f"{node.participant_id}'s federation port presented {peer or 'no identity'}, not a Worker's",
+                    ErrorCode.FEDERATION_REFUSED,
+                )
         spoken = ws.response.headers.get(PROTOCOL_HEADER) if ws.response is not None else None
         if spoken != str(PROTOCOL_VERSION):
             # a Worker that accepted without naming our version (an older one) would misread us

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
 from synergos_core.alignment import Alignment, align_headers, fix_model_io
@@ -27,14 +26,14 @@ from synergos_core.settings import FederationLimits
 from synergos_core.wire import Layout
 
 from . import federated, fedgkt
-from .grid import GridNode, GridRun, worker_call
+from .grid import GridNode, GridRun, WorkerClient, worker_call
 
 log = logging.getLogger(__name__)
 RunKeys = tuple[str, str, str, str]
 
 
 async def poll_headers(
-    http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, project_id: str, action: str
+    http: WorkerClient, nodes: list[GridNode], collab_id: str, project_id: str, action: str
 ) -> dict[str, dict]:
     """Each node's feature headers per meta (and schemas and summaries), never its rows."""
 
@@ -80,7 +79,7 @@ def preprocessing_plans(polled: dict[str, dict], options: PreprocessingOptions) 
 
 
 async def align(
-    http: httpx.AsyncClient, nodes: list[GridNode], collab_id: str, project_id: str, action: str
+    http: WorkerClient, nodes: list[GridNode], collab_id: str, project_id: str, action: str
 ) -> tuple[Alignment, dict[str, dict]]:
     polled = await poll_headers(http, nodes, collab_id, project_id, action)
     headers = {pid: result.get("headers", {}) for pid, result in polled.items()}
@@ -90,7 +89,7 @@ async def align(
 
 
 async def predict_spacers(
-    http: httpx.AsyncClient,
+    http: WorkerClient,
     node: GridNode,
     collab_id: str,
     project_id: str,
@@ -127,7 +126,7 @@ def _algorithm(hyperparameters: dict[str, Any]) -> str:
 
 
 async def train_run(
-    http: httpx.AsyncClient,
+    http: WorkerClient,
     limits: FederationLimits,
     keys: RunKeys,
     nodes: list[GridNode],
@@ -189,7 +188,7 @@ class Inference:
 
 
 async def infer_run(
-    http: httpx.AsyncClient,
+    http: WorkerClient,
     limits: FederationLimits,
     keys: RunKeys,
     nodes: list[GridNode],
@@ -235,7 +234,7 @@ def job_nodes(job: dict[str, Any], grid: int) -> list[GridNode]:
 
 
 async def run_job(
-    http: httpx.AsyncClient,
+    http: WorkerClient,
     job: dict[str, Any],
     grid: int,
     limits: FederationLimits,

@@ -8,12 +8,11 @@ import asyncio
 import logging
 from typing import Any
 
-import httpx
-
 from synergos_contract import planning
 from synergos_contract.jobs import JobBoard, failure_reason
 from synergos_contract.planning import PlannedJob
 from synergos_contract.schemas import OptimizationRequest
+from synergos_contract.serving import service_credentials
 from synergos_contract.store import Store
 from synergos_core.errors import ErrorCode, Forbidden
 from synergos_core.records import Alignment, Model, OptimizationSummary, Prediction, Record, Validation
@@ -21,6 +20,7 @@ from synergos_core.settings import TTPSettings
 from synergos_mlops.records import RunRecorder
 
 from . import operations
+from .grid import WorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Orchestrator:
         self.store = store
         self.settings = settings
         self.jobs = jobs
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.http_timeout_s, connect=5.0))
+        self.http = WorkerClient(service_credentials(settings, "ttp"), settings.http_timeout_s)
         self.mlflow = RunRecorder(
             settings.mlflow_dir,  # type: ignore[arg-type]  # set by the CLI (resolve_dirs) or the caller
             settings.outputs_dir,  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from synergos_core.federation import (
     send_message,
     send_state,
 )
+from synergos_core.identity import Credentials, peer_identity
 from synergos_core.metrics import classification_statistics, metric_parts, predicted_classes, regression_statistics
 from synergos_core.protocol import (
     PROTOCOL_HEADER,
@@ -57,6 +58,7 @@ from synergos_core.settings import FederationLimits
 
 from . import gkt
 from .sessions import RunKey, RunSession, SessionRegistry
+from .trust import WorkerTrust
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +78,20 @@ def _bind_torch_threads() -> None:
 
 
 class FederationServer:
-    def __init__(self, registry: SessionRegistry, limits: FederationLimits, outputs_dir: Path) -> None:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        limits: FederationLimits,
+        outputs_dir: Path,
+        credentials: Credentials | None = None,
+        trust: WorkerTrust | None = None,
+    ) -> None:
         self.registry = registry
         self.limits = limits
         self.outputs_dir = outputs_dir
+        # TLS with the Worker's identity; the TTP's certificate is checked at the handshake (401/403)
+        self.credentials = credentials
+        self.trust = trust
         self._server: Server | None = None
         # local training, evaluation and inference run here, off the event loop
         self._compute = ThreadPoolExecutor(
@@ -102,8 +114,9 @@ class FederationServer:
             ping_interval=self.limits.ping_interval_s,
             ping_timeout=self.limits.ping_timeout_s,
             open_timeout=self.limits.open_timeout_s,
+            ssl=self.credentials.server_context(require_client=False) if self.credentials else None,
         )
-        log.info("federation listening on %s:%d", host, port)
+        log.info("federation listening on %s://%s:%d", "wss" if self.credentials else "ws", host, port)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -113,9 +126,19 @@ class FederationServer:
 
     # -- handshake: refuse before any state is allocated --
     def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.trust is not None:
+            identity = peer_identity(connection.transport.get_extra_info("peercert"))
+            if identity is None:
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "present a certificate of this collaboration\n")
+            refused = self.trust.caller(identity)
+            if refused is not None:
+                log.warning("federation channel of %s refused: %s", identity, refused[1])
+                return connection.respond(HTTPStatus.FORBIDDEN, refused[1] + "\n")
         key = _run_key(request.path)
         if key is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "unknown federation path\n")
+        if self.trust is not None and (refused := self.trust.serves(key[0], key[1])) is not None:
+            return connection.respond(HTTPStatus.FORBIDDEN, refused[1] + "\n")
         session = self.registry.find(key)
         auth = request.headers.get("Authorization", "")
         presented = auth[7:] if auth.startswith("Bearer ") else None

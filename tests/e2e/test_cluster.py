@@ -3,9 +3,12 @@ two TTP grids, two parties with two nodes each, driven through the Driver."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pika
 import pytest
 
 from synergos import Driver
+from synergos_core.identity import Credentials
 from synergos_local import datasets, topology
 from synergos_local.broker import TestBroker
 from synergos_mq.topology import DEAD_LETTER_QUEUE, JOBS_EXCHANGE
@@ -21,7 +25,11 @@ from synergos_mq.topology import DEAD_LETTER_QUEUE, JOBS_EXCHANGE
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = topology.loopback_block(ports=(5000, 5001, 8020, 8021))
 DIRECTOR, TTP, W1, W2 = (f"{BLOCK}.{i}" for i in (1, 2, 3, 4))
-BASE = f"http://{DIRECTOR}:5000"
+BASE = f"https://{DIRECTOR}:5000"
+# one collaboration CA for the module's services and its orchestrator user
+IDENTITIES = topology.Identities(Path(tempfile.mkdtemp(prefix="synergos-cluster-ca-")))
+USER = IDENTITIES.user()
+HTTP = httpx.Client(verify=Credentials.load(USER).client_context(), timeout=60.0)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +37,7 @@ def cluster(tmp_path_factory):
     workspace = tmp_path_factory.mktemp("cluster")
     roots = datasets.prepare_penguins(workspace)
     logs = workspace / "logs"
-    with TestBroker() as broker, topology.Topology() as topo:
+    with TestBroker() as broker, topology.Topology(IDENTITIES) as topo:
         mq_host, mq_port = broker.address.host, broker.address.port
         shared = workspace / "shared"
         director = topo.add(
@@ -50,12 +58,14 @@ def cluster(tmp_path_factory):
         yield {"broker": broker, "director": director, "ttps": ttps, "workspace": workspace, "mq": (mq_host, mq_port)}
         for service in topo.services:
             assert service.process.poll() is None, f"{service.name} exited:\n{service.tail()}"
+    HTTP.close()
+    shutil.rmtree(IDENTITIES.root, ignore_errors=True)
 
 
 def _wait_jobs(collab: str, timeout: float = 600) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        jobs = httpx.get(f"{BASE}/ttp/status/jobs", params={"collab_id": collab}).json()["data"]
+        jobs = HTTP.get(f"{BASE}/ttp/status/jobs", params={"collab_id": collab}).json()["data"]
         if jobs and all(j["state"] in {"completed", "failed"} for j in jobs):
             return jobs
         time.sleep(0.5)
@@ -121,14 +131,21 @@ def test_the_guides_cluster_script_runs_against_the_director(cluster):
         "--n_samples",
         "3",
     ]
-    result = subprocess.run(script, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        script,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "SYNERGOS_CREDENTIALS": str(USER)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = _wait_jobs("collaboration_1")
     assert all(j["state"] == "completed" for j in jobs), [j for j in jobs if j["state"] != "completed"]
     c = "/ttp/train/collaborations/collaboration_1/projects/project_1"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        trials = httpx.get(f"{BASE}{c}/models/experiment_1/optimizations").json().get("data") or []
+        trials = HTTP.get(f"{BASE}{c}/models/experiment_1/optimizations").json().get("data") or []
         if len(trials) == 3 and all(t["validation"] for t in trials):
             break
         time.sleep(1)
@@ -139,25 +156,25 @@ def test_the_guides_cluster_script_runs_against_the_director(cluster):
     assert sorted(optim_lines) == sorted(
         f"VALIDATION COMPLETED - project_1/experiment_1/{t['key']['run_id']}" for t in trials
     )
-    model = httpx.get(f"{BASE}{c}/models/experiment_1/run_1").json()["data"][0]
+    model = HTTP.get(f"{BASE}{c}/models/experiment_1/run_1").json()["data"][0]
     assert model["rounds_completed"] == 10  # the script trains run_1 for 10 rounds
-    validations = httpx.get(
+    validations = HTTP.get(
         f"{BASE}/ttp/evaluate/collaborations/collaboration_1/projects/project_1/validations/experiment_1/run_1"
     ).json()["data"]
     assert {v["key"]["participant_id"] for v in validations} == {"participant_1", "participant_2", "aggregate"}
     # the cluster TTP fitted the project's preprocessing on the parties' pooled train aggregates
-    alignments = httpx.get(f"{BASE}{c}/alignments").json()["data"]
+    alignments = HTTP.get(f"{BASE}{c}/alignments").json()["data"]
     statistics = [a["preprocessing"]["statistics"] for a in alignments]
     assert len(alignments) == 2 and statistics[0] == statistics[1] and statistics[0]["rows"] > 0
     assert model["global"]["loss_history"]["evaluate_accuracy"]
-    predictions = httpx.get(
+    predictions = HTTP.get(
         f"{BASE}/ttp/evaluate/participants/participant_1/collaborations/collaboration_1/predictions"
     ).json()["data"]
     assert predictions and predictions[0]["predict"]["statistics"]["n_samples"] > 0
 
 
 def test_four_trials_on_two_grids_each_archived_exactly_once(cluster):
-    driver = Driver(host=DIRECTOR, port=5000, show_progress=False)
+    driver = Driver(host=DIRECTOR, port=5000, show_progress=False, credentials=USER)
     collab = "trials"
     _register(driver, collab, cluster["mq"])
     driver.alignments.create(collab_id=collab, project_id="project_1")
@@ -228,7 +245,7 @@ def test_a_poison_message_is_dead_lettered_with_its_reason_and_the_ttp_keeps_ser
     assert body == b"{not json"
     assert "x-synergos-reason" in (properties.headers or {})
     # the TTPs still serve real work
-    driver = Driver(host=DIRECTOR, port=5000, show_progress=False)
+    driver = Driver(host=DIRECTOR, port=5000, show_progress=False, credentials=USER)
     _register(driver, "after_poison", cluster["mq"])
     driver.runs.create(
         collab_id="after_poison",
@@ -245,7 +262,7 @@ def test_a_poison_message_is_dead_lettered_with_its_reason_and_the_ttp_keeps_ser
 
 
 def test_ttps_reconnect_when_the_broker_drops_them_and_finish_the_queue(cluster):
-    driver = Driver(host=DIRECTOR, port=5000, show_progress=False)
+    driver = Driver(host=DIRECTOR, port=5000, show_progress=False, credentials=USER)
     collab = "reconnect"
     _register(driver, collab, cluster["mq"])
     for i in range(4):
@@ -267,4 +284,4 @@ def test_ttps_reconnect_when_the_broker_drops_them_and_finish_the_queue(cluster)
     models = driver.models.read(collab_id=collab, project_id="project_1")["data"]
     assert sorted(m["key"]["run_id"] for m in models) == ["r0", "r1", "r2", "r3"]
     for ttp in cluster["ttps"]:
-        assert httpx.get(ttp.health_url).json()["data"]["status"] == "ok"
+        assert HTTP.get(ttp.health_url).json()["data"]["status"] == "ok"

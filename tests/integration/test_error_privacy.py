@@ -18,11 +18,11 @@ import pytest
 
 from synergos_local import topology
 
-from .conftest import BLOCK, REST, TTP_HOST, WORKER_HOSTS, WS
+from .conftest import BLOCK, REST, TTP_HOST, WORKER_HOSTS, WS, http
 
 SECRET = "secret internal text: /srv/hospital/patients.csv"
 FAULTY_HOST = f"{BLOCK}.4"
-FAULTY = f"http://{FAULTY_HOST}:{REST}"
+FAULTY = f"https://{FAULTY_HOST}:{REST}"
 FAULTS = f"""
 from synergos_contract.store import Store
 from synergos_ttp import operations
@@ -50,7 +50,7 @@ def faulty_ttp(grid):
     (faults / "sitecustomize.py").write_text(FAULTS)
     service = topology.ttp("ttp_faulty", FAULTY_HOST, REST, grid.workspace / "ttp_faulty", grid.workspace / "logs")
     service.env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(faults), os.environ.get("PYTHONPATH")]))}
-    with topology.Topology() as topo:
+    with topology.Topology(grid.identities) as topo:
         topo.add(service)
         topo.wait()
         yield service
@@ -79,12 +79,12 @@ def _logged(log_path: Path, cid: str, timeout: float = 10.0) -> str:
 
 
 def test_an_internal_failure_answers_500_with_an_id_the_log_explains(faulty_ttp):
-    response = httpx.get(f"{FAULTY}/ttp/connect/collaborations")
+    response = http().get(f"{FAULTY}/ttp/connect/collaborations")
     cid = _internal_error(response)
     logged = _logged(faulty_ttp.log_path, cid)
     assert "RuntimeError" in logged and SECRET in logged  # the traceback, under the id the client got
     # and the service is still up and answering
-    assert httpx.get(f"{FAULTY}/health").status_code == 200
+    assert http().get(f"{FAULTY}/health").status_code == 200
 
 
 def test_a_training_that_fails_internally_shows_an_id_not_its_text_on_the_job_board(faulty_ttp):
@@ -96,26 +96,26 @@ def test_a_training_that_fails_internally_shows_an_id_not_its_text_on_the_job_bo
         (f"{p}/p/experiments", {"expt_id": "e", "model": MODEL}),
         (f"{p}/p/experiments/e/runs", {"run_id": "r", "rounds": 1, "criterion": "BCELoss", "lr_scheduler": "none"}),
     ]:
-        assert httpx.post(url, json=body).status_code == 201
+        assert http().post(url, json=body).status_code == 201
     for i, host in enumerate(WORKER_HOSTS.values(), start=1):
         pid = f"privacy_participant_{i}"
-        assert httpx.post(f"{FAULTY}/ttp/connect/participants", json={"id": pid}).status_code == 201
+        assert http().post(f"{FAULTY}/ttp/connect/participants", json={"id": pid}).status_code == 201
         registration = f"{p}/p/participants/{pid}/registration"
         node = {"host": host, "port": WS, "f_port": REST}
         assert (
-            httpx.post(
-                registration, json={"role": "host" if i == 1 else "guest", "n_count": 1, "node_0": node}
-            ).status_code
+            http()
+            .post(registration, json={"role": "host" if i == 1 else "guest", "n_count": 1, "node_0": node})
+            .status_code
             == 201
         )
-        assert httpx.post(f"{registration}/tags", json={"train": [["breast_cancer", "train"]]}).status_code == 201
+        assert http().post(f"{registration}/tags", json={"train": [["breast_cancer", "train"]]}).status_code == 201
 
     cid = _internal_error(
-        httpx.post(
+        http().post(
             f"{FAULTY}/ttp/train/collaborations/privacy/projects/p/models", json={"auto_align": False}, timeout=60
         )
     )
-    jobs = httpx.get(f"{FAULTY}/ttp/status/jobs", params={"collab_id": "privacy"})
+    jobs = http().get(f"{FAULTY}/ttp/status/jobs", params={"collab_id": "privacy"})
     (job,) = [j for j in jobs.json()["data"] if j["kind"] == "training"]
     assert job["state"] == "failed" and cid in job["detail"]  # the same id as the answer's
     assert SECRET not in jobs.text and "RuntimeError" not in jobs.text
@@ -124,23 +124,23 @@ def test_a_training_that_fails_internally_shows_an_id_not_its_text_on_the_job_bo
 
 def test_the_grids_own_errors_carry_an_id_its_log_names(grid):
     # a 5xx the grid's TTP raises itself (a registered node nobody listens on) is logged under its id
-    ttp = f"http://{TTP_HOST}:{REST}"
+    ttp = f"https://{TTP_HOST}:{REST}"
     c = f"{ttp}/ttp/connect/collaborations"
     p = f"{c}/privacy_grid/projects"
-    assert httpx.post(c, json={"collab_id": "privacy_grid"}).status_code == 201
-    assert httpx.post(p, json={"project_id": "p", "action": "classify", "incentives": {}}).status_code == 201
-    assert httpx.post(f"{ttp}/ttp/connect/participants", json={"id": "privacy_grid_u"}).status_code == 201
+    assert http().post(c, json={"collab_id": "privacy_grid"}).status_code == 201
+    assert http().post(p, json={"project_id": "p", "action": "classify", "incentives": {}}).status_code == 201
+    assert http().post(f"{ttp}/ttp/connect/participants", json={"id": "privacy_grid_u"}).status_code == 201
     registration = f"{p}/p/participants/privacy_grid_u/registration"
     node = {"host": f"{BLOCK}.9", "port": WS, "f_port": REST}
-    assert httpx.post(registration, json={"role": "host", "n_count": 1, "node_0": node}).status_code == 201
-    assert httpx.post(f"{registration}/tags", json={"train": [["breast_cancer", "train"]]}).status_code == 201
-    response = httpx.post(f"{ttp}/ttp/train/collaborations/privacy_grid/projects/p/alignments", json={}, timeout=60)
+    assert http().post(registration, json={"role": "host", "n_count": 1, "node_0": node}).status_code == 201
+    assert http().post(f"{registration}/tags", json={"train": [["breast_cancer", "train"]]}).status_code == 201
+    response = http().post(f"{ttp}/ttp/train/collaborations/privacy_grid/projects/p/alignments", json={}, timeout=60)
     assert response.status_code == 502, response.text
     error = response.json()["error"]
     assert error["code"] == "worker.unreachable" and CID.fullmatch(error["correlation_id"])
     assert response.headers["x-correlation-id"] == error["correlation_id"]
     assert "worker.unreachable" in _logged(grid.ttp.log_path, error["correlation_id"])
     # a 404 of an unknown route gets its id too
-    missing = httpx.get(f"{ttp}/ttp/no/such/route")
+    missing = http().get(f"{ttp}/ttp/no/such/route")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "route.not_found"
     assert CID.fullmatch(missing.json()["error"]["correlation_id"])

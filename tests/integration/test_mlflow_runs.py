@@ -10,9 +10,9 @@ import pytest
 
 from synergos_local import topology
 
-from .conftest import REST, TTP_HOST, register_parties
+from .conftest import REST, TTP_HOST, http, register_parties
 
-TTP = f"http://{TTP_HOST}:{REST}"
+TTP = f"https://{TTP_HOST}:{REST}"
 MLP = [
     {"activation": "relu", "is_input": True, "l_type": "Linear", "structure": {"in_features": 30, "out_features": 8}},
     {"activation": "sigmoid", "l_type": "Linear", "structure": {"in_features": 8, "out_features": 1}},
@@ -154,17 +154,17 @@ def test_training_survives_mlflow_going_away_and_the_metrics_arrive_when_it_retu
 def test_a_failed_run_ends_failed_not_running(grid, mlflow_server):
     collab = "doomed"
     _setup(grid, collab, mlflow_server)
-    httpx.put(
+    http().put(
         f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/participants/{collab}_participant_2/registration",
         json={"node_0": {"host": "127.0.0.250", "port": 8020, "f_port": 5000}},
     )
-    resp = httpx.post(
+    resp = http().post(
         f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/experiments/e/runs",
         json={"run_id": "r", "lr_scheduler": "none", "criterion": "BCELoss"},
     )
     assert resp.status_code == 201
     assert (
-        httpx.post(f"{TTP}/ttp/train/collaborations/{collab}/projects/p/models/e/r", json={}, timeout=120).status_code
+        http().post(f"{TTP}/ttp/train/collaborations/{collab}/projects/p/models/e/r", json={}, timeout=120).status_code
         == 502
     )
     (run,) = _runs(mlflow_server, f"{collab}_>_p_>_e")

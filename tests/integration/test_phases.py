@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from .conftest import register_parties
+from .conftest import http, register_parties
 
 MLP = [
     {"activation": "relu", "is_input": True, "l_type": "Linear", "structure": {"in_features": 8, "out_features": 16}},
@@ -200,11 +200,10 @@ def test_regression_reports_r2_mse_mae(grid):
 
 
 def test_progress_is_readable_after_training(grid):
-    import httpx
 
     from .conftest import REST, TTP_HOST
 
-    jobs = httpx.get(f"http://{TTP_HOST}:{REST}/ttp/status/jobs", params={"collab_id": "binary"}).json()["data"]
+    jobs = http().get(f"https://{TTP_HOST}:{REST}/ttp/status/jobs", params={"collab_id": "binary"}).json()["data"]
     kinds = {j["kind"] for j in jobs}
     assert {"alignment", "training", "validation"} <= kinds
     training = next(j for j in jobs if j["kind"] == "training")

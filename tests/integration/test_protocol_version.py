@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
@@ -17,14 +16,15 @@ from websockets.exceptions import InvalidStatus
 import synergos_ttp.grid as grid_module
 from synergos_core.errors import FederationError
 from synergos_core.federation import recv_header, send_message
+from synergos_core.identity import Credentials
 from synergos_core.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, Close, Closed, new_nonce, parse_reply
 from synergos_core.settings import FederationLimits
-from synergos_ttp.grid import GridNode, GridRun
+from synergos_ttp.grid import GridNode, GridRun, WorkerClient
 
-from .conftest import REST, WORKER_HOSTS, WS
+from .conftest import IDENTITIES, REST, WORKER_HOSTS, WS, http, tls
 
 W1 = WORKER_HOSTS["worker_1"]
-WORKER = f"http://{W1}:{REST}"
+WORKER = f"https://{W1}:{REST}"
 MODEL = [{"l_type": "Linear", "structure": {"in_features": 30, "out_features": 1}, "activation": "sigmoid"}]
 RUN = ("version", "proj", "expt", "run")
 TAGS = {"train": [["breast_cancer", "train"]], "evaluate": [["breast_cancer", "evaluate"]]}
@@ -42,17 +42,22 @@ def run_token(grid):
         "token": token,
         "participant_id": "p1",
     }
-    resp = httpx.post(f"{WORKER}/worker/initialise/{'/'.join(RUN)}", json=body)
+    resp = http("ttp", "ttp").post(f"{WORKER}/worker/initialise/{'/'.join(RUN)}", json=body)
     assert resp.status_code in (200, 201), resp.text
     yield token
-    httpx.post(f"{WORKER}/worker/terminate/{'/'.join(RUN)}")
+    http("ttp", "ttp").post(f"{WORKER}/worker/terminate/{'/'.join(RUN)}")
 
 
 def _open(token: str, version: str | None, run: tuple[str, ...] = RUN):
     headers = {"Authorization": f"Bearer {token}"}
     if version is not None:
         headers[PROTOCOL_HEADER] = version
-    return connect(f"ws://{W1}:{WS}/federation/{'/'.join(run)}", additional_headers=headers, compression=None)
+    return connect(
+        f"wss://{W1}:{WS}/federation/{'/'.join(run)}",
+        additional_headers=headers,
+        compression=None,
+        ssl=tls("ttp", "ttp"),
+    )
 
 
 def _refusal(token: str, version: str | None, run: tuple[str, ...] = RUN) -> InvalidStatus:
@@ -100,7 +105,7 @@ def test_the_right_version_is_accepted_and_announced(run_token):
     assert isinstance(reply, Closed) and reply.reply_to == request.nonce
 
 
-def _grid_run(host: str, port: int, http: httpx.AsyncClient, keys: tuple[str, str, str, str] = RUN) -> GridRun:
+def _grid_run(host: str, port: int, http: WorkerClient, keys: tuple[str, str, str, str] = RUN) -> GridRun:
     node = GridNode("party_1", host, port, REST, tags=TAGS)
     return GridRun(keys, [node], "classify", MODEL, HYPERPARAMETERS, FederationLimits(open_timeout_s=5), http)
 
@@ -112,7 +117,7 @@ def test_a_ttp_of_another_version_gets_the_workers_clear_refusal(grid, monkeypat
     tokens = []
 
     async def run() -> None:
-        async with httpx.AsyncClient() as http:
+        async with WorkerClient(Credentials.load(IDENTITIES.folder("ttp", "ttp")), 30.0) as http:
             grid_run = _grid_run(W1, WS, http, keys)
             tokens.append(grid_run.token)
             async with grid_run:
@@ -141,7 +146,7 @@ def test_the_ttp_refuses_a_node_that_accepts_without_speaking_its_version(announ
 
         async with serve(handler, "127.0.0.1", 0, process_response=announce) as server:
             port = server.sockets[0].getsockname()[1]
-            async with httpx.AsyncClient() as http:
+            async with WorkerClient(None, 30.0) as http:  # a plain stand-in: no TLS on either side
                 grid_run = _grid_run("127.0.0.1", port, http)
                 try:
                     await grid_run._connect(grid_run.nodes[0])

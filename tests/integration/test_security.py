@@ -8,7 +8,6 @@ import json
 import pickle
 import secrets
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -18,11 +17,11 @@ from synergos_core.model import build_model
 from synergos_core.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, Error, Loss, parse_reply
 from synergos_core.wire import encode_control, encode_state
 
-from .conftest import REST, TTP_HOST, WORKER_HOSTS, WS, register_parties
+from .conftest import REST, TTP_HOST, WORKER_HOSTS, WS, http, register_parties, tls
 
 W1 = WORKER_HOSTS["worker_1"]
-TTP = f"http://{TTP_HOST}:{REST}"
-WORKER = f"http://{W1}:{REST}"
+TTP = f"https://{TTP_HOST}:{REST}"
+WORKER = f"https://{W1}:{REST}"
 MODEL = [{"l_type": "Linear", "structure": {"in_features": 30, "out_features": 1}, "activation": "sigmoid"}]
 RUN = ("sec", "proj", "expt", "run")
 
@@ -38,20 +37,20 @@ def session_token(grid):
         "token": token,
         "participant_id": "p1",
     }
-    resp = httpx.post(f"{WORKER}/worker/initialise/{'/'.join(RUN)}", json=body)
+    resp = http("ttp", "ttp").post(f"{WORKER}/worker/initialise/{'/'.join(RUN)}", json=body)
     assert resp.status_code in (200, 201), resp.text
     yield token
-    httpx.post(f"{WORKER}/worker/terminate/{'/'.join(RUN)}")
+    http("ttp", "ttp").post(f"{WORKER}/worker/terminate/{'/'.join(RUN)}")
 
 
 def _uri() -> str:
-    return f"ws://{W1}:{WS}/federation/{'/'.join(RUN)}"
+    return f"wss://{W1}:{WS}/federation/{'/'.join(RUN)}"
 
 
 def _connect(token: str | None, **kw):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
-    return connect(_uri(), additional_headers=headers, compression=None, **kw)
+    return connect(_uri(), additional_headers=headers, compression=None, ssl=tls("ttp", "ttp"), **kw)
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token-0123456789"])
@@ -157,12 +156,12 @@ def test_oversized_frame_is_refused(session_token):
 
 @pytest.mark.parametrize("tag", [[".."], ["/etc"], ["..", "etc"], ["a/b"], ["x\u0000"], ["~root"]])
 def test_tags_that_could_leave_the_data_root_are_refused(grid, tag):
-    resp = httpx.post(f"{WORKER}/worker/poll/c/p", json={"action": "classify", "tags": {"train": [tag]}})
+    resp = http("ttp", "ttp").post(f"{WORKER}/worker/poll/c/p", json={"action": "classify", "tags": {"train": [tag]}})
     assert 400 <= resp.status_code < 500
     assert resp.json()["success"] == 0
     driver = grid.driver()
     register_parties(driver, f"tags{abs(hash(str(tag))) % 10**6}", "p", "penguins")
-    ttp = httpx.post(
+    ttp = http().post(
         f"{TTP}/ttp/connect/collaborations/tags{abs(hash(str(tag))) % 10**6}/projects/p/participants/"
         f"tags{abs(hash(str(tag))) % 10**6}_participant_1/registration/tags",
         json={"train": [tag]},
@@ -179,7 +178,9 @@ def test_symlink_out_of_the_data_root_reads_nothing(grid):
     link = grid.workspace / "worker_1" / "data" / "escape"
     link.symlink_to(outside, target_is_directory=True)
     try:
-        resp = httpx.post(f"{WORKER}/worker/poll/c/p", json={"action": "classify", "tags": {"train": [["escape"]]}})
+        resp = http("ttp", "ttp").post(
+            f"{WORKER}/worker/poll/c/p", json={"action": "classify", "tags": {"train": [["escape"]]}}
+        )
         assert 400 <= resp.status_code < 500 and "31337" not in resp.text
     finally:
         link.unlink()
@@ -189,18 +190,18 @@ def test_invalid_bodies_get_422_with_field_paths(grid):
     driver = grid.driver()
     register_parties(driver, "invalid", "p", "penguins")
     base = f"{TTP}/ttp/connect/collaborations/invalid/projects/p"
-    resp = httpx.post(f"{base}/experiments/e/runs", json={"run_id": "r", "rounds": "many"})
+    resp = http().post(f"{base}/experiments/e/runs", json={"run_id": "r", "rounds": "many"})
     assert resp.status_code in (404, 422)
-    httpx.post(f"{base}/experiments", json={"expt_id": "e", "model": MODEL})
-    resp = httpx.post(f"{base}/experiments/e/runs", json={"run_id": "r", "rounds": "many"})
+    http().post(f"{base}/experiments", json={"expt_id": "e", "model": MODEL})
+    resp = http().post(f"{base}/experiments/e/runs", json={"run_id": "r", "rounds": "many"})
     assert resp.status_code == 422
     assert "rounds" in [f["path"] for f in resp.json()["error"]["fields"]]
-    resp = httpx.post(
+    resp = http().post(
         f"{base}/participants/invalid_participant_1/registration",
         json={"role": "guest", "n_count": 1, "node_0": {"host": "h", "port": 99999, "f_port": 5000}},
     )
     assert resp.status_code == 422 and any("port" in f["path"] for f in resp.json()["error"]["fields"])
-    resp = httpx.post(f"{WORKER}/worker/initialise/a/b/c/d", json={"action": "guess"})
+    resp = http("ttp", "ttp").post(f"{WORKER}/worker/initialise/a/b/c/d", json={"action": "guess"})
     assert resp.status_code == 422 and resp.json()["error"]["fields"]
 
 
@@ -217,9 +218,9 @@ def test_unknown_layer_or_activation_is_422_naming_it_and_stores_nothing(grid, f
     register_parties(driver, collab, "p", "penguins")
     layer = {**MODEL[0], field: value}
     base = f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/experiments"
-    resp = httpx.post(base, json={"expt_id": "bad", "model": [layer]})
+    resp = http().post(base, json={"expt_id": "bad", "model": [layer]})
     assert resp.status_code == 422 and expected in resp.json()["error"]["detail"]
-    assert httpx.get(f"{base}/bad").status_code == 404
+    assert http().get(f"{base}/bad").status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -231,22 +232,22 @@ def test_unknown_loss_optimizer_or_scheduler_is_422_naming_it(grid, field, value
     collab = f"recipe{field}{value}".lower()
     register_parties(driver, collab, "p", "penguins")
     base = f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/experiments"
-    httpx.post(base, json={"expt_id": "e", "model": MODEL})
-    resp = httpx.post(f"{base}/e/runs", json={"run_id": "r", field: value, "base_lr": 0.001, "max_lr": 0.01})
+    http().post(base, json={"expt_id": "e", "model": MODEL})
+    resp = http().post(f"{base}/e/runs", json={"run_id": "r", field: value, "base_lr": 0.001, "max_lr": 0.01})
     assert resp.status_code == 422 and value in resp.json()["error"]["detail"]
-    assert httpx.get(f"{base}/e/runs/r").status_code == 404
+    assert http().get(f"{base}/e/runs/r").status_code == 404
 
 
 def test_oversized_bodies_get_413(grid):
     big = b'{"x": "' + b"a" * (9 * 1024 * 1024) + b'"}'
     for url in (f"{TTP}/ttp/connect/collaborations", f"{WORKER}/worker/poll/c/p"):
-        resp = httpx.post(url, content=big, headers={"content-type": "application/json"})
+        resp = http("ttp", "ttp").post(url, content=big, headers={"content-type": "application/json"})
         assert resp.status_code == 413
 
         def chunks():
             yield big
 
-        resp = httpx.post(url, content=chunks(), headers={"content-type": "application/json"})
+        resp = http("ttp", "ttp").post(url, content=chunks(), headers={"content-type": "application/json"})
         assert resp.status_code == 413
 
 
@@ -280,25 +281,27 @@ def test_no_request_makes_a_service_fail(grid):
     for path in PATHS:
         for body in GARBAGE:
             for method in ("POST", "PUT", "GET", "DELETE"):
-                resp = httpx.request(method, TTP + path, json=body)
+                resp = http().request(method, TTP + path, json=body)
                 assert resp.status_code < 500, (method, path, body, resp.text)
                 assert resp.json()["success"] in (0, 1)
     for path in ("/worker/poll/c/p", "/worker/initialise/a/b/c/d", "/worker/terminate/a/b/c/d"):
         for body in GARBAGE:
-            resp = httpx.post(WORKER + path, json=body)
+            resp = http("ttp", "ttp").post(WORKER + path, json=body)
             assert resp.status_code < 500, (path, body, resp.text)
-    resp = httpx.post(
+    resp = http().post(
         f"{TTP}/ttp/connect/collaborations", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert resp.status_code == 422
     # and training against a participant whose node is down is a clear 502, not a crash
     driver = grid.driver()
     register_parties(driver, "down", "p", "penguins")
-    httpx.put(
+    http().put(
         f"{TTP}/ttp/connect/collaborations/down/projects/p/participants/down_participant_2/registration",
         json={"node_0": {"host": "127.0.0.250", "port": 8020, "f_port": 5000}},
     )
-    resp = httpx.post(f"{TTP}/ttp/train/collaborations/down/projects/p/alignments", json={})
+    resp = http().post(f"{TTP}/ttp/train/collaborations/down/projects/p/alignments", json={})
     assert resp.status_code == 502 and "127.0.0.250" in resp.json()["error"]["detail"]
     # the services are still up
-    assert httpx.get(f"{TTP}/health").status_code == 200 and httpx.get(f"{WORKER}/health").status_code == 200
+    assert (
+        http().get(f"{TTP}/health").status_code == 200 and http("ttp", "ttp").get(f"{WORKER}/health").status_code == 200
+    )

@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import threading
 
-import httpx
 import pytest
 
 from synergos_core.model import LOSSES
 
-from .conftest import REST, TTP_HOST, register_parties
+from .conftest import REST, TTP_HOST, http, register_parties
 
-TTP = f"http://{TTP_HOST}:{REST}"
+TTP = f"https://{TTP_HOST}:{REST}"
 
 
 def _layer(out: int, activation: str | None) -> list[dict]:
@@ -118,7 +117,7 @@ def test_same_seed_same_model_bit_for_bit_and_concurrent_runs_do_not_interfere(g
 
     def train(run: str) -> None:
         try:
-            resp = httpx.post(
+            resp = http().post(
                 f"{TTP}/ttp/train/collaborations/{collab}/projects/{project}/models/e/{run}", json={}, timeout=300
             )
             assert resp.status_code == 201, resp.text
@@ -150,26 +149,26 @@ def test_recipes_that_cannot_train_are_refused_and_leave_nothing(grid, model, ru
     collab = "refused" + hashlib.md5(repr((model, run)).encode()).hexdigest()[:6]
     register_parties(driver, collab, "p", "breast_cancer")
     driver.experiments.create(collab_id=collab, project_id="p", expt_id="e", model=model)
-    resp = httpx.post(
+    resp = http().post(
         f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/experiments/e/runs",
         json={"run_id": "r", "lr_scheduler": "none", **run},
     )
     if resp.status_code == 201:  # valid on its own; refused once alignment knows there are 2 classes
         driver.alignments.create(collab_id=collab, project_id="p", auto_fix=False)
-        resp = httpx.post(f"{TTP}/ttp/train/collaborations/{collab}/projects/p/models/e/r", json={})
+        resp = http().post(f"{TTP}/ttp/train/collaborations/{collab}/projects/p/models/e/r", json={})
         assert resp.status_code == 422 and resp.json()["error"]["code"] == code
-        models = httpx.get(f"{TTP}/ttp/train/collaborations/{collab}/projects/p/models")
+        models = http().get(f"{TTP}/ttp/train/collaborations/{collab}/projects/p/models")
         assert models.status_code == 200 and models.json()["data"] == []  # nothing trained
         return
     assert resp.status_code == 422 and resp.json()["error"]["code"] == code, resp.text
-    assert httpx.get(f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/experiments/e/runs/r").status_code == 404
+    assert http().get(f"{TTP}/ttp/connect/collaborations/{collab}/projects/p/experiments/e/runs/r").status_code == 404
 
 
 def test_a_regression_project_refuses_class_losses(grid):
     driver = grid.driver()
     register_parties(driver, "regloss", "p", "diabetes", action="regress")
     driver.experiments.create(collab_id="regloss", project_id="p", expt_id="e", model=_layer(1, None))
-    resp = httpx.post(
+    resp = http().post(
         f"{TTP}/ttp/connect/collaborations/regloss/projects/p/experiments/e/runs",
         json={"run_id": "r", "criterion": "NLLLoss", "lr_scheduler": "none"},
     )

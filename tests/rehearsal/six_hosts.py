@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from synergos_core.identity import Credentials
 from synergos_local import datasets
 from synergos_local.broker import TestBroker
 
@@ -142,14 +143,24 @@ def start_service(network: Network, stack: ExitStack, name: str, env: dict[str, 
     return process
 
 
-def wait_healthy(name: str, process: subprocess.Popen, logs: Path, timeout: float = 120) -> None:
-    url = f"http://{SUBNET}.{HOSTS[name]}:{HEALTH[name]}/" + ("health" if name != "mlops" else "")
+def provision_identities(workdir: Path) -> Path:
+    """What the operator does once before the guide: one folder per VM's service, and the user's."""
+    kit = workdir / "credentials"
+    command = [str(BIN / "synergos-provision"), str(kit), "--ttp", "ttp", "--director", "director"]
+    command += ["--worker", "worker_1", "worker_2", "--user", "orchestrator"]
+    subprocess.run(command, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    return kit
+
+
+def wait_healthy(name: str, process: subprocess.Popen, logs: Path, http: httpx.Client, timeout: float = 120) -> None:
+    scheme = "http" if name == "mlops" else "https"
+    url = f"{scheme}://{SUBNET}.{HOSTS[name]}:{HEALTH[name]}/" + ("health" if name != "mlops" else "")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited:\n{(logs / f'{name}.log').read_text()[-3000:]}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if http.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -162,7 +173,11 @@ def rehearse(workdir: Path, logs: Path) -> dict:
     roots = datasets.prepare_penguins(workdir)
     shared = workdir / "shared"  # the volume the Director, the TTP and MLOps share in the guide
     definitions = ROOT / "docker" / "mq" / "definitions.json"
+    kit = provision_identities(workdir)
     with ExitStack() as stack:
+        http = stack.enter_context(
+            httpx.Client(verify=Credentials.load(kit / "orchestrator").client_context(), timeout=30)
+        )
         network = Network(stack)
         start_broker(network, stack, definitions if definitions.exists() else None)
         image_env = {"SYNERGOS_HOST": "0.0.0.0"}  # the images' ENV
@@ -184,9 +199,11 @@ def rehearse(workdir: Path, logs: Path) -> dict:
         processes = {}
         for name in ("mlops", "director", "ttp", "worker_1", "worker_2"):
             env = {**image_env, **{k: str(v) for k, v in volumes[name].items()}}
+            if name != "mlops":  # each VM holds its own folder (in the images: /<role>/credentials)
+                env["SYNERGOS_CREDENTIALS"] = str(kit / name)
             processes[name] = start_service(network, stack, name, env, logs)
         for name, process in processes.items():
-            wait_healthy(name, process, logs)
+            wait_healthy(name, process, logs, http)
         script = [
             sys.executable,
             str(ROOT / "examples" / "guide_script.py"),
@@ -195,20 +212,21 @@ def rehearse(workdir: Path, logs: Path) -> dict:
             f"{SUBNET}.154",
             f"{SUBNET}.155",
         ]
-        result = subprocess.run(script, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        user = {**os.environ, "SYNERGOS_CREDENTIALS": str(kit / "orchestrator")}
+        result = subprocess.run(script, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=user)
         if result.returncode != 0:
             raise RuntimeError(f"the guide's script failed:\n{result.stdout}\n{result.stderr}")
-        base = f"http://{SUBNET}.152:5000"
+        base = f"https://{SUBNET}.152:5000"
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            jobs = httpx.get(f"{base}/ttp/status/jobs", params={"collab_id": "collaboration_1"}).json()["data"]
+            jobs = http.get(f"{base}/ttp/status/jobs", params={"collab_id": "collaboration_1"}).json()["data"]
             if jobs and all(j["state"] in {"completed", "failed"} for j in jobs):
                 break
             time.sleep(1)
-        validations = httpx.get(
+        validations = http.get(
             f"{base}/ttp/evaluate/collaborations/collaboration_1/projects/project_1/validations/experiment_1/run_1"
         ).json()
-        predictions = httpx.get(
+        predictions = http.get(
             f"{base}/ttp/evaluate/participants/participant_1/collaborations/collaboration_1/predictions"
         ).json()
         return {

@@ -436,7 +436,12 @@ def test_a_body_over_the_limit_gets_an_id_too(tmp_path) -> None:
     from synergos_ttp.app import create_app
 
     settings = TTPSettings(
-        id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", mlflow_dir=tmp_path / "mlflow", max_body_bytes=64
+        insecure=True,
+        id="t",
+        data_dir=tmp_path,
+        outputs_dir=tmp_path / "out",
+        mlflow_dir=tmp_path / "mlflow",
+        max_body_bytes=64,
     )
     with TestClient(create_app(settings)) as client:
         response = client.post(
@@ -515,7 +520,9 @@ def test_the_ttp_answers_an_internal_failure_with_an_id_and_its_job_board_shows_
         raise RuntimeError(SECRET)
 
     monkeypatch.setattr(operations, "train_run", train_run)
-    settings = TTPSettings(id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", mlflow_dir=tmp_path / "mlflow")
+    settings = TTPSettings(
+        insecure=True, id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", mlflow_dir=tmp_path / "mlflow"
+    )
     with caplog.at_level(logging.ERROR), TestClient(create_app(settings), raise_server_exceptions=False) as client:
         train = _project_to_train(client)
         response = client.post(train, json={"auto_align": False})
@@ -538,7 +545,9 @@ def test_the_ttp_answers_a_broken_store_with_an_id(tmp_path, monkeypatch) -> Non
         raise RuntimeError(SECRET)
 
     monkeypatch.setattr(Store, "list_collaborations", broken)
-    settings = TTPSettings(id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", mlflow_dir=tmp_path / "mlflow")
+    settings = TTPSettings(
+        insecure=True, id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", mlflow_dir=tmp_path / "mlflow"
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         response = client.get("/ttp/connect/collaborations")
     _error_of(response, 500, "internal.error")

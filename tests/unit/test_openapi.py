@@ -18,8 +18,12 @@ def openapi(request: pytest.FixtureRequest, tmp_path: Path) -> dict:
     settings_class, create = (
         (TTPSettings, create_ttp_app) if request.param == "ttp" else (DirectorSettings, create_director_app)
     )
-    settings = settings_class(
-        id=request.param, data_dir=tmp_path / "data", outputs_dir=tmp_path / "out", mlflow_dir=tmp_path / "mlflow"
+    settings = settings_class(  # in-process TestClient: no TLS to carry an identity
+        insecure=True,
+        id=request.param,
+        data_dir=tmp_path / "data",
+        outputs_dir=tmp_path / "out",
+        mlflow_dir=tmp_path / "mlflow",
     )
     with TestClient(create(settings)) as client:
         response = client.get("/openapi.json")

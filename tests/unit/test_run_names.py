@@ -51,7 +51,9 @@ def test_a_scheduler_argument_without_that_scheduler_is_refused() -> None:
 
 
 def test_runs_create_answers_422_and_stores_nothing(tmp_path) -> None:
-    settings = TTPSettings(data_dir=tmp_path / "data", outputs_dir=tmp_path / "outputs", mlflow_dir=tmp_path / "ml")
+    settings = TTPSettings(
+        insecure=True, data_dir=tmp_path / "data", outputs_dir=tmp_path / "outputs", mlflow_dir=tmp_path / "ml"
+    )
     with TestClient(create_app(settings)) as client:
         base = "/ttp/connect/collaborations"
         client.post(base, json={"collab_id": "c"})

@@ -49,7 +49,7 @@ def registration_url(participant_id: str, collab_id: str = "collaboration_1", pr
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> TTPSettings:
-    return TTPSettings(id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out")
+    return TTPSettings(insecure=True, id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out")
 
 
 @pytest.fixture()
@@ -501,7 +501,7 @@ def test_unknown_run_names_are_422_and_store_nothing(
 
 
 def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
-    settings = TTPSettings(id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", max_body_bytes=2048)
+    settings = TTPSettings(insecure=True, id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", max_body_bytes=2048)
     with TestClient(create_app(settings)) as client:
         huge = {"project_id": "p", "action": "classify", "incentives": {"x": "y" * 4096}}
         ok(client.post(C, json={"collab_id": "c"}), 201)
