@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ErrorCode, InvalidRequest
-from .finite import has_non_finite
 from .schemas import DistillationOptions, RunHyperparameters
 
 log = logging.getLogger(__name__)
@@ -514,8 +514,9 @@ def validate_run(hp: dict[str, Any]) -> None:
     build_scheduler(run.lr_scheduler, optimizer, hp)
     build_criterion(run.criterion, hp)
     check_known_hyperparameters(hp)  # after the names themselves are known to be right
-    for key, value in hp.items():  # JSON bodies may carry NaN and Infinity; no setting means either
-        if has_non_finite(value):
+    for key in ("lr", "mu", "l1_lambda", "l2_lambda"):
+        value = hp.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
             raise _invalid(f"{key} must be finite", ErrorCode.RUN_INVALID, key)
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .finite import has_non_finite
 from .preprocessing import Preprocessing
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
@@ -69,9 +70,10 @@ class Layer(BaseModel):
 
 
 class RunHyperparameters(BaseModel):
-    """Run hyper-parameters with the defaults of the deployment guide; extra keys are kept by name."""
+    """Run hyper-parameters with the defaults of the deployment guide; extra keys are kept by name.
+    No number of a run may be NaN or infinite (JSON bodies can spell both; JSON answers cannot)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     algorithm: Literal["FedAvg", "FedProx", "FedGKT"] = "FedProx"
     batch_size: int | None = Field(default=None, ge=1)
@@ -106,6 +108,13 @@ class RunHyperparameters(BaseModel):
         description="krum: how many Byzantine parties to tolerate (f); needs more than 2f + 2 parties; "
         "default the largest f the run's parties allow",
     )
+
+    @model_validator(mode="after")
+    def _extras_are_finite(self) -> RunHyperparameters:
+        bad = sorted(name for name, value in (self.model_extra or {}).items() if has_non_finite(value))
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must be finite (no NaN or infinity)")
+        return self
 
     @model_validator(mode="after")
     def _aggregation_fits_the_algorithm(self) -> RunHyperparameters:

@@ -185,9 +185,12 @@ def test_json_safe_nulls_every_non_finite_number_and_leaves_the_rest():
         {"byzantine": -1},
         {"algorithm": "FedGKT", "aggregation": "median"},
         {"algorithm": "FedGKT", "aggregation": "krum"},
+        {"momentum": math.nan},  # no number of a run may be non-finite, an extra one neither
+        {"weight_decay": math.inf},
+        {"max_lr": [0.1, math.inf]},
     ],
 )
-def test_impossible_aggregation_settings_are_refused(hp):
+def test_impossible_or_non_finite_run_settings_are_refused(hp):
     with pytest.raises(ValueError):
         RunHyperparameters.of(hp)
 
