@@ -41,24 +41,26 @@ COPY docker/healthcheck.py /usr/local/bin/synergos-healthcheck
 WORKDIR /home/synergos
 
 # ---- one target per image: its container paths (created before VOLUME, owned by synergos),
-#      ports, health probe, console script and the guide's flags ----
+#      ports, health probe, console script and the guide's flags. /<role>/credentials is where
+#      the operator mounts the service's folder from synergos-provision (read-only; key.pem
+#      readable by uid USER_ID); the service refuses to start without it unless --insecure ----
 FROM runtime AS synergos_director
-RUN install -d -o synergos -g synergos /director/data /director/outputs /director/mlflow
+RUN install -d -o synergos -g synergos /director/credentials /director/data /director/outputs /director/mlflow
 VOLUME ["/director/data", "/director/outputs", "/director/mlflow"]
 EXPOSE 5000
 USER synergos
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "/usr/local/bin/synergos-healthcheck", "http://127.0.0.1:5000/health"]
+    CMD ["python", "/usr/local/bin/synergos-healthcheck", "http://127.0.0.1:5000/health", "/director/credentials"]
 ENTRYPOINT ["synergos-director"]
 CMD ["--id", "director", "--logging_variant", "basic"]
 
 FROM runtime AS synergos_ttp
-RUN install -d -o synergos -g synergos /ttp/data /ttp/outputs /ttp/mlflow
+RUN install -d -o synergos -g synergos /ttp/credentials /ttp/data /ttp/outputs /ttp/mlflow
 VOLUME ["/ttp/data", "/ttp/outputs", "/ttp/mlflow"]
 EXPOSE 5000
 USER synergos
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "/usr/local/bin/synergos-healthcheck", "http://127.0.0.1:5000/health"]
+    CMD ["python", "/usr/local/bin/synergos-healthcheck", "http://127.0.0.1:5000/health", "/ttp/credentials"]
 ENTRYPOINT ["synergos-ttp"]
 CMD ["--id", "ttp", "--logging_variant", "basic"]
 
@@ -68,13 +70,13 @@ FROM synergos_ttp AS synergos_ttp_cluster
 CMD ["--id", "ttp", "--logging_variant", "basic", "--queue", "rabbitmq", "mq", "5672", "--censored"]
 
 FROM runtime AS synergos_worker
-RUN install -d -o synergos -g synergos /worker/data /worker/outputs
+RUN install -d -o synergos -g synergos /worker/credentials /worker/data /worker/outputs
 VOLUME ["/worker/data", "/worker/outputs"]
 # 5000: REST commands (f_port); 8020: federation WebSocket (port)
 EXPOSE 5000 8020
 USER synergos
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "/usr/local/bin/synergos-healthcheck", "http://127.0.0.1:5000/health"]
+    CMD ["python", "/usr/local/bin/synergos-healthcheck", "http://127.0.0.1:5000/health", "/worker/credentials"]
 ENTRYPOINT ["synergos-worker"]
 CMD ["--id", "worker", "--logging_variant", "basic", "--censored"]
 

@@ -223,6 +223,11 @@ def parse_run(tokens: list[str]) -> Run:
     return run
 
 
+def _is_credentials(target: str) -> bool:
+    """Each service's identity: a read-only bind mount of the operator's provisioned folder."""
+    return target.endswith("/credentials")
+
+
 README_TEXT = README.read_text()
 GUIDE_RUNS = [parse_run(tokens) for tokens in shell_commands(README_TEXT, "run")]
 
@@ -483,7 +488,10 @@ def test_exposed_ports_are_the_service_ports(run_cli, name: str) -> None:
     assert image.expose == {getattr(parsed.settings, f) for f in ("port", "ws_port") if hasattr(parsed.settings, f)}
     assert guide_ports <= image.expose
     # the health probe asks the service's REST port, in python (slim images have no curl)
-    program, script, url = image.healthcheck
+    program, script, url, *credentials = image.healthcheck
+    # the probe speaks HTTPS when the role's credentials folder holds the collaboration CA
+    role = name.removeprefix("synergos_").removesuffix("_cluster")
+    assert credentials == ([] if name == MLOPS_IMAGE else [f"/{role}/credentials"])
     assert program == "python" and re.search(
         rf"COPY docker/healthcheck\.py {re.escape(script)}$", "\n".join(f"{k} {r}" for k, r in image.instructions), re.M
     )
@@ -524,8 +532,13 @@ def container_dirs(monkeypatch: pytest.MonkeyPatch, role: str, service_id: str) 
 def test_volumes_are_the_container_paths_created_for_a_non_root_user(run_cli, monkeypatch, name: str) -> None:
     image = TARGETS[name]
     mounted = {target for run in GUIDE_RUNS if run.image == name for _, target in run.volumes}
+    # the credentials folder is a read-only bind mount of the operator's, never an anonymous volume
+    credentials = {t for t in mounted if _is_credentials(t)}
     if mounted:
-        assert image.volumes == mounted, f"{name}: VOLUME must be the guide's mount points"
+        assert image.volumes == mounted - credentials, f"{name}: VOLUME must be the guide's mount points"
+    for path in credentials:
+        runs = [rest for keyword, rest in image.instructions if keyword == "RUN"]
+        assert any(re.search(rf"install -d .*(?<!\S){re.escape(path)}(?!\S)", r) for r in runs), path
     parsed = parse_default(run_cli, name)
     if parsed.role is not None:
         assert image.volumes <= container_dirs(monkeypatch, parsed.role, parsed.settings.id)
@@ -656,13 +669,26 @@ def test_rabbitmq_conf_loads_the_definitions_and_lets_guest_in_remotely() -> Non
 def test_compose_mounts_what_the_guide_mounts(run: Run) -> None:
     mounts = compose_volumes(SERVICES[compose_service_for(run)])
     assert {target for _, target, _ in mounts} == {target for _, target in run.volumes}
+    if run.image != MLOPS_IMAGE and run.image != MQ_IMAGE:
+        role = run.image.removeprefix("synergos_").removesuffix("_cluster")
+        assert (f"./deploy/credentials/{compose_service_for(run)}", f"/{role}/credentials", True) in mounts
     if run.image == "synergos_worker":  # a party's rows are only ever read (DESIGN.md section 1)
         assert all(read_only for _, target, read_only in mounts if target == "/worker/data")
 
 
 def test_compose_shares_volumes_exactly_where_the_guide_shares_directories() -> None:
-    guide = {(compose_service_for(run), target): source for run in GUIDE_RUNS for source, target in run.volumes}
-    compose = {(name, target): source for name, s in SERVICES.items() for source, target, _ in compose_volumes(s)}
+    guide = {
+        (compose_service_for(run), target): source
+        for run in GUIDE_RUNS
+        for source, target in run.volumes
+        if not _is_credentials(target)
+    }
+    compose = {
+        (name, target): source
+        for name, s in SERVICES.items()
+        for source, target, _ in compose_volumes(s)
+        if not _is_credentials(target)
+    }
     assert set(guide) == set(compose)
     mounts = sorted(guide)
     for i, a in enumerate(mounts):
@@ -698,9 +724,15 @@ def test_compose_sets_the_guides_environment(run: Run) -> None:
 def test_compose_comment_prepares_the_workers_data(tmp_path: Path) -> None:
     (command,) = re.findall(r"^#\s*\.venv/bin/python -c (\".*\")$", COMPOSE.read_text(), re.M)
     subprocess.run([sys.executable, "-c", shlex.split(command)[0]], cwd=tmp_path, check=True, timeout=120)
+    comment = "\n".join(line.lstrip("# ") for line in COMPOSE.read_text().splitlines() if line.startswith("#"))
+    (provision,) = re.findall(r"(\.venv/bin/synergos-provision .*?) &&", comment.replace("\\\n", " "), re.S)
+    argv = shlex.split(provision)
+    subprocess.run([str(Path(sys.executable).with_name("synergos-provision")), *argv[1:]], cwd=tmp_path, check=True)
     for name, service in SERVICES.items():
-        for source, _target, _ in compose_volumes(service):
-            if source.startswith("./"):  # a bind mount: the documented command must fill it
+        for source, target, _ in compose_volumes(service):
+            if source.startswith("./") and _is_credentials(target):  # the documented provisioning fills it
+                assert {p.name for p in (tmp_path / source).iterdir()} == {"ca.pem", "cert.pem", "key.pem"}, name
+            elif source.startswith("./"):  # a bind mount: the documented command must fill it
                 assert any((tmp_path / source).rglob("metadata.json")), f"{name}: nothing prepared in {source}"
 
 
