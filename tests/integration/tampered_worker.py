@@ -3,9 +3,11 @@ accepts: `python tampered_worker.py <synergos-worker flags>`.
 
 The tampering is read, before every reply, from the file named by `SYNERGOS_TEST_TAMPER_FILE`
 (so that one process serves every test): `honest`, or
-    count_huge / count_negative / count_zero   n_samples 10**9 / -5 / 0 in the update
+    count_huge / count_negative / count_zero   n_samples 10**9 / -5 / 0 in the update (FedAvg's
+                                               or FedProx's weights, FedGKT's features)
     nan_loss                                   train_loss NaN (json writes it as a bare NaN)
     nan_weights / huge_weights                 every floating-point weight NaN / 1e6
+    nan_features                               FedGKT: the features sent are NaN
     replay                                     from round 1 on, the captured round-0 update
                                                (header and frames) instead of the real one
 Everything else is the real Worker: its data, training, sessions and federation server.
@@ -22,6 +24,7 @@ import torch
 
 import synergos_core.federation as core_federation
 import synergos_worker.federation as worker_federation
+import synergos_worker.gkt as worker_gkt
 from synergos_worker.cli import main
 
 MODE_FILE = Path(os.environ["SYNERGOS_TEST_TAMPER_FILE"])
@@ -45,7 +48,7 @@ _send_header = core_federation.send_header
 
 
 async def send_header(ws: Any, header: dict[str, Any]) -> None:
-    if header.get("op") == "update":
+    if header.get("op") in ("update", "gkt_features"):
         header = {**header, **HEADERS.get(mode(), {})}
     await _send_header(ws, header)
 
@@ -81,8 +84,18 @@ async def send_state(ws: Any, message: Any, state: dict[str, torch.Tensor] | Non
     await _send_state(ws, message, state, shard_bytes)
 
 
+_send_tensors = worker_gkt.send_tensors
+
+
+async def send_tensors(ws: Any, message: Any, tensors: dict[str, torch.Tensor], shard_bytes: int) -> None:
+    if mode() == "nan_features" and message.op == "gkt_features":
+        tensors = {**tensors, "features": torch.full_like(tensors["features"], float("nan"))}
+    await _send_tensors(ws, message, tensors, shard_bytes)
+
+
 core_federation.send_header = send_header
 worker_federation.send_state = send_state
+worker_gkt.send_tensors = send_tensors
 
 if __name__ == "__main__":
     sys.argv[0] = "synergos-worker"

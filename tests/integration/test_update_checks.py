@@ -38,6 +38,12 @@ from .test_security import RUN, _connect, session_token  # noqa: F401 - the fixt
 TTP = f"https://{TTP_HOST}:{REST}"
 THIRD_HOST = f"{BLOCK}.4"
 MODEL = [{"l_type": "Linear", "structure": {"in_features": 30, "out_features": 1}, "activation": "sigmoid"}]
+GKT_MODEL = [
+    {"l_type": "Linear", "is_input": True, "structure": {"in_features": 30, "out_features": 8}},
+    {"l_type": "ReLU", "structure": {}},
+    {"l_type": "Linear", "structure": {"in_features": 8, "out_features": 1}},
+    {"l_type": "Sigmoid", "structure": {}},
+]
 RECIPE = {"rounds": 2, "epochs": 2, "lr": 0.05, "criterion": "BCELoss", "lr_scheduler": "none", "algorithm": "FedAvg"}
 
 
@@ -78,7 +84,7 @@ def third(grid, tmp_path_factory):
         assert service.process is not None and service.process.poll() is None, service.tail()
 
 
-def _register_three(grid, third: ThirdParty, collab: str) -> None:
+def _register_three(grid, third: ThirdParty, collab: str, model: list[dict] = MODEL) -> None:
     driver = grid.driver()
     register_parties(driver, collab, "p", "breast_cancer")
     pid = f"{collab}_participant_3"
@@ -94,7 +100,7 @@ def _register_three(grid, third: ThirdParty, collab: str) -> None:
         evaluate=[["breast_cancer", "evaluate"]],
         predict=[["breast_cancer", "predict"]],
     )
-    driver.experiments.create(collab_id=collab, project_id="p", expt_id="e", model=MODEL)
+    driver.experiments.create(collab_id=collab, project_id="p", expt_id="e", model=model)
     driver.alignments.create(collab_id=collab, project_id="p", auto_fix=False)
 
 
@@ -176,6 +182,26 @@ def test_a_lying_or_non_finite_update_is_left_out_and_the_honest_parties_complet
         (0, liar, code),
         (1, liar, code),
     ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "mode, code", [("nan_features", "federation.non_finite"), ("count_huge", "federation.bad_count")]
+)
+def test_fedgkt_leaves_out_a_party_whose_features_are_refused(grid, third, mode, code):
+    collab = f"gkt{mode.replace('_', '')}"
+    _register_three(grid, third, collab, GKT_MODEL)
+    with third.tampering(mode):
+        model = _train(grid, collab, "r", algorithm="FedGKT")
+    liar = f"{collab}_participant_3"
+    assert [(e["round"], e["participant_id"], e["request"], e["code"]) for e in model["exclusions"]] == [
+        (0, liar, "gkt_train", code),
+        (1, liar, "gkt_train", code),
+    ], model["exclusions"]
+    assert model["rounds_completed"] == 2
+    assert all(np.isfinite(v) for v in model["global"]["loss_history"]["server"].values())
+    (job,) = _reads_answer(grid, collab, "r").values()
+    assert job["state"] == "completed" and len(job["exclusions"]) == 2
 
 
 @pytest.mark.integration
