@@ -3,7 +3,8 @@ blocking the pika I/O thread, reconnecting with backoff, stopping on a flag.
 
     connect -> declare topology -> prefetch 1 -> consume
       -> process_data_events(poll) ...          heartbeats keep flowing, even during a long job
-      -> a delivery: decode it (poison -> dead-letter + ack), else pause consuming and run the
+      -> a delivery: decode and check it (anything that fails, a RecursionError included, is
+         poison -> dead-letter + ack, on its first delivery), else pause consuming and run the
          handler on a worker thread; when it is done, publish the outcome with confirms, ack,
          and consume again
       -> a lost connection: drop stale delivery tags, back off 0.5 s -> 10 s, reconnect
@@ -12,9 +13,11 @@ blocking the pika I/O thread, reconnecting with backoff, stopping on a flag.
 Consuming is paused while a handler runs, so with per-consumer prefetch 1 at most one job is
 held at a time however many queues are consumed (global QoS is deprecated in RabbitMQ 4).
 
-A failed attempt is republished to its queue with `x-synergos-attempts` + 1 and then acked, so
-a failing job never loops forever nor blocks the queue; the last attempt, `PoisonMessage` and
-`JobFailed` go to `synergos.dead` with `x-synergos-reason`.
+A failed attempt is republished with `x-synergos-attempts` + 1 to the delay queue of its queue
+(`RetryPolicy`: by default 5 s, 20 s, then 80 s later, through the broker, so the consumer keeps
+serving and answering heartbeats meanwhile) and then acked, so a failing job never loops forever
+nor blocks the queue; the last attempt, `PoisonMessage` and `JobFailed` go to `synergos.dead`
+with `x-synergos-reason`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from . import messages, topology
 from .connection import RECOVERABLE_ERRORS, BrokerAddress, close_quietly, connect
 from .errors import MQError, PoisonMessage, PublishError, TopologyConflict
 from .publisher import confirm_publish
+from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +90,25 @@ class ConsumerLoop:
         queues: Iterable[str],
         *,
         name: str,
-        max_attempts: int,
+        max_attempts: int | None,
         idle_log_s: float,
         poll_s: float,
         stop_grace_s: float,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.address = address
         self.queues = tuple(queues)
         unknown = [q for q in self.queues if q not in topology.ALL_QUEUES]
         if not self.queues or unknown:
             raise ValueError(f"queues must be among {', '.join(topology.ALL_QUEUES)} (got {list(self.queues)})")
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        retry = retry if retry is not None else RetryPolicy()
+        if max_attempts is not None:  # attempts in all: overrides the policy's retries
+            if max_attempts < 1:
+                raise ValueError("max_attempts must be at least 1")
+            retry = retry.model_copy(update={"retries": max_attempts - 1})
+        self.retry = retry
         self.name = name
-        self.max_attempts = max_attempts
+        self.max_attempts = retry.max_attempts
         self.idle_log_s = idle_log_s
         self.poll_s = poll_s
         self.stop_grace_s = stop_grace_s
@@ -123,7 +132,13 @@ class ConsumerLoop:
         backoff; returns only when stopped, raises only `TopologyConflict` (needs an operator)."""
         self._external_stop = stop
         backoff = RECONNECT_INITIAL_S
-        log.info("%s: consuming %s from %s", self.name, ", ".join(self.queues), self.address)
+        log.info(
+            "%s: consuming %s from %s (failed attempts: %s)",
+            self.name,
+            ", ".join(self.queues),
+            self.address,
+            self.retry.describe(),
+        )
         try:
             while not self._stopping():
                 try:
@@ -163,6 +178,12 @@ class ConsumerLoop:
     def _decode(self, body: bytes) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _check(self, payload: dict[str, Any]) -> None:
+        """Raise (`PoisonMessage`, ideally) if a decoded message can never be handled."""
+
+    def _refused(self, delivery: _Delivery, payload: dict[str, Any], exc: PoisonMessage) -> None:
+        """Report a message that decoded but failed `_check` (I/O thread), before it is dead-lettered."""
+
     def _describe(self, payload: dict[str, Any]) -> str:
         """An id for log lines; never the body."""
         return str(payload.get("job_id"))
@@ -179,6 +200,9 @@ class ConsumerLoop:
 
     def _gave_up(self, run: _Run, exc: BaseException) -> None:
         """Report a run that failed for good (I/O thread), after it was dead-lettered."""
+
+    def _retrying(self, run: _Run, exc: BaseException, delay_s: float) -> None:
+        """Report a failed attempt that will be retried in `delay_s` (I/O thread)."""
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -289,15 +313,18 @@ class ConsumerLoop:
             self._last_activity = time.monotonic()
             try:
                 payload = self._decode(delivery.body)
-            except PoisonMessage as exc:
-                log.warning(
-                    "%s: message %s on %s is poison (%s); dead-lettering it",
-                    self.name,
-                    delivery.props.message_id or "<no id>",
-                    delivery.queue,
-                    exc,
-                )
-                self._dead_letter_and_ack(delivery, exc)
+            except Exception as exc:  # noqa: BLE001 - whatever a body does to a decoder, it is that body's fault
+                self._poison(delivery, as_poison(exc))
+                continue
+            try:
+                self._check(payload)
+            except Exception as exc:  # noqa: BLE001 - a message that cannot be handled, however it fails
+                poison = as_poison(exc)
+                try:
+                    self._refused(delivery, payload, poison)
+                except PublishError as err:
+                    log.error("%s: could not report refused message %s: %s", self.name, self._describe(payload), err)
+                self._poison(delivery, poison)
                 continue
             if self._settle_without_running(delivery, payload):
                 continue
@@ -306,6 +333,16 @@ class ConsumerLoop:
                 continue
             self._pause()
             self._start(delivery, payload)
+
+    def _poison(self, delivery: _Delivery, exc: PoisonMessage) -> None:
+        log.warning(
+            "%s: message %s on %s is poison (%s); dead-lettering it",
+            self.name,
+            delivery.props.message_id or "<no id>",
+            delivery.queue,
+            exc,
+        )
+        self._dead_letter_and_ack(delivery, exc)
 
     def _start(self, delivery: _Delivery, payload: dict[str, Any]) -> None:
         run = _Run(delivery, payload)
@@ -362,19 +399,28 @@ class ConsumerLoop:
             self._gave_up(run, exc)
             self._dead_letter_and_ack(run.delivery, exc)
         elif self._is_current(run.delivery):
+            delay = self.retry.delay_s(attempt)
             log.warning(
-                "%s: %s %s failed on attempt %d of %d (%s); requeueing it",
+                "%s: %s %s failed on attempt %d of %d (%s: %s); retrying in %g s",
                 self.name,
                 self._noun,
                 job,
                 attempt,
                 self.max_attempts,
                 type(exc).__name__,
+                exc,
+                delay,
             )
             props = messages.properties(
                 run.delivery.props.message_id, messages.retry_headers(run.delivery.headers), run.delivery.props.type
             )
-            confirm_publish(self._publish_channel, "", run.delivery.queue, run.delivery.body, props)
+            # declared on every retry: that also keeps an idle delay queue from expiring under it
+            waiting = topology.declare_delay(self._publish_channel, run.delivery.queue, delay)
+            confirm_publish(self._publish_channel, "", waiting, run.delivery.body, props)
+            try:
+                self._retrying(run, exc, delay)
+            except PublishError as err:  # only news: the retry itself is queued
+                log.warning("%s: could not report the retry of %s %s: %s", self.name, self._noun, job, err)
             self._ack(run.delivery)
         else:
             # The broker already requeued this delivery when the connection dropped: retrying
@@ -437,3 +483,16 @@ class ConsumerLoop:
         if self._running is None and time.monotonic() - self._last_activity >= self.idle_log_s:
             log.info("%s: idle, waiting for messages on %s", self.name, ", ".join(self.queues))
             self._last_activity = time.monotonic()
+
+
+def as_poison(exc: BaseException) -> PoisonMessage:
+    """`exc` as the reason a message is dead-lettered: itself if poison already, else a
+    PoisonMessage naming what went wrong (a RecursionError: nested too deeply)."""
+    if isinstance(exc, PoisonMessage):
+        return exc
+    if isinstance(exc, RecursionError):
+        return PoisonMessage("nested too deeply to decode")
+    text = str(exc).strip()
+    poison = PoisonMessage(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+    poison.__cause__ = exc
+    return poison

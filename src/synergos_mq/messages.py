@@ -1,10 +1,11 @@
 """What goes on the wire, and the pure rules around it (no broker needed, so unit-tested alone).
 
-Every message is a JSON object, persistent, at most `MAX_MESSAGE_BYTES`: jobs carry references
-(ids, URIs), never weights. A job is `{job_id, process, keys, grids, parameters}`; a completed
-event is `{job_id, process, keys, status, outcome | error, attempt, consumer}`, its `error` the
-public error object `{code, title, detail, correlation_id}` (synergos_core.errors), never the
-text of an unexpected exception.
+Every message is a JSON object, persistent, at most `MAX_MESSAGE_BYTES` and `MAX_DEPTH` levels
+deep: jobs carry references (ids, URIs), never weights. A job is `{job_id, process, keys, grids,
+parameters}`; a completed event is `{job_id, process, keys, status, outcome | error, attempt,
+consumer}`, its `error` the public error object `{code, title, detail, correlation_id}`
+(synergos_core.errors), never the text of an unexpected exception. Status `retrying` (with
+`max_attempts` and `retry_in_s`) reports a failed attempt that will be retried.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ ATTEMPTS_HEADER = "x-synergos-attempts"
 REASON_HEADER = "x-synergos-reason"
 ORIGIN_HEADER = "x-synergos-queue"
 MAX_REASON_CHARS = 500
+MAX_DEPTH = 64  # lists and objects; a real job nests about 8 deep
 CONTENT_TYPE = "application/json"
+# `retrying`: an attempt failed and the job waits for its next one (not final: the job stays open)
+EVENT_STATUSES = ("completed", "failed", "retrying")
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -79,18 +83,43 @@ def check_job_id(job_id: Any) -> str:
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
-    """The JSON object in `body`; `PoisonMessage` for anything else."""
+    """The JSON object in `body`; `PoisonMessage` for anything else: not UTF-8 JSON, over
+    `MAX_MESSAGE_BYTES`, nested deeper than `MAX_DEPTH` (`[[[[…` deep enough to exhaust the
+    decoder's recursion is refused too, never raised as a RecursionError), not an object."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise PoisonMessage(f"body is {len(body)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
     try:
         message = json.loads(body)
+    except RecursionError as exc:
+        raise PoisonMessage(f"body is JSON nested deeper than {MAX_DEPTH} levels") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise PoisonMessage(f"body is not JSON ({type(exc).__name__})") from exc
     if not isinstance(message, dict):
         raise PoisonMessage(f"body is JSON {type(message).__name__}, not an object")
+    if depth_of(message) > MAX_DEPTH:
+        raise PoisonMessage(f"body is JSON nested deeper than {MAX_DEPTH} levels")
     return message
 
 
+def depth_of(value: Any) -> int:
+    """How deeply `value` nests lists and objects (a scalar is 0), without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
 def parse_job(body: bytes) -> dict[str, Any]:
-    """A job from a delivery body; `PoisonMessage` unless it has a job_id and a known process."""
+    """A job from a delivery body; `PoisonMessage` unless it has a job_id, a known process, and
+    (where present) `keys` an object of strings, `grids` a list, `parameters` an object. What a
+    job must hold beyond that is for its consumer to check (`JobConsumer(check=...)`)."""
     job = parse_object(body)
     try:
         check_job_id(job.get("job_id"))
@@ -98,6 +127,13 @@ def parse_job(body: bytes) -> dict[str, Any]:
         raise PoisonMessage(str(exc)) from exc
     if job.get("process") not in JOB_QUEUES:
         raise PoisonMessage(f"process must be one of {', '.join(JOB_QUEUES)}")
+    keys = job.get("keys", {})
+    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+        raise PoisonMessage("keys must be an object of strings")
+    if not isinstance(job.get("grids", []), list):
+        raise PoisonMessage("grids must be a list")
+    if not isinstance(job.get("parameters", {}), dict):
+        raise PoisonMessage("parameters must be an object")
     return job
 
 
@@ -108,8 +144,8 @@ def parse_event(body: bytes) -> dict[str, Any]:
         check_job_id(event.get("job_id"))
     except ValueError as exc:
         raise PoisonMessage(str(exc)) from exc
-    if event.get("status") not in ("completed", "failed"):
-        raise PoisonMessage("event status must be completed or failed")
+    if event.get("status") not in EVENT_STATUSES:
+        raise PoisonMessage(f"event status must be one of {', '.join(EVENT_STATUSES)}")
     return event
 
 
@@ -127,9 +163,17 @@ def attempt_of(headers: Mapping[str, Any] | None) -> int:
         return 1
 
 
+# what the broker adds when it dead-letters a message (a delay queue's expiry): its own to set
+BROKER_HEADERS = frozenset(
+    {"x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason"}
+    | {"x-last-death-exchange", "x-last-death-queue", "x-last-death-reason"}
+)
+
+
 def retry_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Headers for republishing a failed message: the same, with the attempt counter incremented."""
-    out = dict(headers or {})
+    """Headers for republishing a failed message: the same, with the attempt counter incremented
+    (and without the broker's dead-lettering history, which is the broker's to keep)."""
+    out = {k: v for k, v in (headers or {}).items() if k not in BROKER_HEADERS}
     out[ATTEMPTS_HEADER] = attempt_of(headers) + 1
     return out
 
@@ -181,6 +225,15 @@ def failed_event(job: Mapping[str, Any], exc: BaseException, *, attempt: int, co
         "attempt": attempt,
         "consumer": consumer,
     }
+
+
+def retrying_event(
+    job: Mapping[str, Any], exc: BaseException, *, attempt: int, max_attempts: int, delay_s: float, consumer: str
+) -> dict[str, Any]:
+    """What a consumer says when attempt `attempt` failed and the job is retried in `delay_s`:
+    the public error of that attempt, and when the next one starts."""
+    event = failed_event(job, exc, attempt=attempt, consumer=consumer)
+    return {**event, "status": "retrying", "max_attempts": max_attempts, "retry_in_s": round(delay_s, 3)}
 
 
 def failure_of(exc: BaseException) -> BaseException:

@@ -6,6 +6,10 @@
 
 Job queues dead-letter to `synergos.dead` (`x-dead-letter-exchange`), so a message the broker
 itself rejects (reject without requeue, expiry) is kept, not dropped.
+
+    <queue>.retry.<ms>ms  durable, declared when first needed: a failed message waits here for
+                          its retry (`x-message-ttl`), then the broker dead-letters it back to
+                          <queue> through the default exchange (see `retry`)
 """
 
 from __future__ import annotations
@@ -51,3 +55,31 @@ def declare(channel: Any) -> None:
         if exc.reply_code == 406:
             raise TopologyConflict(f"broker topology differs from Synergos's: {exc.reply_text}") from exc
         raise
+
+
+def delay_queue(queue: str, delay_s: float) -> tuple[str, dict[str, Any]]:
+    """The name and arguments of the queue where a message of `queue` waits `delay_s` before it
+    returns there. One queue per delay, so every message in it expires in arrival order; unused
+    for a while longer than its delay (`x-expires`), the broker deletes it."""
+    if queue not in ALL_QUEUES or queue == DEAD_LETTER_QUEUE:
+        raise ValueError(f"no retries for queue {queue!r}")
+    ms = max(1, round(delay_s * 1000))
+    arguments = {
+        "x-message-ttl": ms,
+        "x-dead-letter-exchange": "",  # the default exchange: straight back to `queue`
+        "x-dead-letter-routing-key": queue,
+        "x-expires": 2 * ms + 60_000,
+    }
+    return f"{queue}.retry.{ms}ms", arguments
+
+
+def declare_delay(channel: Any, queue: str, delay_s: float) -> str:
+    """Declare (again: it resets the queue's expiry) the delay queue of `queue` for `delay_s`."""
+    name, arguments = delay_queue(queue, delay_s)
+    try:
+        channel.queue_declare(queue=name, durable=True, arguments=arguments)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 406:
+            raise TopologyConflict(f"delay queue {name} exists with other arguments: {exc.reply_text}") from exc
+        raise
+    return name

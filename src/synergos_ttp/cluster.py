@@ -1,17 +1,22 @@
 """A cluster TTP: consumes jobs from the Synergos MQ, runs each on its grid (node K of every
 participant) with the code a basic TTP runs its own jobs with (`operations.run_job`), publishes
-the outcome, and keeps no metadata of its own."""
+the outcome, and keeps no metadata of its own. A job that could never run (`check_job`: a wrong
+schema) is refused on its first delivery; one whose grid cannot be reached is retried later."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synergos_contract.serving import service_credentials
-from synergos_core.errors import SynergosError
+from synergos_core.errors import ErrorCode, InvalidRequest, SynergosError
+from synergos_core.schemas import RunHyperparameters
 from synergos_core.settings import TTPSettings
+from synergos_mq.errors import PoisonMessage
 
 from . import operations
 from .grid import WorkerClient
@@ -59,3 +64,71 @@ class JobRunner:
 def permanent(exc: BaseException) -> bool:
     """Bad input never gets better by retrying; a node that is down might."""
     return isinstance(exc, SynergosError) and exc.status < 500
+
+
+class _Node(BaseModel):
+    """A node as `operations.job_nodes` builds a `GridNode` of it."""
+
+    model_config = ConfigDict(extra="forbid")
+    participant_id: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    f_port: int = Field(ge=1, le=65535)
+    tags: dict[str, list]
+    alignment: dict[str, dict[str, list]] = Field(default_factory=dict)
+    superset: dict[str, list] | None = None
+    preprocessing: dict[str, Any] | None = None
+
+
+class _Job(BaseModel):
+    job_id: str
+    process: Literal["preprocess", "train", "evaluate"]
+    keys: dict[str, str]
+    grids: list[list[_Node]] = Field(min_length=1)
+    parameters: dict[str, Any]
+
+
+_KEYS = {
+    "preprocess": ("collab_id", "project_id"),
+    "train": ("collab_id", "project_id", "expt_id", "run_id"),
+    "evaluate": ("collab_id", "project_id", "expt_id", "run_id"),
+}
+_PARAMETERS = {"preprocess": ("action",), "train": ("action", "model", "hyperparameters")}
+_PARAMETERS["evaluate"] = _PARAMETERS["train"]
+
+
+def check_job(job: dict[str, Any]) -> None:
+    """Refuse (`PoisonMessage`, its cause a public `InvalidRequest`) a job `operations.run_job`
+    could never run: no grid, a malformed node, keys or parameters its process needs missing,
+    hyper-parameters that do not parse. Retrying such a job would only fail again."""
+    problems: list[str] = []
+    try:
+        parsed = _Job.model_validate(job)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'job'}: {e['msg']}" for e in exc.errors()[:5]]
+    else:
+        params = parsed.parameters
+        problems += [f"keys.{k}: missing" for k in _KEYS[parsed.process] if k not in parsed.keys]
+        problems += [f"parameters.{k}: missing" for k in _PARAMETERS[parsed.process] if k not in params]
+        if any(not grid for grid in parsed.grids):
+            problems.append("grids: a grid has no node")
+        if parsed.process != "preprocess":
+            model = params.get("model")
+            if "model" in params and (not isinstance(model, list) or not all(isinstance(x, dict) for x in model)):
+                problems.append("parameters.model: must be a list of layers")
+            hyperparameters = params.get("hyperparameters")
+            if isinstance(hyperparameters, dict):
+                try:
+                    RunHyperparameters.model_validate(hyperparameters)
+                except ValidationError as exc:
+                    problems += [
+                        f"parameters.hyperparameters.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                        for e in exc.errors()[:3]
+                    ]
+            elif "hyperparameters" in params:
+                problems.append("parameters.hyperparameters: must be an object")
+            if params.get("meta", "evaluate") not in ("evaluate", "predict"):
+                problems.append("parameters.meta: must be evaluate or predict")
+    if problems:
+        detail = f"the job cannot run: {'; '.join(problems)}"
+        raise PoisonMessage(detail) from InvalidRequest(detail, ErrorCode.REQUEST_INVALID)

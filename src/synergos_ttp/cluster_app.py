@@ -19,7 +19,7 @@ from synergos_mq.connection import parse_queue_flag
 from synergos_mq.consumer import JobConsumer
 from synergos_mq.errors import JobFailed
 
-from .cluster import JobRunner, permanent
+from .cluster import JobRunner, check_job, permanent
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ def create_cluster_app(settings: TTPSettings) -> FastAPI:
 
     assert settings.queue is not None  # a cluster TTP is started with --queue
     queue = settings.queue
-    consumer = JobConsumer(parse_queue_flag(queue), handle, name=settings.id)
+    # a job that cannot run is refused on its first delivery; one whose grid is unreachable is
+    # retried after SYNERGOS_MQ_RETRY_DELAY_S, … (synergos_mq.retry), then reported failed
+    consumer = JobConsumer(parse_queue_flag(queue), handle, name=settings.id, check=check_job)
     stop = threading.Event()
     thread = threading.Thread(target=consumer.run, args=(stop,), name="job-consumer", daemon=True)
 
@@ -63,7 +65,12 @@ def create_cluster_app(settings: TTPSettings) -> FastAPI:
         alive = thread.is_alive()
         return envelope(
             request,
-            {"id": settings.id, "status": "ok" if alive else "stopped", **runner.status()},
+            {
+                "id": settings.id,
+                "status": "ok" if alive else "stopped",
+                **runner.status(),
+                "mq": {"connected": consumer.ready.is_set(), "reconnects": consumer.reconnects},
+            },
             200 if alive else 503,
         )
 

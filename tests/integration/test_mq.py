@@ -30,11 +30,13 @@ from synergos_mq import (
     PublishError,
     topology,
 )
-from synergos_mq.messages import ATTEMPTS_HEADER, REASON_HEADER
+from synergos_mq.messages import ATTEMPTS_HEADER, ORIGIN_HEADER, REASON_HEADER
+from synergos_mq.retry import RetryPolicy
 
 pytestmark = pytest.mark.integration
 
 ALL_QUEUES = (*JOB_QUEUES, COMPLETED_QUEUE, DEAD_LETTER_QUEUE)
+FAST_RETRY = RetryPolicy(retries=2, retry_delay_s=0.3, retry_factor=2)  # 0.3 s, then 0.6 s
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +99,11 @@ class Events:
     def ids(self) -> set[str]:
         with self._cond:
             return {e["job_id"] for e in self.items}
+
+    def final(self) -> dict[str, dict]:
+        """The completed or failed event of each job (a `retrying` one is not final)."""
+        with self._cond:
+            return {e["job_id"]: e for e in self.items if e["status"] != "retrying"}
 
 
 def drain(broker: TestBroker, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
@@ -186,12 +193,18 @@ def test_poison_and_failing_jobs_are_dead_lettered_and_good_jobs_still_served(
     for job_id in ("flaky", "gave-up", "unknown-project", "good"):
         publisher.publish_job("train", job(job_id))
 
-    consumer = JobConsumer(mq.address, handler, name="ttp-1", max_attempts=3, poll_s=0.05)
+    consumer = JobConsumer(mq.address, handler, name="ttp-1", retry=FAST_RETRY, poll_s=0.05)
     events = Events(mq)
     with running(consumer, events.consumer):
-        events.wait_for(lambda e: {"flaky", "gave-up", "unknown-project", "good"} <= {x["job_id"] for x in e})
+        events.wait_for(
+            lambda e: (
+                {"flaky", "gave-up", "unknown-project", "good"} <= {x["job_id"] for x in e if x["status"] != "retrying"}
+            )
+        )
 
-    by_id = {e["job_id"]: e for e in events.items}
+    by_id = events.final()
+    retries = [e for e in events.items if e["status"] == "retrying"]
+    assert [(e["job_id"], e["attempt"], e["retry_in_s"]) for e in retries] == [("flaky", 1, 0.3), ("flaky", 2, 0.6)]
     assert by_id["good"]["status"] == "completed"
     assert by_id["flaky"]["status"] == "failed" and by_id["flaky"]["attempt"] == 3
     flaky_error = by_id["flaky"]["error"]
@@ -211,6 +224,64 @@ def test_poison_and_failing_jobs_are_dead_lettered_and_good_jobs_still_served(
     ]
     assert b"{not json" in [body for _, body in dead]  # the original body is kept for inspection
     assert mq.queue_depth("train") == 0
+    assert consumer.reconnects == 0
+
+
+def test_a_job_whose_handler_fails_is_retried_after_growing_delays_while_the_consumer_serves_others(
+    mq: TestBroker, publisher: Publisher
+) -> None:
+    attempts: list[tuple[str, float]] = []
+
+    def handler(j: dict) -> dict:
+        attempts.append((j["job_id"], time.monotonic()))
+        if j["job_id"] == "down":
+            raise RuntimeError("worker_1 unreachable")
+        return {}
+
+    policy = RetryPolicy(retries=2, retry_delay_s=1.0, retry_factor=2)  # 1 s, then 2 s
+    address = BrokerAddress(host=mq.address.host, port=mq.address.port, heartbeat=1)
+    consumer = JobConsumer(address, handler, name="ttp-1", retry=policy, poll_s=0.05)
+    events = Events(mq)
+    with running(consumer, events.consumer):
+        publisher.publish_job("train", job("down"))
+        wait_until(lambda: len(attempts) >= 1)
+        publisher.publish_job("train", job("other"))  # served while "down" waits for its retry
+        events.wait_for(lambda e: {"down", "other"} <= set(events.final()), timeout=30)
+    times = [t for job_id, t in attempts if job_id == "down"]
+    assert len(times) == 3
+    first_wait, second_wait = times[1] - times[0], times[2] - times[1]
+    assert 1.0 <= first_wait < 2.5 and 2.0 <= second_wait < 3.5, (first_wait, second_wait)
+    assert [job_id for job_id, _ in attempts].index("other") == 1  # it ran during the first wait
+    assert events.final()["down"]["status"] == "failed" and events.final()["down"]["attempt"] == 3
+    [(props, _body)] = drain(mq, DEAD_LETTER_QUEUE)
+    assert props.headers[REASON_HEADER] == "RuntimeError: worker_1 unreachable"
+    assert props.headers[ATTEMPTS_HEADER] == 3 and props.headers[ORIGIN_HEADER] == "train"
+    # heartbeats every second flowed throughout: the waiting was the broker's, not a sleeping consumer's
+    assert consumer.reconnects == 0
+    assert mq.queue_depth("train") == 0
+
+
+def test_deeply_nested_non_json_and_misshapen_jobs_are_dead_lettered_on_the_first_delivery(
+    mq: TestBroker, publisher: Publisher
+) -> None:
+    calls: list[str] = []
+    consumer = JobConsumer(mq.address, lambda j: calls.append(j["job_id"]) or {}, name="ttp-1", poll_s=0.05)
+    events = Events(mq)
+    publish_raw(mq, "train", b"[" * 100_000)  # once made every consumer reconnect every 0.5 s, forever
+    publish_raw(mq, "train", b"\x00\x01 not json")
+    publish_raw(mq, "evaluate", json.dumps({"job_id": "bad-keys", "process": "evaluate", "keys": [1, 2]}).encode())
+    with running(consumer, events.consumer):
+        publisher.publish_job("train", job("after"))
+        events.wait_for(lambda e: "after" in events.final())
+        time.sleep(1.5)  # long enough for a reconnect storm to show
+    dead = drain(mq, DEAD_LETTER_QUEUE)
+    assert sorted((p.headers[REASON_HEADER], p.headers[ATTEMPTS_HEADER]) for p, _ in dead) == [
+        ("PoisonMessage: body is JSON nested deeper than 64 levels", 1),
+        ("PoisonMessage: body is not JSON (UnicodeDecodeError)", 1),
+        ("PoisonMessage: keys must be an object of strings", 1),
+    ]
+    assert calls == ["after"] and consumer.reconnects == 0
+    assert [mq.queue_depth(q) for q in JOB_QUEUES] == [0, 0, 0]
 
 
 def test_unparseable_completed_event_is_dead_lettered(mq: TestBroker) -> None:

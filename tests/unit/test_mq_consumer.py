@@ -13,6 +13,7 @@ import pytest
 from synergos_mq import BrokerAddress, JobConsumer, JobFailed, PoisonMessage
 from synergos_mq.loop import _Delivery, next_backoff
 from synergos_mq.messages import ATTEMPTS_HEADER, MAX_MESSAGE_BYTES, REASON_HEADER
+from synergos_mq.retry import RetryPolicy
 
 
 class FakeChannel:
@@ -22,6 +23,10 @@ class FakeChannel:
         self.log: list[tuple] = []
         self.nack_exchanges: set[str] = set()
         self._tags = 0
+
+    def queue_declare(self, queue, durable, arguments=None):
+        assert durable is True
+        self.log.append(("declare", queue, arguments))
 
     def basic_publish(self, exchange, routing_key, body, properties, mandatory):
         assert mandatory is True
@@ -73,10 +78,13 @@ def deliver(
     attempt: int | None = None,
     queue: str = "train",
     before_finish=None,
+    extra_headers: dict | None = None,
 ) -> None:
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
     job_id = body.get("job_id") if isinstance(body, dict) else None
     headers = {ATTEMPTS_HEADER: attempt} if attempt else None
+    if extra_headers:
+        headers = {**(headers or {}), **extra_headers}
     props = pika.BasicProperties(message_id=job_id, headers=headers, content_type="application/json")
     consumer._pending.append(_Delivery(consumer._generation, queue, tag, props, raw))
     consumer._step()
@@ -125,17 +133,42 @@ def test_consuming_pauses_while_a_job_runs_and_resumes_after() -> None:
     assert kinds[-3:] == ["consume"] * 3 and kinds.index("ack") < kinds.index("consume")
 
 
-def test_a_failed_attempt_is_republished_with_the_next_attempt_then_acked() -> None:
+def test_a_failed_attempt_waits_in_a_delay_queue_with_the_next_attempt_then_is_acked() -> None:
     def handler(j):
         raise RuntimeError("worker_1 unreachable")
 
     consumer, channel = make(handler, max_attempts=3)
-    deliver(consumer, job(), tag=3, attempt=2)
-    [(_, exchange, key, body, props)] = [e for e in channel.log if e[0] == "publish"]
-    assert (exchange, key) == ("", "train")  # straight back to the queue it came from
+    # the broker's own history of an earlier delay is not carried into the next one
+    deliver(consumer, job(), tag=3, attempt=2, extra_headers={"x-death": [{"count": 1}], "x-first-death-queue": "q"})
+    [(_, queue, arguments)] = [e for e in channel.log if e[0] == "declare"]
+    # 5 s after the first attempt, 20 s after the second: back to `train` when it expires
+    assert queue == "train.retry.20000ms"
+    assert arguments["x-message-ttl"] == 20_000 and arguments["x-dead-letter-exchange"] == ""
+    assert arguments["x-dead-letter-routing-key"] == "train" and arguments["x-expires"] > 20_000
+    [(_, exchange, key, body, props)] = channel.published("")
+    assert (exchange, key) == ("", "train.retry.20000ms")
     assert json.loads(body) == job() and props.message_id == "j-1"
-    assert props.headers[ATTEMPTS_HEADER] == 3
-    assert channel.acks() == [3] and channel.published("synergos.completed") == []
+    assert props.headers == {ATTEMPTS_HEADER: 3}
+    # the Director hears of it: the attempt's public error, and when the next one starts
+    [event] = [json.loads(e[3]) for e in channel.published("synergos.completed")]
+    assert event["status"] == "retrying" and event["attempt"] == 2 and event["max_attempts"] == 3
+    assert event["retry_in_s"] == 20.0 and event["error"]["code"] == "internal.error"
+    assert "worker_1 unreachable" not in json.dumps(event)
+    assert channel.acks() == [3]
+    assert channel.log.index(("ack", 3)) > channel.log.index(next(e for e in channel.log if e[0] == "publish"))
+
+
+def test_retry_delays_grow_as_the_policy_says_and_the_environment_sets_it(monkeypatch) -> None:
+    default = RetryPolicy()
+    assert (default.retries, default.max_attempts) == (3, 4)
+    assert [default.delay_s(n) for n in (1, 2, 3)] == [5.0, 20.0, 80.0]
+    assert default.describe() == "3 retries after 5 s, 20 s, 80 s"
+    monkeypatch.setenv("SYNERGOS_MQ_RETRIES", "2")
+    monkeypatch.setenv("SYNERGOS_MQ_RETRY_DELAY_S", "0.5")
+    monkeypatch.setenv("SYNERGOS_MQ_RETRY_FACTOR", "2")
+    consumer, _channel = make(lambda j: {})
+    assert consumer.max_attempts == 3 and [consumer.retry.delay_s(n) for n in (1, 2)] == [0.5, 1.0]
+    assert make(lambda j: {}, max_attempts=1)[0].retry.describe() == "no retries"
 
 
 @pytest.mark.parametrize(
@@ -170,13 +203,54 @@ def test_unparseable_messages_are_dead_lettered_without_running_anything() -> No
     consumer, channel = make(calls.append)
     deliver(consumer, b"\x00not json", tag=1)
     deliver(consumer, {"process": "train"}, tag=2)
+    deliver(consumer, b"[" * 100_000, tag=3)  # deep enough to exhaust the JSON decoder's recursion
+    deliver(consumer, {"job_id": "j", "process": "train", "keys": ["not", "an", "object"]}, tag=4)
     assert calls == []
     reasons = [e[4].headers[REASON_HEADER] for e in channel.published("synergos.dead")]
     assert reasons == [
         "PoisonMessage: body is not JSON (UnicodeDecodeError)",
         "PoisonMessage: a job needs a non-empty string job_id",
+        "PoisonMessage: body is JSON nested deeper than 64 levels",
+        "PoisonMessage: keys must be an object of strings",
     ]
-    assert channel.acks() == [1, 2]
+    assert channel.acks() == [1, 2, 3, 4]
+
+
+def test_whatever_a_decoder_raises_the_message_is_dead_lettered_not_the_connection_dropped() -> None:
+    consumer, channel = make(lambda j: {})
+
+    def broken_decoder(body):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    consumer._decode = broken_decoder
+    deliver(consumer, job(), tag=5)  # raised out of the loop, this made every TTP reconnect forever
+    [dead] = channel.published("synergos.dead")
+    assert dead[4].headers[REASON_HEADER] == "PoisonMessage: nested too deeply to decode"
+    assert channel.acks() == [5]
+
+
+def test_a_job_its_check_refuses_is_dead_lettered_and_reported_failed_on_its_first_delivery() -> None:
+    from synergos_core.errors import ErrorCode, InvalidRequest
+
+    calls = []
+
+    def check(j):
+        if "grids" not in j:
+            raise PoisonMessage("the job cannot run: grids: missing") from InvalidRequest(
+                "the job cannot run: grids: missing", ErrorCode.REQUEST_INVALID
+            )
+
+    consumer, channel = make(calls.append, check=check)
+    deliver(consumer, job(), tag=6)
+    assert calls == []
+    [dead] = channel.published("synergos.dead")
+    assert dead[4].headers[REASON_HEADER] == "PoisonMessage: the job cannot run: grids: missing"
+    [event] = [json.loads(e[3]) for e in channel.published("synergos.completed")]
+    # the reason is public (a ServiceError's detail): the Director's board shows it
+    assert event["status"] == "failed" and event["error"]["detail"] == "the job cannot run: grids: missing"
+    assert channel.acks() == [6]
+    deliver(consumer, job("j-2", grids=[]), tag=7)  # and a job it accepts runs
+    assert len(calls) == 1
 
 
 def test_a_known_job_id_is_not_run_again() -> None:

@@ -98,6 +98,43 @@ def test_unusable_jobs_are_poison(body, why) -> None:
         messages.parse_job(body)
 
 
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        (b"[" * 100_000, "nested deeper than 64"),  # RecursionError in the decoder
+        (b'{"job_id": "j", "process": "train", "p": ' + b"[" * 37 + b"]" * 37 + b"}", None),
+        (b'{"job_id": "j", "process": "train", "p": ' + b"[" * 70 + b"]" * 70 + b"}", "nested deeper than 64"),
+        (b'{"job_id": "j", "process": "train", "keys": {"run_id": 7}}', "keys must be an object of strings"),
+        (b'{"job_id": "j", "process": "train", "grids": {}}', "grids must be a list"),
+        (b'{"job_id": "j", "process": "train", "parameters": []}', "parameters must be an object"),
+    ],
+)
+def test_deep_or_misshapen_jobs_are_poison(body, why) -> None:
+    if why is None:
+        assert messages.parse_job(body)["job_id"] == "j"  # 38 levels: a real job nests about 8
+        return
+    with pytest.raises(PoisonMessage, match=why):
+        messages.parse_job(body)
+
+
+def test_depth_counts_lists_and_objects_without_recursing() -> None:
+    assert messages.depth_of(1) == 0 and messages.depth_of({}) == 1 and messages.depth_of({"a": [1, {"b": []}]}) == 4
+    deep: list = []
+    for _ in range(10_000):
+        deep = [deep]
+    assert messages.depth_of(deep) > messages.MAX_DEPTH
+
+
+def test_a_retrying_event_says_when_the_next_attempt_starts() -> None:
+    job = {"job_id": "j", "process": "train", "keys": {"run_id": "r"}}
+    event = messages.retrying_event(
+        job, RuntimeError("node down"), attempt=1, max_attempts=4, delay_s=5, consumer="ttp"
+    )
+    assert (event["status"], event["attempt"], event["max_attempts"], event["retry_in_s"]) == ("retrying", 1, 4, 5)
+    assert "node down" not in json.dumps(event)
+    assert messages.parse_event(json.dumps(event).encode()) == event
+
+
 def test_a_good_job_parses() -> None:
     job = {"job_id": "j-1", "process": "evaluate", "keys": {"project_id": "p"}}
     assert messages.parse_job(json.dumps(job).encode()) == job

@@ -67,3 +67,22 @@ def test_declare_is_idempotent() -> None:
 def test_a_conflicting_queue_is_a_topology_conflict_not_a_retry() -> None:
     with pytest.raises(TopologyConflict, match="inequivalent"):
         topology.declare(RecordingChannel(fail_on="train"))
+
+
+def test_each_queue_and_delay_has_its_own_delay_queue_that_returns_messages_to_the_queue() -> None:
+    name, arguments = topology.delay_queue("evaluate", 80)
+    assert name == "evaluate.retry.80000ms"
+    assert arguments == {
+        "x-message-ttl": 80_000,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "evaluate",
+        "x-expires": 220_000,  # longer than any message waits in it
+    }
+    assert topology.delay_queue("completed", 0.2)[0] == "completed.retry.200ms"
+    with pytest.raises(ValueError):
+        topology.delay_queue("dead_letters", 5)
+    channel = RecordingChannel()
+    assert topology.declare_delay(channel, "train", 5) == "train.retry.5000ms"
+    assert channel.calls == [("queue", "train.retry.5000ms", True, topology.delay_queue("train", 5)[1])]
+    with pytest.raises(TopologyConflict):
+        topology.declare_delay(RecordingChannel(fail_on="train.retry.5000ms"), "train", 5)
