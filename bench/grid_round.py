@@ -338,8 +338,10 @@ class Spans:
 
 
 def ttp_case(case: dict) -> dict:
-    import httpx
     import torch
+
+    from synergos_core.identity import Credentials
+    from synergos_ttp.grid import WorkerClient
 
     if case.get("ttp_threads"):
         torch.set_num_threads(int(case["ttp_threads"]))
@@ -397,7 +399,8 @@ def ttp_case(case: dict) -> dict:
             spans.cut()
 
     async def go() -> dict:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0)) as http:
+        credentials = Credentials.load(case["credentials"]) if case.get("credentials") else None
+        async with WorkerClient(credentials, 600.0) as http:
             keys = ("bench", "grid_round", case["workload"], f"k{case['k']}")
             async with GridRun(keys, nodes, workload["action"], workload["spec"], hp, limits, http) as grid:
                 base = rss_bytes()
@@ -487,6 +490,7 @@ def run_case(
         "profile": args.profile,
         "spans": args.spans,
         "sync_files": args.sync_files,
+        "credentials": args.ttp_credentials,  # the TTP's identity of the Workers' collaboration CA
     }
     waited, quiet_load = wait_quiet([n["pid"] for n in nodes], args.quiet_wait, args.quiet_cores)
     with CpuMeter([n["pid"] for n in nodes]) as cpu:
@@ -741,6 +745,7 @@ def main() -> None:
             say(f"starting {count} workers on {args.address_prefix}.1-{count}")
             nodes = start_workers(topo, workspace, count, args)
             topo.wait(120)
+            args.ttp_credentials = str(topo.identities.folder("bench_ttp", "ttp")) if topo.identities else None
             for workload, k in cases:
                 runs = []
                 for repeat in range(args.repeats):
