@@ -7,18 +7,41 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import backend
 from .tracking import Tracker, default_uri_for, tracking_uri
 
 _RECORD = {"key", "created_at", "relations", "link", "run_id"}
 
 
 class RunRecorder:
-    """A Tracker bound to a service's shared `mlflow` directory and outputs."""
+    """A Tracker bound to a service's shared `mlflow` directory and outputs.
+
+    The directory's store is created and migrated here, synchronously, before the service takes
+    work (`backend.prepare`); a broken one disables tracking to it, with the reason and the fix
+    in the log and in `health()`, and the service serves on."""
 
     def __init__(self, mlflow_dir: Path, outputs_dir: Path, spool_dir: Path) -> None:
         self.default_uri = default_uri_for(mlflow_dir)
         self.outputs_dir = outputs_dir
-        self.tracker = Tracker(self.default_uri, spool_dir)
+        self.store = backend.prepare(self.default_uri)
+        self.tracker = Tracker(
+            self.default_uri, spool_dir, disabled={} if self.store.ready else {self.default_uri: self.store}
+        )
+
+    def health(self) -> dict[str, Any]:
+        """`{"mlflow": {...}}` for a service's /health: `tracking` ok or disabled (with `reason` and
+        `fix`) for the directory's store, and what waits to be recorded."""
+        status = self.tracker.status()
+        disabled = {d["store"]: d for d in status["disabled"]}
+        mine = disabled.pop(str(self.store.path or self.store.uri), None) or self.store.health()
+        return {
+            "mlflow": {
+                **mine,
+                "pending": status["pending"],
+                "held": status["held"],
+                **({"other_stores_disabled": list(disabled.values())} if disabled else {}),
+            }
+        }
 
     def uri(self, collaboration: Mapping[str, Any]) -> str:
         """The collaboration's `mlops` section, else the shared directory."""

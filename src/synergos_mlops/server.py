@@ -1,8 +1,11 @@
 """The MLflow tracking server as a child process: command line, host choice, supervision.
 
-`serve()` starts `python -m mlflow server` from this interpreter's environment with the
-backend store `sqlite:///<mlflow_dir>/mlflow.db` (or `--db_url`) and proxied artifacts in
-`<mlflow_dir>/artifacts`, forwards SIGTERM/SIGINT to it, and exits with its status.
+`serve()` first creates or migrates the backend store `sqlite:///<mlflow_dir>/mlflow.db` (or
+`--db_url`) itself, once and atomically (`backend.prepare`); a store it finds broken
+(half-migrated, unreadable) is reported with the fix and MLflow is not started (exit status
+`STORE_BROKEN_STATUS`). Then it starts `python -m mlflow server` from this interpreter's
+environment with that store and proxied artifacts in `<mlflow_dir>/artifacts`, forwards
+SIGTERM/SIGINT to it, and exits with its status.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from pathlib import Path
 
 import httpx
 
+from . import backend
 from .settings import MLOpsSettings, in_container
 
 log = logging.getLogger("synergos_mlops")
 mlflow_log = logging.getLogger("synergos_mlops.mlflow")
 
 STOP_GRACE_S = 15.0
+STORE_BROKEN_STATUS = 78  # EX_CONFIG: the operator must fix the store; restarting will not
 READY_TIMEOUT_S = 120.0
 # MLflow's own default Host allow-list (localhost and private networks), plus every loopback
 # address: outside containers each Synergos service binds its own 127.0.0.x.
@@ -126,6 +131,10 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
 
 def serve(settings: MLOpsSettings) -> int:
     mlflow_dir = settings.resolve_mlflow_dir()
+    store = backend.prepare(backend_store_uri(settings, mlflow_dir))  # never lazily, by MLflow
+    if not store.ready:
+        log.error("Not starting MLflow: %s %s", store.reason, store.fix)
+        return STORE_BROKEN_STATUS
     host = bind_host(settings.host, os.environ)
     command = build_command(settings, mlflow_dir, host)
     log.info(

@@ -8,6 +8,11 @@ the spool. Operations are idempotent (see `operations`), so re-applying after a 
 Operations MLflow refuses outright (bad values, unknown run) are logged and dropped; other
 errors are retried a few times, then dropped with an error log.
 
+A store found broken (`backend.prepare` at start-up, or `backend.check` when a SQLite store
+fails at run time: half-migrated, unreadable) is never retried: tracking to it is disabled, said
+once in the log and in `status()`, and its operations are kept in the spool, applied by the next
+Tracker that finds the store fixed.
+
 Environment: a Tracker sets these in its process unless they are already set —
 `MLFLOW_HTTP_REQUEST_MAX_RETRIES=2` (the Tracker does its own retrying; MLflow's default of 7
 retries, ~4 min, would hold the worker long after a server went away),
@@ -30,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from . import operations
+from . import backend, operations
 from .naming import CHAMPION_ALIAS, RUN_KEY_TAG, registered_model_name
 from .spool import Spool
 
@@ -122,6 +127,7 @@ class Tracker:
         probe: Probe | None = None,
         max_attempts: int = 5,
         first_backoff_s: float = 0.5,
+        disabled: Mapping[str, backend.StoreStatus] | None = None,
     ) -> None:
         for name, value in MLFLOW_ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
@@ -133,13 +139,20 @@ class Tracker:
         self._first_backoff_s = first_backoff_s
         self._clients: dict[str, Any] = {}
         self._outages: set[str] = set()
+        self._disabled: dict[str, backend.StoreStatus] = dict(disabled or {})
+        self._held = 0  # spooled operations for a disabled store: kept, never attempted
         self._cond = threading.Condition()
         self._queue: deque[_Entry] = deque()
         self._nudged = False
         self._closed = False
         self._spool = Spool(Path(spool_dir))
         for seq, op in self._spool.open():
-            self._queue.append(_Entry(seq, op))
+            if op.get("uri") in self._disabled:
+                self._held += 1
+            else:
+                self._queue.append(_Entry(seq, op))
+        if self._held:
+            log.warning("%d spooled MLflow operations wait for a disabled store (see /health)", self._held)
         self._thread = threading.Thread(target=self._work, name="synergos-mlflow-tracker", daemon=True)
         self._thread.start()
 
@@ -200,6 +213,8 @@ class Tracker:
         is none or MLflow does not answer within `timeout`."""
         uri = uri or self.default_uri
         name = registered_model_name(str(collab_id), str(project_id), str(expt_id))
+        if uri in self._disabled:
+            return None
         try:
             if uri.startswith(("http://", "https://")):
                 return _champion_over_rest(uri, name, timeout)
@@ -213,6 +228,15 @@ class Tracker:
     def pending(self) -> int:
         with self._cond:
             return len(self._queue)
+
+    def status(self) -> dict[str, Any]:
+        """How tracking stands: operations queued, and each disabled store with why and the fix."""
+        with self._cond:
+            return {
+                "pending": len(self._queue),
+                "held": self._held,
+                "disabled": [status.health() for status in self._disabled.values()],
+            }
 
     def flush(self, timeout: float) -> bool:
         """Retry now, and wait until nothing is pending (True) or `timeout` seconds pass."""
@@ -258,7 +282,19 @@ class Tracker:
             if self._closed:
                 log.warning("MLflow tracker closed; %s for %s not recorded", kind, op["keys"])
                 return
-            self._queue.append(_Entry(self._spool.append(op), op))
+            seq = self._spool.append(op)
+            if op["uri"] in self._disabled:
+                self._held += 1
+                if self._held == 1:
+                    status = self._disabled[op["uri"]]
+                    log.warning(
+                        "MLflow tracking to %s is disabled (%s); records are kept in %s",
+                        display_uri(op["uri"]),
+                        status.reason,
+                        self._spool.path or "memory only",
+                    )
+                return
+            self._queue.append(_Entry(seq, op))
             self._cond.notify_all()
 
     def _work(self) -> None:
@@ -272,9 +308,16 @@ class Tracker:
                 entry = self._queue[0]
             done = self._attempt(entry)
             with self._cond:
+                if entry.op["uri"] in self._disabled:  # found broken: keep its operations, stop trying
+                    kept = [e for e in self._queue if e.op["uri"] == entry.op["uri"]]
+                    self._queue = deque(e for e in self._queue if e.op["uri"] != entry.op["uri"])
+                    self._held += len(kept)
+                    self._cond.notify_all()
+                    failures = 0
+                    continue
                 if done:
                     self._queue.popleft()
-                    self._spool.done(entry.seq, now_empty=not self._queue)
+                    self._spool.done(entry.seq, now_empty=not self._queue and not self._held)
                     self._cond.notify_all()
                     failures = 0
                     continue
@@ -306,6 +349,11 @@ class Tracker:
             operations.apply(client, op)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the op spooled for a retry
             self._clients.pop(uri, None)
+            if backend.sqlite_path(uri) is not None:
+                status = backend.check(uri)
+                if not status.ready:  # half-migrated, unreadable: retrying would fail forever
+                    self._disable(status)
+                    return False
             code = operations.error_code(exc)
             if _is_unavailable(exc) or code in operations.UNAVAILABLE_CODES or not self._probe(uri):
                 self._outage(uri, f"{type(exc).__name__}: {exc}")
@@ -333,6 +381,11 @@ class Tracker:
             self._outages.discard(uri)
             log.info("MLflow at %s reachable again; %d operations to apply", display_uri(uri), self.pending() - 1)
         return True
+
+    def _disable(self, status: backend.StoreStatus) -> None:
+        with self._cond:
+            self._disabled[status.uri] = status
+        log.error("MLflow tracking to %s is disabled: %s %s", display_uri(status.uri), status.reason, status.fix)
 
     def _outage(self, uri: str, why: str) -> None:
         if uri in self._outages:

@@ -49,7 +49,9 @@ def registration_url(participant_id: str, collab_id: str = "collaboration_1", pr
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> TTPSettings:
-    return TTPSettings(insecure=True, id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out")
+    return TTPSettings(
+        insecure=True, id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", mlflow_dir=tmp_path / "mlflow"
+    )
 
 
 @pytest.fixture()
@@ -191,7 +193,9 @@ def test_guide_phase1_creates_every_record_with_the_envelope(client: TestClient)
 def test_health_names_the_service(client: TestClient) -> None:
     body = client.get("/health").json()
     assert body["success"] == 1 and body["method"] == "health.get"
-    assert body["data"] == {"id": "t", "status": "ok"}
+    assert {k: body["data"][k] for k in ("id", "status")} == {"id": "t", "status": "ok"}
+    # the MLflow store was made ready at start-up, before any work
+    assert body["data"]["mlflow"]["tracking"] == "ok" and body["data"]["mlflow"]["store"].endswith("mlflow.db")
 
 
 # ---- reads, updates, deletes ----
@@ -500,8 +504,8 @@ def test_unknown_run_names_are_422_and_store_nothing(
     assert table_counts(settings)["runs"] == 1
 
 
-def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
-    settings = TTPSettings(insecure=True, id="t", data_dir=tmp_path, outputs_dir=tmp_path / "out", max_body_bytes=2048)
+def test_body_over_the_limit_is_413(settings: TTPSettings) -> None:
+    settings.max_body_bytes = 2048
     with TestClient(create_app(settings)) as client:
         huge = {"project_id": "p", "action": "classify", "incentives": {"x": "y" * 4096}}
         ok(client.post(C, json={"collab_id": "c"}), 201)
