@@ -56,6 +56,11 @@ class Archivist:
     def _apply(self, job_id: str, event: dict) -> None:
         keys: dict[str, str] = event["keys"] if isinstance(event.get("keys"), dict) else {}
         process = str(event.get("process", "job"))
+        needed = ("collab_id", "project_id") + (("expt_id", "run_id") if process in ("train", "evaluate") else ())
+        missing = [k for k in needed if not isinstance(keys.get(k), str)]
+        if missing:  # not one of ours, or mangled: nothing in the store to archive it to
+            self._close(job_id, "failed", f"its completed event names no {', '.join(missing)}")
+            raise PoisonMessage(f"event keys lack {', '.join(missing)}")
         if event.get("status") == "retrying":
             detail = _error_detail(event)
             attempt, most = event.get("attempt"), event.get("max_attempts")

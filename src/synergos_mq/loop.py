@@ -324,7 +324,7 @@ class ConsumerLoop:
                     self._refused(delivery, payload, poison)
                 except PublishError as err:
                     log.error("%s: could not report refused message %s: %s", self.name, self._describe(payload), err)
-                self._poison(delivery, poison)
+                self._poison(delivery, poison, self._describe(payload))
                 continue
             if self._settle_without_running(delivery, payload):
                 continue
@@ -334,11 +334,11 @@ class ConsumerLoop:
             self._pause()
             self._start(delivery, payload)
 
-    def _poison(self, delivery: _Delivery, exc: PoisonMessage) -> None:
+    def _poison(self, delivery: _Delivery, exc: PoisonMessage, described: str | None = None) -> None:
         log.warning(
             "%s: message %s on %s is poison (%s); dead-lettering it",
             self.name,
-            delivery.props.message_id or "<no id>",
+            described or delivery.props.message_id or "<no id>",
             delivery.queue,
             exc,
         )
@@ -394,7 +394,7 @@ class ConsumerLoop:
                 job,
                 attempt,
                 elapsed,
-                type(exc).__name__,
+                messages.reason_of(exc) if isinstance(exc, MQError) else type(exc).__name__,  # ours: no secrets
             )
             self._gave_up(run, exc)
             self._dead_letter_and_ack(run.delivery, exc)
