@@ -14,6 +14,7 @@ from synergos_core.records import Record
 from synergos_core.schemas import ID_PATTERN
 from synergos_core.settings import TTPSettings
 
+from .jobs import JobBoard
 from .orchestration import Orchestrator
 from .public import ERROR_RESPONSES, answer
 from .store import Store, Written
@@ -34,6 +35,10 @@ def get_orchestrator(request: Request) -> Orchestrator:
     return request.app.state.orchestrator
 
 
+def get_jobs(request: Request) -> JobBoard:
+    return request.app.state.jobs
+
+
 def created(request: Request, response: Response, written: Written[Record]) -> dict[str, Any]:
     """A create's answer: 201 with the new record, or 200 with the same one already there."""
     return answer(request, written.record, 201 if written.created else 200, response)
@@ -42,6 +47,7 @@ def created(request: Request, response: Response, written: Written[Record]) -> d
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[TTPSettings, Depends(get_settings)]
 OrchestratorDep = Annotated[Orchestrator, Depends(get_orchestrator)]
+JobsDep = Annotated[JobBoard, Depends(get_jobs)]
 
 _ID_HELP = "letters, digits, '_', '-', '.'; at most 128"
 CollabId = Annotated[str, Path(pattern=ID_PATTERN, description=_ID_HELP)]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,10 +26,12 @@ from sqlalchemy.pool import StaticPool
 from synergos_core.errors import Conflict, ErrorCode, NotFound
 from synergos_core.finite import json_safe
 from synergos_core.records import (
+    OPEN_JOB_STATES,
     RECORDS,
     Alignment,
     Collaboration,
     Experiment,
+    Job,
     Model,
     Participant,
     Prediction,
@@ -41,7 +43,19 @@ from synergos_core.records import (
     Validation,
 )
 
-from .tables import AGGREGATE, CASCADES, DELETE_ORDER, KINDS, TABLES, Base, Kind, RegistrationNode, Tag, utcnow
+from .tables import (
+    AGGREGATE,
+    CASCADES,
+    DELETE_ORDER,
+    KINDS,
+    TABLES,
+    Base,
+    JobRow,
+    Kind,
+    RegistrationNode,
+    Tag,
+    utcnow,
+)
 from .tables import Registration as RegistrationRow
 
 __all__ = ["Store", "Written", "AGGREGATE"]
@@ -444,6 +458,44 @@ class Store:
             self._load(s, KINDS["Participant"], {"participant_id": participant_id})
             self._load_scope(s, scope)
             return self._select(s, KINDS["Prediction"], {"participant_id": participant_id, **scope}, relations=True)
+
+    # ---- jobs (the job board's, kept across restarts) ----
+
+    def save_job(self, job: Job, keep: int = 5000) -> None:
+        """Insert or update `job` by its id; past `keep` jobs, the oldest finished ones are forgotten."""
+        details = job.model_dump(mode="json")
+        with self._write() as s:
+            row = s.scalars(select(JobRow).where(JobRow.job_id == job.job_id)).first()
+            if row is None:
+                row = JobRow(
+                    job_id=job.job_id,
+                    kind=job.kind,
+                    collab_id=job.keys.get("collab_id"),
+                    project_id=job.keys.get("project_id"),
+                )
+                s.add(row)
+            row.state, row.details, row.updated_at = job.state, details, utcnow()
+            s.flush()
+            newest = s.scalar(select(func.max(JobRow.seq))) or 0
+            if newest > keep:
+                s.execute(
+                    delete(JobRow).where(JobRow.seq <= newest - keep, JobRow.state.not_in(OPEN_JOB_STATES)),
+                    execution_options={"synchronize_session": False},
+                )
+
+    def list_jobs(
+        self, collab_id: str | None = None, project_id: str | None = None, limit: int | None = None
+    ) -> list[Job]:
+        """The jobs of a collaboration (and project), or all, in the order they started; with
+        `limit`, the newest that many."""
+        query = select(JobRow)
+        if collab_id is not None:
+            query = query.where(JobRow.collab_id == collab_id)
+        if project_id is not None:
+            query = query.where(JobRow.project_id == project_id)
+        with self._read() as s:
+            rows = s.scalars(query.order_by(JobRow.seq.desc()).limit(limit)).all()
+            return [Job.model_validate(row.details) for row in reversed(rows)]
 
     # ---- the generic operations every kind shares ----
 

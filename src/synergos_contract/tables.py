@@ -158,6 +158,22 @@ class Prediction(_Stamped, Base):
     run_id: Mapped[str] = mapped_column(primary_key=True)
 
 
+class JobRow(Base):
+    """One job of the job board (`synergos_core.records.Job`, as JSON in `details`), so that a TTP
+    that restarts still knows what it was doing: what was running then is `interrupted`. Not a
+    record kind: jobs belong to no collaboration's lineage and outlive deleted records."""
+
+    __tablename__ = "jobs"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # the order jobs started in
+    job_id: Mapped[str] = mapped_column(String(255), unique=True, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    collab_id: Mapped[str | None] = mapped_column(index=True, nullable=True)
+    project_id: Mapped[str | None] = mapped_column(nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 @dataclass(frozen=True)
 class Kind:
     """How one record kind is keyed, what must exist before it, and what belongs to it."""

@@ -233,6 +233,7 @@ RUN_KEYS = {
     "aggregation",
     "trim_ratio",
     "byzantine",
+    "keep_checkpoints",
 }
 
 

@@ -1,4 +1,4 @@
-"""The TTP ⇄ Worker federation protocol, version 1: every control message as a typed model.
+"""The TTP ⇄ Worker federation protocol, version 2: every control message as a typed model.
 
 Op names live here and nowhere else. A control frame (see `wire`) is parsed into one of these
 models once, where it is received (`parse_request` on the Worker, `parse_reply` on the TTP);
@@ -8,7 +8,7 @@ tensor frames that follow, which is why those two fields are part of the models 
 tensors and of no other.
 
 Requests (TTP -> Worker)                         reply (Worker -> TTP)
-    Train(epochs, evaluate)        + weights     Update(n_samples, losses, assessment) + weights
+    Train(epochs, evaluate, resume_from) + weights  Update(n_samples, losses, assessment) + weights
     Evaluate(meta, assess)         + weights     Loss(loss, n_samples, assessment)
     Infer(meta)                    + weights     Metrics(meta, statistics, n_samples, res_path, parts)
     Close                                        Closed
@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAda
 
 from .errors import ErrorCode, FederationError, SynergosError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Train.resume_from
 PROTOCOL_HEADER = "Synergos-Protocol"
 
 __all__ = [
@@ -228,11 +228,15 @@ class Error(_Message):
 
 
 class Train(_Message):
-    """Load the global weights that follow; if `evaluate`, first assess them; then train for `epochs`."""
+    """Load the global weights that follow; if `evaluate`, first assess them; then train for `epochs`.
+
+    `resume_from` (a resumed run's first round): before training, restore the optimizer, scheduler
+    and shuffling state this party saved after its training of that round."""
 
     op: Literal[Op.TRAIN] = Op.TRAIN
     epochs: Annotated[int, Field(ge=1)]
     evaluate: bool = False
+    resume_from: Count | None = None
     shards: Count = 0
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "Prediction",
     "Job",
     "JobState",
+    "OPEN_JOB_STATES",
     "QueuedJob",
     "OptimizationSummary",
     "RECORDS",
@@ -280,12 +281,16 @@ class Prediction(Record):
     predict: Inference | None = None
 
 
-JobState = Literal["queued", "running", "completed", "failed"]
+# interrupted: the service stopped (a restart, a kill) while the job was queued or running; a
+# training resumes from its last complete checkpoint when it is requested again
+JobState = Literal["queued", "running", "completed", "failed", "interrupted"]
+OPEN_JOB_STATES: frozenset[str] = frozenset({"queued", "running"})
 
 
 class Job(BaseModel):
     """Progress of one piece of long work (alignment, training, validation, prediction) as the job
-    board keeps it: readable while it runs."""
+    board keeps it: readable while it runs, and after a restart (a basic TTP's jobs are kept in its
+    metadata store)."""
 
     job_id: str
     kind: str
@@ -296,6 +301,13 @@ class Job(BaseModel):
     detail: str | None = None
     metrics: dict[str, Any] | None = None
     exclusions: list[Exclusion] | None = Field(default=None, description="parties' replies left out so far")
+    rounds_checkpointed: int | None = Field(
+        default=None,
+        description="training: how many rounds a complete checkpoint holds (a resume continues after them)",
+    )
+    resumed_after: int | None = Field(
+        default=None, description="training: the rounds completed before this job resumed the run (none: from round 1)"
+    )
     started_at: str
     updated_at: str
 

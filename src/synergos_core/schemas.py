@@ -108,6 +108,14 @@ class RunHyperparameters(BaseModel):
         description="krum: how many Byzantine parties to tolerate (f); needs more than 2f + 2 parties; "
         "default the largest f the run's parties allow",
     )
+    # how many of the newest rounds' checkpoints the TTP keeps, besides the best (lowest evaluate
+    # loss); None: the TTP's `keep_checkpoints` setting (SYNERGOS_KEEP_CHECKPOINTS, default 2)
+    keep_checkpoints: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="checkpoints of the newest rounds kept besides the best; default the TTP's setting (2)",
+    )
 
     @model_validator(mode="after")
     def _extras_are_finite(self) -> RunHyperparameters:

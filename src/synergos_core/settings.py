@@ -110,6 +110,9 @@ class TTPSettings(ServiceSettings):
     federation: FederationLimits = Field(default_factory=FederationLimits)
     queue: list[str] | None = None
     grid: int = 0
+    # checkpoints of the newest rounds a training keeps besides the best one (a run's
+    # `keep_checkpoints` overrides it): SYNERGOS_KEEP_CHECKPOINTS
+    keep_checkpoints: int = Field(default=2, ge=1)
 
 
 class DirectorSettings(ServiceSettings):

@@ -91,11 +91,7 @@ class LocalTrainer:
         global_params = [p.detach().clone() for p in self.model.parameters()] if mu else None
         n = len(split)
         batch = run.batch_size or n
-        if self.schedule is None:
-            self.schedule = Schedule.build(
-                run, self.model.parameters(), run_steps_per_epoch(n, batch), run.total_epochs
-            )
-        schedule = self.schedule
+        schedule = self._schedule()
         optimizer = schedule.optimizer
         self.lr_trace = []
         patience, delta = run.patience, run.delta
@@ -148,6 +144,47 @@ class LocalTrainer:
             "compute_s": time.perf_counter() - started,
             "lrs": lr_summary(self.lr_trace),
         }
+
+    def _schedule(self) -> Schedule:
+        """The run's optimizer and scheduler, built at the first round (they need the train split)."""
+        if self.schedule is None:
+            split = self.data.get("train")
+            if split is None or len(split) == 0:
+                raise ValueError("this participant has no train data for the run")
+            n = len(split)
+            self.schedule = Schedule.build(
+                self.run,
+                self.model.parameters(),
+                run_steps_per_epoch(n, self.run.batch_size or n),
+                self.run.total_epochs,
+            )
+        return self.schedule
+
+    # -- what a resumed run needs besides the global weights --
+    def training_state(self) -> dict[str, Any] | None:
+        """What local training carries from one round to the next besides the weights (which the
+        TTP sends): the optimizer's and scheduler's state, the schedule's step counters and the
+        batch-shuffling generator's state; None before the first round."""
+        if self.schedule is None:
+            return None
+        schedule = self.schedule
+        return {
+            "optimizer": schedule.optimizer.state_dict(),
+            "scheduler": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
+            "epochs": schedule.epochs,
+            "batch": schedule.batch,
+            "generator": self.generator.get_state(),
+        }
+
+    def restore_training_state(self, saved: dict[str, Any]) -> None:
+        """Carry on from `training_state()` as it was saved (a resumed run): the next round trains
+        exactly as it would have without the interruption."""
+        schedule = self._schedule()
+        schedule.optimizer.load_state_dict(saved["optimizer"])
+        if schedule.scheduler is not None and saved.get("scheduler") is not None:
+            schedule.scheduler.load_state_dict(saved["scheduler"])
+        schedule.epochs, schedule.batch = int(saved["epochs"]), int(saved["batch"])
+        self.generator.set_state(saved["generator"])
 
     # -- evaluation --
     @torch.no_grad()

@@ -99,13 +99,15 @@ class ConnectionFailed(SynergosError):
 
 
 class JobFailed(SynergosError):
-    """The work a `read(..., wait=True)` waited for ended failed; `.job` is the job as the server
-    reported it, `.reason` why."""
+    """The work a `read(..., wait=True)` waited for ended failed (or interrupted: its service
+    stopped; request it again, a training resumes); `.job` is the job as the server reported it,
+    `.reason` why."""
 
     def __init__(self, job: Any, waited_for: str) -> None:
         reason = str(job.get("detail") or "no reason given") if isinstance(job, dict) else "no reason given"
         kind = job.get("kind", "job") if isinstance(job, dict) else "job"
-        super().__init__(f"{kind} for {waited_for} failed: {reason}", code="job.failed", title="Job failed")
+        ended = "was interrupted" if isinstance(job, dict) and job.get("state") == "interrupted" else "failed"
+        super().__init__(f"{kind} for {waited_for} {ended}: {reason}", code="job.failed", title="Job failed")
         self.job = job
         self.reason = reason
         self.waited_for = waited_for

@@ -28,7 +28,7 @@ from ._exceptions import ConnectionFailed, ResponseError, SynergosError
 if TYPE_CHECKING:
     from ._session import Session
 
-TERMINAL = frozenset({"completed", "failed"})
+TERMINAL = frozenset({"completed", "failed", "interrupted"})
 
 
 def format_job(job: Mapping[str, Any]) -> str:
@@ -62,7 +62,7 @@ def format_job(job: Mapping[str, Any]) -> str:
             text += f" ({', '.join(shown)})"
     detail = job.get("detail")
     if detail:
-        text += f": {detail}" if state == "failed" else f" [{detail}]"
+        text += f": {detail}" if state in ("failed", "interrupted") else f" [{detail}]"
     return f"{kind} {scope}: {text}" if scope else f"{kind}: {text}"
 
 

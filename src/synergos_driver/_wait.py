@@ -5,7 +5,7 @@ A Director answers phase 2 and 3 requests at once (202) and the records appear a
 grids finish; a basic TTP finishes within the request, so waiting returns at once there. The
 jobs come from `GET /ttp/status/jobs` (see `_progress.py`); a job belongs to the scope when its
 keys agree with every id the read names. The work failed when the latest job of any key in scope
-ended `failed` (a later retry that completed supersedes it). Each poll is bounded in time; a
+ended `failed` or `interrupted` (a later retry that completed supersedes it). Each poll is bounded in time; a
 connection that fails between polls is tried again until the deadline.
 """
 
@@ -64,7 +64,8 @@ def _latest_failure(jobs: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
         keys = job.get("keys")
         ident = tuple(sorted((str(k), str(v)) for k, v in keys.items())) if isinstance(keys, Mapping) else ()
         latest[(job.get("kind"), ident)] = job
-    failed = [job for job in latest.values() if job.get("state") == "failed"]
+    # interrupted: the service stopped while the job ran; waiting will not finish it (request it again)
+    failed = [job for job in latest.values() if job.get("state") in ("failed", "interrupted")]
     return max(failed, key=lambda job: str(job.get("updated_at") or ""), default=None)
 
 

@@ -1,7 +1,10 @@
 """A cluster TTP: consumes jobs from the Synergos MQ, runs each on its grid (node K of every
 participant) with the code a basic TTP runs its own jobs with (`operations.run_job`), publishes
-the outcome, and keeps no metadata of its own. A job that could never run (`check_job`: a wrong
-schema) is refused on its first delivery; one whose grid cannot be reached is retried later."""
+the outcome, and keeps no metadata of its own but its jobs (a job board in its own small store, so
+that after a restart the job it was running shows `interrupted` until the MQ delivers it again).
+A job that could never run (`check_job`: a wrong schema) is refused on its first delivery; one
+whose grid cannot be reached is retried later. A training delivered again (its TTP stopped, or an
+attempt failed) resumes from the newest checkpoint it wrote on the shared outputs volume."""
 
 from __future__ import annotations
 
@@ -12,14 +15,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from synergos_contract.jobs import JobBoard
 from synergos_contract.serving import service_credentials
 from synergos_core.errors import ErrorCode, InvalidRequest, SynergosError
+from synergos_core.records import Job
 from synergos_core.schemas import RunHyperparameters
 from synergos_core.settings import TTPSettings
 from synergos_mq.errors import PoisonMessage
 
 from . import operations
 from .grid import WorkerClient
+from .recovery import Recovery
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +33,10 @@ log = logging.getLogger(__name__)
 class JobRunner:
     """Runs one queued job at a time on this TTP's grid, and says what it is doing."""
 
-    def __init__(self, settings: TTPSettings) -> None:
+    def __init__(self, settings: TTPSettings, jobs: JobBoard | None = None) -> None:
         self.settings = settings
         self.credentials = service_credentials(settings, "ttp")  # None only with --insecure
+        self.jobs = jobs or JobBoard()
         self.done = 0
         self.current: dict[str, Any] | None = None
         self._lock = threading.Lock()
@@ -43,14 +50,24 @@ class JobRunner:
         with self._lock:
             self.current = {"job_id": job["job_id"], "process": job["process"], "keys": keys}
         log.info("job %s: %s %s", job["job_id"], job["process"], "/".join(keys.values()))
+        train = job["process"] == "train"
+        rounds = RunHyperparameters.of(job["parameters"]["hyperparameters"]).rounds if train else None
+        # the same job delivered again takes up its own entry on the board
+        board = self.jobs.start(_kind(job), keys, rounds=rounds, job_id=str(job["job_id"]))
         try:
-            return asyncio.run(self._run(job))
+            with self.jobs.failing(board):
+                outcome = asyncio.run(self._run(job, board))
+            self.jobs.finish(board, "completed")
+            return outcome
         finally:
             with self._lock:
                 self.current = None
                 self.done += 1
 
-    async def _run(self, job: dict) -> dict:
+    async def _run(self, job: dict, board: Job) -> dict:
+        train = job["process"] == "train"
+        # a job delivered again resumes from what it checkpointed itself; any other trains from round 1
+        recovery = Recovery(keep=self.settings.keep_checkpoints, job_id=str(job["job_id"]), resume=None)
         async with WorkerClient(self.credentials, self.settings.http_timeout_s) as http:
             return await operations.run_job(
                 http,
@@ -58,7 +75,16 @@ class JobRunner:
                 self.settings.grid,
                 self.settings.federation,
                 self.settings.outputs_dir,  # type: ignore[arg-type]  # set by the CLI (resolve_dirs) or the caller
+                self.jobs.progress(board) if train else None,
+                recovery if train else None,
             )
+
+
+def _kind(job: dict[str, Any]) -> str:
+    """The job board's kind of a queued job (`planning.PlannedJob.kind`)."""
+    if job["process"] != "evaluate":
+        return {"preprocess": "alignment", "train": "training"}[job["process"]]
+    return "prediction" if job["parameters"].get("meta") == "predict" else "validation"
 
 
 def permanent(exc: BaseException) -> bool:

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 
 from synergos_contract.auth import IdentityGate, roles_and_names
 from synergos_contract.envelope import API_VERSION, envelope, install_error_handlers
+from synergos_contract.jobs import JobBoard
+from synergos_contract.store import Store
 from synergos_core.errors import SynergosError
 from synergos_core.identity import ORCHESTRATING_ROLES
 from synergos_core.settings import TTPSettings
@@ -26,7 +28,12 @@ log = logging.getLogger(__name__)
 
 def create_cluster_app(settings: TTPSettings) -> FastAPI:
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]  # set by the CLI
-    runner = JobRunner(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]  # set by the CLI
+    # its jobs only, in a file of its own: the data directory may be the Director's, shared
+    store = Store(settings.db_url or f"sqlite:///{settings.data_dir}/ttp_{settings.id}_jobs.db")
+    jobs = JobBoard(store=store)
+    jobs.recover()  # what this TTP was running when it stopped: interrupted, until delivered again
+    runner = JobRunner(settings, jobs)
 
     def handle(job: dict) -> dict:
         try:
@@ -54,6 +61,7 @@ def create_cluster_app(settings: TTPSettings) -> FastAPI:
             stop.set()
             consumer.stop()
             thread.join(timeout=30)
+            store.close()
 
     app = FastAPI(title=f"Synergos cluster TTP ({settings.id})", version=API_VERSION, lifespan=lifespan)
     install_error_handlers(app)
@@ -73,5 +81,10 @@ def create_cluster_app(settings: TTPSettings) -> FastAPI:
             },
             200 if alive else 503,
         )
+
+    @app.get("/ttp/status/jobs", name="jobs")
+    def list_jobs(request: Request, collab_id: str | None = None, project_id: str | None = None) -> JSONResponse:
+        """The jobs this TTP ran or runs, as a basic TTP's `/ttp/status/jobs` shows them."""
+        return envelope(request, jobs.list(collab_id=collab_id, project_id=project_id))
 
     return app

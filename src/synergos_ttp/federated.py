@@ -43,7 +43,7 @@ from synergos_core.aggregation import (
     krum_tolerance,
     sample_weights,
 )
-from synergos_core.checkpoints import StateFileWriter, save_state
+from synergos_core.checkpoints import StateFileWriter
 from synergos_core.errors import ErrorCode, FederationError, InvalidRequest, RefusedUpdate
 from synergos_core.federation import iter_shards, recv_frame, send_state
 from synergos_core.finite import json_safe
@@ -55,6 +55,7 @@ from synergos_core.schemas import RunHyperparameters
 from synergos_core.wire import Layout
 
 from .grid import GridRun
+from .recovery import Checkpoints, Recovery
 
 log = logging.getLogger(__name__)
 Progress = Callable[..., None]
@@ -153,10 +154,13 @@ class _FileQueue:
             self._executor.shutdown(wait=False)
 
 
-async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) -> TrainingOutcome:
+async def train(
+    grid: GridRun, out_dir: Path, progress: Progress | None = None, recovery: Recovery | None = None
+) -> TrainingOutcome:
     files = _FileQueue()
+    checkpoints = Checkpoints(out_dir, recovery or Recovery(), grid.run, progress)
     try:
-        outcome = await _train(grid, out_dir, files, progress)
+        outcome = await _train(grid, out_dir, files, progress, checkpoints)
     except BaseException:
         try:
             await files.close()
@@ -167,7 +171,9 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
     return outcome
 
 
-async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Progress | None) -> TrainingOutcome:
+async def _train(
+    grid: GridRun, out_dir: Path, files: _FileQueue, progress: Progress | None, checkpoints: Checkpoints
+) -> TrainingOutcome:
     hp = RunHyperparameters.of(grid.hyperparameters)
     rounds, epochs = hp.rounds, hp.epochs
     global_model = build_model(grid.model, seed=hp.seed)
@@ -190,9 +196,24 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
             ErrorCode.RUN_INVALID_COMBINATION,
         )
     exclusions = Exclusions(grid.run, progress)
-    for r in range(rounds):
+    start = 0
+    resumed = await asyncio.to_thread(checkpoints.resume, layout)
+    if resumed is not None:  # carry on after the checkpoint's round, as if the run had never stopped
+        with torch.no_grad():
+            for name, tensor in state.items():
+                tensor.copy_(resumed.state[name])
+        history, completed = resumed.history, resumed.round + 1
+        local_history.update({pid: h for pid, h in resumed.local_history.items() if pid in local_history})
+        stopper.best, stopper.stale = resumed.best, resumed.stale
+        exclusions.items.extend(resumed.exclusions)
+        start = completed
+    for r in range(start, rounds):
         started = time.perf_counter()
-        sent = await grid.broadcast(Train, r, state, participants=trainers, epochs=epochs, evaluate=r > 0)
+        # a resumed run's first round: each party first restores the training state it kept after the last
+        resume_from = start - 1 if r == start and start else None
+        sent = await grid.broadcast(
+            Train, r, state, participants=trainers, epochs=epochs, evaluate=r > 0, resume_from=resume_from
+        )
         replies, refused = await grid.screened(sent, Update)
         exclusions.add(r, Train.model_fields["op"].default, refused)
         if r > 0:
@@ -216,7 +237,9 @@ async def _train(grid: GridRun, out_dir: Path, files: _FileQueue, progress: Prog
         completed = r + 1
         # written in the background while the next round broadcasts and the parties train: until the
         # next _aggregate, which waits for it, nothing writes into `state`
-        files.submit(_checkpoint, out_dir, r, state, json.dumps(history, indent=2))
+        files.submit(
+            checkpoints.write, checkpoints.snapshot(r, history, local_history, stopper, exclusions.items), state
+        )
         timings.append(
             RoundTiming(
                 r,
@@ -396,13 +419,6 @@ async def _drain(grid: GridRun, replies: dict[str, Update], layout: Layout) -> N
     for p, h in replies.items():
         async for _ in iter_shards(grid.channels[p], h.shards, layout, grid.limits.round_timeout_s):
             pass
-
-
-def _checkpoint(out_dir: Path, r: int, state: dict[str, torch.Tensor], history_json: str) -> None:
-    folder = out_dir / "checkpoints" / f"round_{r}"
-    save_state(state, folder / "global_model.safetensors")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "global_loss_history.json").write_text(history_json)
 
 
 def _write_json(path: Path, payload: Any) -> None:

@@ -15,8 +15,9 @@ take them); a refused party is left out of that round's distillation, as a refus
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,12 +38,13 @@ from .federated import (
     Progress,
     RoundTiming,
     TrainingOutcome,
-    _checkpoint,
     _write_json,
     record_assessment,
 )
 from .grid import GridRun
+from .recovery import Checkpoints, Recovery
 
+log = logging.getLogger(__name__)
 T = TypeVar("T", GktFeatures, GktExtractor)
 
 
@@ -112,8 +114,17 @@ def _check_features(pid: str, reply: GktFeatures, tensors: dict[str, torch.Tenso
         ) from None
 
 
-async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) -> TrainingOutcome:
+async def train(
+    grid: GridRun, out_dir: Path, progress: Progress | None = None, recovery: Recovery | None = None
+) -> TrainingOutcome:
+    """FedGKT checkpoints each round as FedAvg does, but does not resume: a party's extractor stays
+    with it until the run ends, so an interrupted FedGKT run trains again from round 1."""
     hp = RunHyperparameters.of(grid.hyperparameters)
+    recovery = recovery or Recovery()
+    if recovery.resume:
+        log.warning("run %s: a FedGKT run does not resume; it trains again from round 1", grid.run)
+    checkpoints = Checkpoints(out_dir, replace(recovery, resume=False), grid.run, progress)
+    await asyncio.to_thread(checkpoints.clear)  # from round 0: the run's old checkpoints are void
     rounds, epochs = hp.rounds, hp.epochs
     split, kind = split_index(grid.model, hp), output_kind(grid.model)
     server = ServerModel(build_model(grid.model, seed=hp.seed), split)
@@ -154,7 +165,11 @@ async def train(grid: GridRun, out_dir: Path, progress: Progress | None = None) 
         assessed = await assess(grid, server.state(), r, exclusions)
         loss = record_assessment(history, r, assessed, grid.action, progress, rounds)
         completed = r + 1
-        _checkpoint(out_dir, r, server.state(), json.dumps(history))
+        await asyncio.to_thread(
+            checkpoints.write,
+            checkpoints.snapshot(r, history, local_history, stopper, exclusions.items),
+            server.state(),
+        )
         timings.append(RoundTiming(r, time.perf_counter() - started, {p: h.compute_s for p, h in replies.items()}, 0))
         if stopper.step(loss):
             stopped = True

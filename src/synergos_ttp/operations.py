@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from synergos_core.wire import Layout
 
 from . import federated, fedgkt
 from .grid import GridNode, GridRun, WorkerClient, worker_call
+from .recovery import Recovery
 
 log = logging.getLogger(__name__)
 RunKeys = tuple[str, str, str, str]
@@ -135,13 +136,21 @@ async def train_run(
     hyperparameters: dict[str, Any],
     outputs: Path,
     progress: Callable[..., None] | None = None,
+    recovery: Recovery | None = None,
 ) -> dict[str, Any]:
-    """Train one run on one grid and export it; returns the Model record's details."""
+    """Train one run on one grid and export it (resuming from its checkpoints as `recovery` says);
+    returns the Model record's details."""
     out = run_dir(outputs, keys)
     out.mkdir(parents=True, exist_ok=True)
-    algorithm = fedgkt if _algorithm(hyperparameters) == "FedGKT" else federated
+    recovery = recovery or Recovery()
+    run = RunHyperparameters.of(hyperparameters)
+    if run.keep_checkpoints is not None:  # the run's own choice over the TTP's
+        recovery = replace(recovery, keep=run.keep_checkpoints)
+    # the parties keep their training state for as many rounds (`synergos_worker.resume`)
+    hyperparameters = {**hyperparameters, "keep_checkpoints": recovery.keep}
+    algorithm = fedgkt if run.algorithm == "FedGKT" else federated
     async with GridRun(keys, nodes, action, model, hyperparameters, limits, http) as grid:
-        outcome = await algorithm.train(grid, out, progress)
+        outcome = await algorithm.train(grid, out, progress, recovery)
     save_state(outcome.state, out / "global_model.safetensors")
     federated._write_json(out / "global_loss_history.json", outcome.history)
     rel = Path(*keys)
@@ -240,10 +249,12 @@ async def run_job(
     limits: FederationLimits,
     outputs: Path,
     progress: Callable[..., None] | None = None,
+    recovery: Recovery | None = None,
 ) -> dict[str, Any]:
     """Carry out one job on grid `grid`; returns its outcome, as `planning.archive` stores it:
-    preprocess: {alignments, experiments (resized with auto_fix)}; train: the Model's details;
-    evaluate: {meta, results, aggregate, spacers}."""
+    preprocess: {alignments, experiments (resized with auto_fix)}; train: the Model's details
+    (`recovery`: its checkpoints, and whether it resumes from them); evaluate: {meta, results,
+    aggregate, spacers}."""
     params, keys = job["parameters"], job["keys"]
     nodes = job_nodes(job, grid)
     c, p = keys["collab_id"], keys["project_id"]
@@ -270,6 +281,7 @@ async def run_job(
             params["hyperparameters"],
             outputs,
             progress,
+            recovery,
         )
     meta = params.get("meta", "evaluate")
     if meta == "predict" and params.get("superset"):  # predict data must fit the trained layout

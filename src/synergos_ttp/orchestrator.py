@@ -15,12 +15,13 @@ from synergos_contract.schemas import OptimizationRequest
 from synergos_contract.serving import service_credentials
 from synergos_contract.store import Store
 from synergos_core.errors import ErrorCode, Forbidden
-from synergos_core.records import Alignment, Model, OptimizationSummary, Prediction, Record, Validation
+from synergos_core.records import Alignment, Job, Model, OptimizationSummary, Prediction, Record, Validation
 from synergos_core.settings import TTPSettings
 from synergos_mlops.records import RunRecorder
 
 from . import operations
 from .grid import WorkerClient
+from .recovery import Recovery
 
 log = logging.getLogger(__name__)
 
@@ -43,48 +44,58 @@ class Orchestrator:
         await self.http.aclose()
         self.mlflow.close()
 
+    def _recovery(self, board: Job, previous: Job | None) -> Recovery:
+        """A training resumes from its run's checkpoints when the run's last training was cut short
+        (interrupted by a stop of this TTP, or failed while resuming); else it starts at round 1."""
+        resume = previous is not None and (
+            previous.state == "interrupted" or (previous.state == "failed" and previous.resumed_after is not None)
+        )
+        return Recovery(keep=self.settings.keep_checkpoints, job_id=board.job_id, resume=resume)
+
     async def _execute(self, planned: list[PlannedJob]) -> list[Record]:
         """Run the jobs in order (the plan's dependency order) on this TTP's grid; a failure stops
-        the request with that job marked failed."""
+        the request with that job marked failed. Every job of the request is on the board (queued)
+        before the first one starts."""
         written: list[Record] = []
-        for item in planned:
-            board = self.jobs.start(item.kind, item.keys, rounds=item.rounds)
-
-            def progress(board: Any = board, **info: Any) -> None:
-                if "exclusions" in info:  # the replies left out so far: the training loops report them apart
-                    self.jobs.update(board, exclusions=info.pop("exclusions"))
-                if "round" in info:
-                    self.jobs.update(
-                        board,
-                        round=info["round"],
-                        metrics={k: v for k, v in info.items() if k not in ("round", "rounds")},
-                    )
-
-            with self.jobs.failing(board):
-                job = item.build()
-                if item.process == "train":
-                    planning.training_started(self.store, self.mlflow, item.keys)
-                try:
-                    outcome = await operations.run_job(
-                        self.http,
-                        job,
-                        self.settings.grid,
-                        self.settings.federation,
-                        self.settings.outputs_dir,  # type: ignore[arg-type]  # set by the CLI (resolve_dirs) or the caller
-                        progress if item.process == "train" else None,
-                    )
-                except BaseException as exc:
-                    if item.process == "train":
-                        planning.training_failed(self.store, self.mlflow, item.keys, failure_reason(exc))
-                    raise
-                records = planning.archive(self.store, item.process, item.keys, outcome, self.mlflow)
-            written += records
-            if item.kind == "validation":
-                aggregate = outcome.get("aggregate")
-                self.jobs.update(board, metrics=aggregate["evaluate"]["statistics"] if aggregate else None)
-            self.jobs.finish(board, "completed")
-            log.info(planning.completion_line(item.process, item.keys, outcome))
+        previous = {id(item): self.jobs.latest(item.kind, item.keys) for item in planned}
+        boards = [self.jobs.start(item.kind, item.keys, rounds=item.rounds, state="queued") for item in planned]
+        for index, (item, board) in enumerate(zip(planned, boards, strict=True)):
+            try:
+                written += await self._run(item, board, previous[id(item)])
+            except BaseException:
+                for later in boards[index + 1 :]:  # they never run: what they come after failed
+                    self.jobs.finish(later, "failed", f"the {item.kind} it came after ({board.job_id}) failed")
+                raise
         return written
+
+    async def _run(self, item: PlannedJob, board: Job, previous: Job | None) -> list[Record]:
+        """One job of a request, on this TTP's grid; the records it wrote."""
+        self.jobs.update(board, state="running")
+        with self.jobs.failing(board):
+            job = item.build()
+            if item.process == "train":
+                planning.training_started(self.store, self.mlflow, item.keys)
+            try:
+                outcome = await operations.run_job(
+                    self.http,
+                    job,
+                    self.settings.grid,
+                    self.settings.federation,
+                    self.settings.outputs_dir,  # type: ignore[arg-type]  # set by the CLI (resolve_dirs) or the caller
+                    self.jobs.progress(board) if item.process == "train" else None,
+                    self._recovery(board, previous) if item.process == "train" else None,
+                )
+            except BaseException as exc:
+                if item.process == "train":
+                    planning.training_failed(self.store, self.mlflow, item.keys, failure_reason(exc))
+                raise
+            records = planning.archive(self.store, item.process, item.keys, outcome, self.mlflow)
+        if item.kind == "validation":
+            aggregate = outcome.get("aggregate")
+            self.jobs.update(board, metrics=aggregate["evaluate"]["statistics"] if aggregate else None)
+        self.jobs.finish(board, "completed")
+        log.info(planning.completion_line(item.process, item.keys, outcome))
+        return records
 
     # -- phase 2A --
     async def align(

@@ -56,7 +56,7 @@ from synergos_core.protocol import (
 )
 from synergos_core.settings import FederationLimits
 
-from . import gkt
+from . import gkt, resume
 from .sessions import RunKey, RunSession, SessionRegistry
 from .trust import WorkerTrust
 
@@ -246,6 +246,8 @@ class FederationServer:
         async with session.lock:
             await self._receive_weights(ws, session, request)
             if isinstance(request, Train):
+                if request.resume_from is not None:  # a resumed run: carry on as after that round
+                    await self._in_thread(resume.restore, self.outputs_dir, session, request.resume_from)
                 # the weights received are the previous round's global model: how it does on this
                 # party's data is that round's honest history
                 assessment = await self._in_thread(trainer.assess) if request.evaluate else None
@@ -253,6 +255,8 @@ class FederationServer:
                     result = await self._in_thread(trainer.train, request.epochs, request.round)
                 except ValueError as exc:
                     raise SynergosError(str(exc), ErrorCode.WORKER_NO_TRAIN_DATA) from None
+                # kept before the update leaves: a checkpoint the TTP makes of this round can resume
+                await self._in_thread(resume.keep, self.outputs_dir, session, request.round)
                 update = reply_to(request, Update, **result, assessment=assessment)
                 await send_state(ws, update, trainer.state, self.limits.shard_bytes)
             elif isinstance(request, Evaluate):

@@ -67,14 +67,17 @@ def test_binary_classification_learns_and_exports(grid):
     assert agg["n_samples"] == sum(
         validations[f"{collab}_participant_{i}"]["evaluate"]["statistics"]["n_samples"] for i in (1, 2)
     )
-    # exports: global and local models, loss histories, one checkpoint per round
+    # exports: global and local models, loss histories, the checkpoints of the last 2 rounds and the best
     out = grid.ttp_outputs / collab / project / "mlp" / "run_1"
     weights = load_file(out / "global_model.safetensors")
     assert weights["layers.0.weight"].shape == (16, 30)
     for i in (1, 2):
         assert (out / f"local_model_{collab}_participant_{i}.safetensors").is_file()
         assert json.loads((out / f"local_loss_history_{collab}_participant_{i}.json").read_text())
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"round_{r}" for r in range(4)]
+    evaluate = {int(r): loss for r, loss in history["evaluate"].items() if int(r) < 3}  # known at round 3's
+    kept = {f"round_{r}" for r in (2, 3, min(evaluate, key=evaluate.__getitem__))}
+    assert {p.name for p in (out / "checkpoints").iterdir()} == kept
+    assert all((out / "checkpoints" / name / "manifest.json").is_file() for name in kept)
     # predictions: each participant on its own predict data; predictions stay with the Worker
     pred = driver.predictions.create(
         collab_id=collab,

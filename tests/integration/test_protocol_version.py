@@ -73,10 +73,10 @@ def _refusal(token: str, version: str | None, run: tuple[str, ...] = RUN) -> Inv
 @pytest.mark.parametrize(
     "version, said",
     [
-        ("2", "federation protocol 2 is not supported; this Worker speaks 1"),
-        ("0", "federation protocol 0 is not supported; this Worker speaks 1"),
-        ("one", "federation protocol one is not supported; this Worker speaks 1"),
-        (None, f"no federation protocol version was named ({PROTOCOL_HEADER}); this Worker speaks 1"),
+        ("1", f"federation protocol 1 is not supported; this Worker speaks {PROTOCOL_VERSION}"),
+        ("0", f"federation protocol 0 is not supported; this Worker speaks {PROTOCOL_VERSION}"),
+        ("one", f"federation protocol one is not supported; this Worker speaks {PROTOCOL_VERSION}"),
+        (None, f"no federation protocol version was named ({PROTOCOL_HEADER}); this Worker speaks {PROTOCOL_VERSION}"),
     ],
 )
 def test_a_valid_token_with_another_protocol_version_is_refused_naming_both(run_token, version, said):
@@ -111,8 +111,8 @@ def _grid_run(host: str, port: int, http: WorkerClient, keys: tuple[str, str, st
 
 
 def test_a_ttp_of_another_version_gets_the_workers_clear_refusal(grid, monkeypatch):
-    # a TTP built for protocol 2, run against the real Worker (which speaks 1)
-    monkeypatch.setattr(grid_module, "PROTOCOL_VERSION", 2)
+    # a TTP built for the next protocol, run against the real Worker (which speaks this one)
+    monkeypatch.setattr(grid_module, "PROTOCOL_VERSION", PROTOCOL_VERSION + 1)
     keys = ("version", "proj", "expt", "ttp_v2")
     tokens = []
 
@@ -127,13 +127,14 @@ def test_a_ttp_of_another_version_gets_the_workers_clear_refusal(grid, monkeypat
         asyncio.run(run())
     assert info.value.code == "federation.protocol_mismatch"
     assert info.value.detail == (
-        "party_1's node refused the channel: federation protocol 2 is not supported; this Worker speaks 1"
+        f"party_1's node refused the channel: federation protocol {PROTOCOL_VERSION + 1} is not supported; "
+        f"this Worker speaks {PROTOCOL_VERSION}"
     )
     # and the run it had initialised is terminated on the Worker: its token opens nothing any more
     assert _refusal(tokens[0], str(PROTOCOL_VERSION), keys).response.status_code == 401
 
 
-@pytest.mark.parametrize("announced", ["2", None])
+@pytest.mark.parametrize("announced", ["1", None])
 def test_the_ttp_refuses_a_node_that_accepts_without_speaking_its_version(announced):
     # a stand-in for a Worker of another version (or an unversioned one) that accepts anything
     def announce(connection, request, response):
@@ -158,7 +159,10 @@ def test_the_ttp_refuses_a_node_that_accepts_without_speaking_its_version(announ
     assert error.code == "federation.protocol_mismatch"
     if announced is None:
         assert error.detail == (
-            f"party_1's node: no federation protocol version was named ({PROTOCOL_HEADER}); this TTP speaks 1"
+            f"party_1's node: no federation protocol version was named ({PROTOCOL_HEADER}); "
+            f"this TTP speaks {PROTOCOL_VERSION}"
         )
     else:
-        assert error.detail == "party_1's node: federation protocol 2 is not supported; this TTP speaks 1"
+        assert error.detail == (
+            f"party_1's node: federation protocol {announced} is not supported; this TTP speaks {PROTOCOL_VERSION}"
+        )

@@ -280,8 +280,11 @@ def test_error_detail_never_echoes_the_peers_values():
 
 
 def test_version_mismatch_names_both_versions():
-    assert version_mismatch("2", peer="Worker") == "federation protocol 2 is not supported; this Worker speaks 1"
-    assert "this TTP speaks 1" in version_mismatch(None, peer="TTP")
+    other = PROTOCOL_VERSION + 1
+    assert version_mismatch(str(other), peer="Worker") == (
+        f"federation protocol {other} is not supported; this Worker speaks {PROTOCOL_VERSION}"
+    )
+    assert f"this TTP speaks {PROTOCOL_VERSION}" in version_mismatch(None, peer="TTP")
 
 
 # -- the codec still fills in what tensor frames follow a message --

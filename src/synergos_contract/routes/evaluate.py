@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import Path, Request, Response
@@ -9,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synergos_core.schemas import ID_PATTERN, check_tag
 
-from ..deps import ContractRouter, OrchestratorDep, StoreDep
+from ..deps import ContractRouter, JobsDep, OrchestratorDep, StoreDep
 from ..public import Envelope, PredictionPublic, QueuedJobPublic, ValidationPublic, answer, queued_responses
-from .train import accepted
+from .train import accepted, start_once
 
 router = ContractRouter(prefix="/ttp/evaluate", tags=["evaluate"])
 Id = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -48,14 +49,29 @@ async def create_validations(
     response: Response,
     body: ValidationRequest,
     orch: OrchestratorDep,
+    store: StoreDep,
+    jobs: JobsDep,
     collab_id: Id,
     project_id: Id,
     expt_id: str | None = None,
     run_id: str | None = None,
     participant_id: str | None = None,
 ) -> dict[str, Any]:
-    records = await orch.validate(collab_id, project_id, expt_id, run_id, participant_id)
-    return answer(request, records, accepted(orch), response)
+    """A run of the scope whose validation (of these parties) is queued or running is answered
+    with that job (202) rather than validated again."""
+    only = {"participant_id": participant_id} if participant_id else {}
+    scopes = [
+        {"collab_id": collab_id, "project_id": project_id, "expt_id": expt.expt_id, "run_id": run.run_id, **only}
+        for expt, run in store.run_scope(collab_id, project_id, expt_id, run_id)
+    ]
+
+    async def validate_all() -> Sequence[Any]:
+        return await orch.validate(collab_id, project_id, expt_id, run_id, participant_id)
+
+    async def validate_one(scope: dict[str, str]) -> Sequence[Any]:
+        return await orch.validate(collab_id, project_id, scope["expt_id"], scope["run_id"], participant_id)
+
+    return await start_once(request, response, orch, jobs, "validation", scopes, validate_all, validate_one)
 
 
 async def read_validations(

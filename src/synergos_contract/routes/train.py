@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Path, Request, Response
@@ -9,10 +10,11 @@ from pydantic import BaseModel, ConfigDict
 
 from synergos_core.errors import ErrorCode, NotFound
 from synergos_core.preprocessing import OPTION_FIELDS
-from synergos_core.records import AGGREGATE
+from synergos_core.records import AGGREGATE, Job, QueuedJob
 from synergos_core.schemas import ID_PATTERN
 
-from ..deps import ContractRouter, OrchestratorDep, StoreDep
+from ..deps import ContractRouter, JobsDep, OrchestratorDep, StoreDep
+from ..jobs import JobBoard
 from ..orchestration import Orchestrator
 from ..public import (
     AlignmentPublic,
@@ -28,7 +30,7 @@ from ..public import (
 )
 from ..schemas import OptimizationRequest, PreprocessingChoice
 
-__all__ = ["router", "accepted", "AlignmentRequest", "TrainRequest", "OptimizationRequest"]
+__all__ = ["router", "accepted", "start_once", "AlignmentRequest", "TrainRequest", "OptimizationRequest"]
 
 router = ContractRouter(prefix="/ttp/train/collaborations/{collab_id}/projects/{project_id}", tags=["train"])
 Id = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -37,6 +39,43 @@ Id = Annotated[str, Path(pattern=ID_PATTERN)]
 def accepted(orch: Orchestrator) -> int:
     """201 when the work is done within the request (basic mode), 202 when it was queued (cluster)."""
     return 202 if orch.queued else 201
+
+
+Start = Callable[[dict[str, str]], Awaitable[Sequence[Any]]]
+
+
+async def start_once(
+    request: Request,
+    response: Response,
+    orch: Orchestrator,
+    jobs: JobBoard,
+    kind: str,
+    scopes: list[dict[str, str]],
+    start_all: Callable[[], Awaitable[Sequence[Any]]],
+    start_one: Start,
+) -> dict[str, Any]:
+    """Start the work of every scope (one job's keys each) that has no job of `kind` queued or
+    running; a scope that has one is answered with that job instead, so that a request sent twice
+    never runs twice. Nothing open: `start_all`, as ever (201 with the records in basic mode, 202
+    with the queued jobs in cluster mode). Everything open: 202 with those jobs. Some: the others
+    are started one by one (`start_one`), answered as they would be (in cluster mode with the open
+    jobs beside the new ones)."""
+    found = [jobs.open_job(kind, scope) for scope in scopes]
+    if not any(found):
+        return answer(request, await start_all(), accepted(orch), response)
+    if all(found):
+        return answer(request, [_open(job) for job in found if job is not None], 202, response)
+    records: list[Any] = []
+    for scope, job in zip(scopes, found, strict=True):
+        if job is None:
+            records += await start_one(scope)
+        elif orch.queued:
+            records.append(_open(job))
+    return answer(request, records, accepted(orch), response)
+
+
+def _open(job: Job) -> QueuedJob:
+    return QueuedJob(job_id=job.job_id, kind=job.kind, keys=job.keys, state=job.state)
 
 
 class AlignmentRequest(PreprocessingChoice):
@@ -74,10 +113,21 @@ Models = Envelope[list[ModelPublic]]
     include_in_schema=False,
 )
 async def create_alignments(
-    request: Request, response: Response, body: AlignmentRequest, orch: OrchestratorDep, collab_id: Id, project_id: Id
+    request: Request,
+    response: Response,
+    body: AlignmentRequest,
+    orch: OrchestratorDep,
+    jobs: JobsDep,
+    collab_id: Id,
+    project_id: Id,
 ) -> dict[str, Any]:
-    records = await orch.align(collab_id, project_id, body.auto_align, body.auto_fix, body.preprocessing())
-    return answer(request, records, accepted(orch), response)
+    """An alignment of a project that has one queued or running answers that job (202)."""
+
+    async def align(_scope: dict[str, str] | None = None) -> Sequence[Any]:
+        return await orch.align(collab_id, project_id, body.auto_align, body.auto_fix, body.preprocessing())
+
+    scopes = [{"collab_id": collab_id, "project_id": project_id}] if body.auto_align else []
+    return await start_once(request, response, orch, jobs, "alignment", scopes, align, align)
 
 
 @router.get("/alignments", name="alignments", response_model=Alignments)
@@ -94,13 +144,27 @@ async def create_models(
     response: Response,
     body: TrainRequest,
     orch: OrchestratorDep,
+    store: StoreDep,
+    jobs: JobsDep,
     collab_id: Id,
     project_id: Id,
     expt_id: str | None = None,
     run_id: str | None = None,
 ) -> dict[str, Any]:
-    records = await orch.train(collab_id, project_id, expt_id, run_id, body.auto_align)
-    return answer(request, records, accepted(orch), response)
+    """A run of the scope whose training is queued or running is answered with that job (202)
+    rather than trained again."""
+    scopes = [
+        {"collab_id": collab_id, "project_id": project_id, "expt_id": expt.expt_id, "run_id": run.run_id}
+        for expt, run in store.run_scope(collab_id, project_id, expt_id, run_id)
+    ]
+
+    async def train_all() -> Sequence[Any]:
+        return await orch.train(collab_id, project_id, expt_id, run_id, body.auto_align)
+
+    async def train_one(scope: dict[str, str]) -> Sequence[Any]:
+        return await orch.train(collab_id, project_id, scope["expt_id"], scope["run_id"], body.auto_align)
+
+    return await start_once(request, response, orch, jobs, "training", scopes, train_all, train_one)
 
 
 async def read_models(
