@@ -11,6 +11,7 @@ transport may send of a failure.
     └── UpstreamError        502  worker.unreachable / worker.failed
         └── FederationError  502  federation.*
             └── RefusedUpdate     one party's reply refused, the channel still in step
+                └── PartyDropped  one party gone from a round (channel closed, deadline passed)
 
 An error's status is its class's; the catalogue's status for a code agrees with the class it is
 raised with (tests/unit/test_error_catalogue.py checks every raise site). The base class, which
@@ -113,6 +114,7 @@ class ErrorCode(StrEnum):
     CHAMPION_NOT_FOUND = "champion.not_found", 404, "No champion yet"
     OPTIMIZATION_NOT_FOUND = "optimization.not_found", 404, "Optimization not found"  # older servers
     SESSION_NOT_FOUND = "session.not_found", 404, "Federation session not found"
+    SESSION_BUSY = "session.busy", 409, "Run already served by a live session"
 
     # --- data, alignment, prediction -----------------------------------------------------
     DATASET_INVALID = "dataset.invalid", 422, "Invalid dataset"
@@ -164,6 +166,7 @@ class ErrorCode(StrEnum):
     FEDERATION_BAD_COUNT = "federation.bad_count", 502, "A participant reported a sample count it did not declare"
     FEDERATION_NON_FINITE = "federation.non_finite", 502, "A participant sent non-finite numbers"
     FEDERATION_TOO_FEW_UPDATES = "federation.too_few_updates", 502, "Too few valid updates to aggregate"
+    FEDERATION_NO_QUORUM = "federation.no_quorum", 502, "Too few parties answered the round"
     FEDERATION_NO_SAMPLES = "federation.no_samples", 502, "No samples to aggregate"
     FEDERATION_PROTOCOL = "federation.protocol", 502, "Federation protocol violated"
     FEDERATION_PROTOCOL_MISMATCH = "federation.protocol_mismatch", 502, "Federation protocol versions differ"
@@ -176,6 +179,7 @@ class ErrorCode(StrEnum):
     # --- reported by the Driver itself (no service sends these) --------------------------
     SYNERGOS_ERROR = "synergos.error", 500, "Synergos error"
     CONNECTION_FAILED = "connection.failed", 503, "Connection failed"
+    CONNECTION_UNRESPONSIVE = "connection.unresponsive", 504, "Server unresponsive"
     RESPONSE_INVALID = "response.invalid", 502, "Invalid response"
     SERVER_ERROR = "server.error", 500, "Server error"
     JOB_FAILED = "job.failed", 500, "Job failed"
@@ -275,6 +279,16 @@ class RefusedUpdate(FederationError):
         super().__init__(detail, code)
         self.participant = participant
         self.pending = pending
+
+
+class PartyDropped(RefusedUpdate):
+    """A party gone from a round: its channel closed (a killed process, a cut link), its keepalive
+    failed (a frozen process) or it sent no reply by the round's deadline. Its channel is closed
+    and nothing more is read from it; the run goes on without it while the run's quorum
+    (`min_workers`) holds, and the TTP tries to re-admit it at the next rounds."""
+
+    def __init__(self, detail: str, code: str | None = None, *, participant: str = "") -> None:
+        super().__init__(detail, code, participant=participant, pending=0)
 
 
 # --- what a transport may send of a failure ---------------------------------------------

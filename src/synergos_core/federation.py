@@ -183,14 +183,35 @@ async def send_state(ws: Any, message: BaseModel, state: dict[str, torch.Tensor]
 
 
 async def broadcast_state(
-    channels: list[tuple[Any, BaseModel]], state: dict[str, torch.Tensor], shard_bytes: int
+    channels: list[tuple[Any, BaseModel]],
+    state: dict[str, torch.Tensor],
+    shard_bytes: int,
+    *,
+    timeout: float | None = None,
+    failed: dict[int, BaseException] | None = None,
 ) -> None:
-    """Send one state to many peers, each with its own message, encoding every shard only once."""
+    """Send one state to many peers, each with its own message, encoding every shard only once.
+
+    Each send must be done within `timeout` seconds. Without `failed`, the first failure is
+    raised; with it, a peer whose send fails is recorded there (by its index in `channels`) and
+    left out of the frames that follow, while the others still get the whole state."""
     plan = Layout.of(state).plan(shard_bytes)
-    await asyncio.gather(*(send_header(ws, _sharded_header(m, len(plan))) for ws, m in channels))
+
+    async def send(i: int, frame: bytes) -> None:
+        if failed is not None and i in failed:
+            return
+        try:
+            await asyncio.wait_for(channels[i][0].send(frame), timeout)
+        except Exception as exc:  # with `failed`, one peer's broken channel leaves only that peer out
+            if failed is None:
+                raise
+            failed[i] = exc
+
+    headers = [encode_control(_sharded_header(m, len(plan))) for _, m in channels]
+    await asyncio.gather(*(send(i, header) for i, header in enumerate(headers)))
     for pieces in plan:
         frame = encode_shard(state, pieces)
-        await asyncio.gather(*(ws.send(frame) for ws, _ in channels))
+        await asyncio.gather(*(send(i, frame) for i in range(len(channels))))
 
 
 async def send_tensors(

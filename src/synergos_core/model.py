@@ -233,6 +233,7 @@ RUN_KEYS = {
     "aggregation",
     "trim_ratio",
     "byzantine",
+    "min_workers",
     "keep_checkpoints",
 }
 

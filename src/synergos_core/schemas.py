@@ -116,6 +116,14 @@ class RunHyperparameters(BaseModel):
         le=100_000,
         description="checkpoints of the newest rounds kept besides the best; default the TTP's setting (2)",
     )
+    # failure detection (`synergos_ttp.grid`): how many parties' valid updates a round needs
+    min_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="the fewest parties whose valid updates a round may be aggregated from; the others count as "
+        "dropped for that round and are re-admitted when they are back; default every party (a party that drops out "
+        "fails the run)",
+    )
 
     @model_validator(mode="after")
     def _extras_are_finite(self) -> RunHyperparameters:
@@ -216,3 +224,9 @@ class InitialiseRequest(Strict):
     # without them the Worker places columns by spacers and scales with its own train split
     superset: Superset | None = None
     preprocessing: Preprocessing | None = None
+
+
+class TerminateRequest(Strict):
+    """Ending a run's session: with the run's token, only the session that token opened ends."""
+
+    token: str | None = Field(default=None, min_length=16, max_length=256)

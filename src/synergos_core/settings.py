@@ -70,18 +70,45 @@ class ServiceSettings(BaseSettings):
 
 
 class FederationLimits(BaseSettings):
-    """Bounds on the TTP ⇄ Worker WebSocket channel."""
+    """Bounds on the TTP ⇄ Worker WebSocket channel, and how soon a dead or silent peer is noticed.
+
+    A party is noticed gone by whichever comes first: its channel closing (a killed process), the
+    keepalive (`ping_interval_s` + `ping_timeout_s`: a frozen process or a cut link), or the round's
+    deadline (`round_deadline`: a party that is alive but does not answer in time)."""
 
     model_config = SettingsConfigDict(env_prefix="SYNERGOS_FED_", extra="ignore")
 
     max_frame_bytes: int = 16 * MiB
     shard_bytes: int = 8 * MiB
     max_queue: int = 16
-    open_timeout_s: float = 10.0
-    ping_interval_s: float = 10.0
-    ping_timeout_s: float = 20.0
-    round_timeout_s: float = 3600.0
+    open_timeout_s: float = Field(default=10.0, gt=0)  # opening a channel: TCP, TLS and the handshake
+    close_timeout_s: float = Field(default=2.0, gt=0)  # the closing handshake; a dead peer is not waited for longer
+    ping_interval_s: float = Field(default=5.0, gt=0)  # keepalive: a ping every this many seconds ...
+    ping_timeout_s: float = Field(default=10.0, gt=0)  # ... and the channel fails when a pong is this late
+    # a round's deadline (the TTP waiting for the parties' replies): `round_base_s` plus
+    # `round_sample_epoch_s` per sample-epoch of the busiest party; from the second round on at most
+    # `round_factor` times the slowest round measured so far (never below `round_base_s`; 0: off);
+    # `round_timeout_s`, when set, is a fixed deadline instead
+    round_base_s: float = Field(default=60.0, gt=0)
+    round_sample_epoch_s: float = Field(default=0.005, ge=0)
+    round_factor: float = Field(default=5.0, ge=0)
+    round_timeout_s: float | None = Field(default=None, gt=0)
+    frame_timeout_s: float = Field(default=120.0, gt=0)  # a Worker waiting for the next frame of a message
+    terminate_timeout_s: float = Field(default=5.0, gt=0)  # the TTP ending a run's session on a Worker
+    rejoin_interval_s: float = Field(default=5.0, gt=0)  # how often the TTP tries again a party that dropped out
+    # a Worker's session without an open channel expires after this long without TTP traffic
+    session_lease_s: float = Field(default=900.0, gt=0)
     max_payload_bytes: int = 2 * 1024 * MiB  # features and predictions a FedGKT party sends per round
+
+    def round_deadline(self, sample_epochs: int, slowest_s: float | None = None) -> float:
+        """Seconds the TTP waits for a round's replies: the work's allowance (`sample_epochs` of the
+        busiest party), tightened to `round_factor` times the slowest round measured so far."""
+        if self.round_timeout_s is not None:
+            return self.round_timeout_s
+        deadline = self.round_base_s + self.round_sample_epoch_s * max(0, sample_epochs)
+        if slowest_s is not None and self.round_factor > 0:
+            deadline = min(deadline, max(self.round_base_s, self.round_factor * slowest_s))
+        return deadline
 
 
 def _names(value: object) -> object:

@@ -19,6 +19,12 @@ read and dropped, the other parties' updates are combined without it (the mean r
 among them), the exclusion is logged and recorded (`TrainingOutcome.exclusions`, the Model
 record and the job's `exclusions`), and the party takes part again in the next round. A round
 left without any update fails the run with the refusal's reason.
+
+A party gone from a round (its channel closed, its keepalive failed, or no reply by the round's
+deadline: `grid.GridRun.guarded`) is recorded the same way, with `worker.disconnected` or
+`federation.timeout`. The round is aggregated without it if the run's `min_workers` allows
+(`grid.GridRun.quorum`; without `min_workers` a dropout fails the run, naming the party); it is
+re-admitted, with the current global weights, at the first round that begins once it is back.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +202,7 @@ async def _train(
             f"(at least {2 * f + 3}); this run has {len(trainers)}",
             ErrorCode.RUN_INVALID_COMBINATION,
         )
+    grid.require_quorum(trainers)
     exclusions = Exclusions(grid.run, progress)
     start = 0
     resumed = await asyncio.to_thread(checkpoints.resume, layout)
@@ -209,6 +217,7 @@ async def _train(
         start = completed
     for r in range(start, rounds):
         started = time.perf_counter()
+        grid.begin(epochs)  # re-admits the parties that are back; the deadline of this round's replies
         # a resumed run's first round: each party first restores the training state it kept after the last
         resume_from = start - 1 if r == start and start else None
         sent = await grid.broadcast(
@@ -216,6 +225,7 @@ async def _train(
         )
         replies, refused = await grid.screened(sent, Update)
         exclusions.add(r, Train.model_fields["op"].default, refused)
+        grid.quorum(r, replies, refused)
         if r > 0:
             # the parties assessed the weights they received: round r - 1's global model
             loss = record_assessment(history, r - 1, replies, grid.action, progress, rounds)
@@ -232,6 +242,8 @@ async def _train(
         refused = await _aggregate(grid, replies, weights, layout, state, out_dir, files, hp)
         exclusions.add(r, Train.model_fields["op"].default, refused)
         replies = {pid: h for pid, h in replies.items() if pid not in refused}
+        grid.quorum(r, replies, refused)
+        grid.collected()
         for pid, h in replies.items():
             local_history[pid][r] = h.train_loss
         completed = r + 1
@@ -291,12 +303,15 @@ async def assess(
     grid: GridRun, state: dict[str, torch.Tensor], round_index: int, exclusions: Exclusions | None = None
 ) -> dict[str, Loss]:
     """Every party's assessment of `state` on its own train and evaluate data; with `exclusions`,
-    a refused one is left out (and recorded there) instead of failing the run."""
+    a refused one, or one that dropped out while the run's quorum holds, is left out (and recorded
+    there) instead of failing the run."""
+    grid.begin()
     sent = await grid.broadcast(Evaluate, round_index, state, meta="evaluate", assess=True)
     if exclusions is None:
         return await grid.replies(sent, Loss)
     accepted, refused = await grid.screened(sent, Loss)
     exclusions.add(round_index, Evaluate.model_fields["op"].default, refused)
+    grid.quorum(round_index, accepted, refused)
     return accepted
 
 
@@ -304,16 +319,20 @@ async def infer(
     grid: GridRun, state: dict[str, torch.Tensor], meta: str, participants: list[str] | None = None
 ) -> dict[str, dict]:
     """Ask each node to predict on its own `meta` data and return only its statistics."""
+    grid.begin()
     sent = await grid.broadcast(Infer, 0, state, participants=participants, meta=meta)
     return _statistics(await grid.replies(sent, Metrics))
 
 
 async def infer_each(grid: GridRun, states: dict[str, dict[str, torch.Tensor]], meta: str) -> dict[str, dict]:
     """Like `infer`, with each party's own weights (FedGKT: its extractor and the server layers)."""
+    grid.begin()
     sent = {}
     for pid, state in states.items():
-        sent[pid] = grid.request(Infer, 0, meta=meta)
-        await send_state(grid.channels[pid], sent[pid], state, grid.limits.shard_bytes)
+        sent[pid] = request = grid.request(Infer, 0, meta=meta)
+        await grid.deliver(
+            pid, "infer", partial(send_state, message=request, state=state, shard_bytes=grid.limits.shard_bytes)
+        )
     return _statistics(await grid.replies(sent, Metrics))
 
 
@@ -345,19 +364,23 @@ async def _aggregate(
     if len(counts) != 1:
         raise FederationError("participants sent differently sharded updates", ErrorCode.FEDERATION_BAD_UPDATE)
     await files.wait()  # the previous round's files are written (and its failures raised) before this round's
-    streams = {p: iter_shards(grid.channels[p], replies[p].shards, layout, grid.limits.round_timeout_s) for p in pids}
+    # each party's shards, due by the round's deadline; a party gone midway is dropped (its reply refused)
+    streams = {p: iter_shards(grid.channel(p), replies[p].shards, layout, grid.remaining()) for p in pids}
+    during = {p: f"the update of round {replies[p].round}" for p in pids}
     writers = {p: StateFileWriter(out_dir / f"local_model_{p}.safetensors", layout) for p in pids}
     refused: dict[str, RefusedUpdate] = {}
     streaming = hp.aggregation == "mean"
     try:
         for _ in range(counts.pop()):
-            shards = dict(
-                zip(
-                    pids,
-                    await asyncio.gather(*(_next_shard(grid, streams[p], p in refused, p) for p in pids)),
-                    strict=True,
-                )
+            shards: dict[str, list[tuple[str, int, torch.Tensor]]] = {}
+            got = await asyncio.gather(
+                *(grid.refusable(p, _next_shard(grid, streams[p], p in refused, p), during[p]) for p in pids)
             )
+            for p, shard in zip(pids, got, strict=True):
+                if isinstance(shard, RefusedUpdate):  # gone midway: left out like a refused update
+                    refused.setdefault(p, shard)
+                    shard = []
+                shards[p] = shard
             live = [(p, weights[p], shards[p]) for p in pids if p not in refused]
             try:
                 if streaming and not refused:
@@ -395,9 +418,11 @@ async def _aggregate(
 
 
 async def _next_shard(grid: GridRun, stream: Any, dropped: bool, pid: str) -> list[tuple[str, int, torch.Tensor]]:
-    """`pid`'s next shard, decoded; once its update is refused, its frames are read and dropped."""
+    """`pid`'s next shard, decoded; once its update is refused, its frames are read and dropped (none
+    once its channel is gone)."""
     if dropped:
-        await recv_frame(grid.channels[pid], grid.limits.round_timeout_s)
+        if pid in grid.channels:
+            await recv_frame(grid.channels[pid], grid.remaining())
         return []
     return await anext(stream)
 
@@ -416,9 +441,14 @@ def _commit_locals(writers: dict[str, StateFileWriter]) -> None:
 
 
 async def _drain(grid: GridRun, replies: dict[str, Update], layout: Layout) -> None:
-    for p, h in replies.items():
-        async for _ in iter_shards(grid.channels[p], h.shards, layout, grid.limits.round_timeout_s):
+    """Read and drop the updates of a round that is not aggregated (a party gone midway is dropped)."""
+
+    async def drain(p: str, h: Update) -> None:
+        async for _ in iter_shards(grid.channel(p), h.shards, layout, grid.remaining()):
             pass
+
+    for p, h in replies.items():
+        await grid.refusable(p, drain(p, h), f"the update of round {h.round}")
 
 
 def _write_json(path: Path, payload: Any) -> None:

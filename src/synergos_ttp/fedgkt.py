@@ -9,7 +9,8 @@ prediction can run the full model on the party's side.
 A party's features and predictions are checked before the server learns from them (its sample
 count the one it declared, every value finite, one row per sample, shaped as the server layers
 take them); a refused party is left out of that round's distillation, as a refused update is in
-`federated`, and recorded in the run's exclusions.
+`federated`, and recorded in the run's exclusions. A party gone from a round (`grid.GridRun.guarded`)
+is left out and re-admitted as in `federated`, while the run's `min_workers` allows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -56,14 +58,14 @@ async def _exchange(
     expect: type[T],
     allowed: set[str],
 ) -> tuple[T, dict[str, torch.Tensor]]:
-    ws = grid.channels[pid]
+    ws = grid.channel(pid)
     if tensors:
         assert isinstance(request, GktTrain)  # the only request that carries tensors of its own
-        await send_tensors(ws, request, tensors, grid.limits.shard_bytes)
+        await asyncio.wait_for(send_tensors(ws, request, tensors, grid.limits.shard_bytes), grid.remaining())
     else:
-        await send_message(ws, request)
+        await asyncio.wait_for(send_message(ws, request), grid.remaining())
     reply = await grid.reply(pid, request, expect)
-    received = await recv_tensors(ws, reply, allowed, grid.limits.max_payload_bytes, grid.limits.round_timeout_s)
+    received = await recv_tensors(ws, reply, allowed, grid.limits.max_payload_bytes, grid.remaining())
     for name, tensor in received.items():
         if not tensor_is_finite(tensor):
             raise RefusedUpdate(f"{pid} sent non-finite {name}", ErrorCode.FEDERATION_NON_FINITE, participant=pid)
@@ -136,21 +138,28 @@ async def train(
     stopper = EarlyStopping(hp.patience, hp.delta)
     teachers: dict[str, torch.Tensor] = {}
     timings, completed, stopped = [], 0, False
+    grid.require_quorum(trainers)
     exclusions = Exclusions(grid.run, progress)
     for r in range(rounds):
         started = time.perf_counter()
+        grid.begin(epochs)  # re-admits the parties that are back; the deadline of this round's replies
         requests = {pid: grid.request(GktTrain, r, epochs=epochs) for pid in trainers}
         exchanges = [_features(grid, pid, requests[pid], teachers.get(pid), server) for pid in trainers]
+        during = f"{GktTrain.model_fields['op'].default} of round {r}"
         results = dict(
             zip(
                 trainers,
-                await asyncio.gather(*(grid.refusable(pid, x) for pid, x in zip(trainers, exchanges, strict=True))),
+                await asyncio.gather(
+                    *(grid.refusable(pid, x, during) for pid, x in zip(trainers, exchanges, strict=True))
+                ),
                 strict=True,
             )
         )
         refused = {pid: got for pid, got in results.items() if isinstance(got, RefusedUpdate)}
         exclusions.add(r, GktTrain.model_fields["op"].default, refused)
         accepted = {pid: got for pid, got in results.items() if not isinstance(got, RefusedUpdate)}
+        grid.quorum(r, accepted, refused)
+        grid.collected()
         if not accepted:
             raise exclusions.first(refused)
         replies = {pid: reply for pid, (reply, _) in accepted.items()}
@@ -174,10 +183,13 @@ async def train(
         if stopper.step(loss):
             stopped = True
             break
-    for pid in sorted(grid.channels):
+    grid.begin()
+    for pid in sorted(grid.participants):
         request = grid.request(GktExport, completed)
         exported = await grid.refusable(
-            pid, _exchange(grid, pid, request, None, GktExtractor, set(_extractor_names(server, split)))
+            pid,
+            _exchange(grid, pid, request, None, GktExtractor, set(_extractor_names(server, split))),
+            f"{request.op} after round {completed - 1}",
         )
         if isinstance(exported, RefusedUpdate):  # no model of its own for this party: it cannot validate
             exclusions.add(completed, request.op, {pid: exported})
@@ -198,12 +210,15 @@ async def assess(
     grid: GridRun, server_state: dict[str, torch.Tensor], round_index: int, exclusions: Exclusions
 ) -> dict[str, Loss]:
     """Every party's assessment of its full model with `server_state` as the server layers; a
-    refused one is left out (and recorded in `exclusions`)."""
-    sent = {pid: grid.request(GktEvaluate, round_index, meta="evaluate", assess=True) for pid in sorted(grid.channels)}
+    refused one, or one gone while the run's quorum holds, is left out (and recorded in `exclusions`)."""
+    grid.begin()
+    sent = {pid: grid.request(GktEvaluate, round_index, meta="evaluate", assess=True) for pid in grid.participants}
     for pid, request in sent.items():
-        await send_state(grid.channels[pid], request, server_state, grid.limits.shard_bytes)
+        send = partial(send_state, message=request, state=server_state, shard_bytes=grid.limits.shard_bytes)
+        await grid.deliver(pid, f"{request.op} of round {round_index}", send)
     accepted, refused = await grid.screened(sent, Loss)
     exclusions.add(round_index, GktEvaluate.model_fields["op"].default, refused)
+    grid.quorum(round_index, accepted, refused)
     return accepted
 
 

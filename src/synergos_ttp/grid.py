@@ -1,12 +1,23 @@
 """A run on one federated grid, seen from the TTP: initialise every node, open the authenticated
-channels, exchange requests and replies, and always terminate, even on failure."""
+channels, exchange requests and replies, and always terminate, even on failure.
+
+Failure detection: a party is gone from a round when its channel closes (a killed process), its
+keepalive fails (`FederationLimits.ping_interval_s` + `ping_timeout_s`: a frozen process, a cut
+link) or it has not answered by the round's deadline (`FederationLimits.round_deadline`, set by
+`begin`). Its channel is closed at once (`drop`), its reply counts as `PartyDropped`, and the run
+goes on without it while the run's `min_workers` allows (`quorum`); meanwhile the TTP tries to
+open its channel again in the background, re-initialising its session first (a Worker that
+restarted lost it), and re-admits it at the next round that begins (`readmit`), where it gets the
+current global weights like every other party. Teardown waits a few seconds at most on a dead
+Worker (`close_timeout_s`, `terminate_timeout_s`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -15,8 +26,17 @@ import httpx
 import torch
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.protocol import State
 
-from synergos_core.errors import ErrorCode, FederationError, RefusedUpdate, SynergosError, UpstreamError
+from synergos_core.errors import (
+    ErrorCode,
+    FederationError,
+    InvalidRequest,
+    PartyDropped,
+    RefusedUpdate,
+    SynergosError,
+    UpstreamError,
+)
 from synergos_core.federation import (
     ReplayGuard,
     broadcast_state,
@@ -47,6 +67,7 @@ from synergos_core.protocol import (
     parse_reply,
     version_mismatch,
 )
+from synergos_core.schemas import RunHyperparameters
 from synergos_core.settings import FederationLimits
 
 log = logging.getLogger(__name__)
@@ -144,6 +165,18 @@ class GridRun:
         self._round = 0  # the latest round requested: a Worker refuses anything older, `close` included
         # per participant, the nonces and round of its replies for the whole run: a reply is accepted once
         self._guards: dict[str, ReplayGuard] = {}
+        # failure detection: how many parties' valid updates a round needs (None: every party)
+        self.min_workers = RunHyperparameters.of(hyperparameters).min_workers
+        self._began = time.monotonic()  # when the replies being collected were asked for
+        self._deadline: float | None = None  # by when they are due (None: no round begun)
+        self._slowest: float | None = None  # the longest collection so far, in seconds
+        # the parties gone from the run, by participant: (the round they dropped out of, why, code)
+        self._out: dict[str, tuple[int, str, ErrorCode]] = {}
+        # what a reply of a party gone from the replies being collected raises (`channel`)
+        self.gone: dict[str, PartyDropped] = {}
+        self._rejoining: dict[str, asyncio.Task[None]] = {}  # background attempts to open a channel again
+        self._rejoined: dict[str, ClientConnection] = {}  # channels open again, admitted when a round begins
+        self._closing = False
 
     async def __aenter__(self) -> GridRun:
         try:
@@ -155,20 +188,47 @@ class GridRun:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for _pid, ws in list(self.channels.items()):
-            try:
-                await send_message(ws, self.request(Close, self._round))
-            except (ConnectionClosed, OSError):
-                pass
-            await ws.close()
+        self._closing = True
+        for task in self._rejoining.values():
+            task.cancel()
+        await asyncio.gather(*self._rejoining.values(), return_exceptions=True)
+        self._rejoining.clear()
+        channels = [*self.channels.values(), *self._rejoined.values()]
         self.channels.clear()
+        self._rejoined.clear()
+        # every node at once, each bounded: a dead or frozen Worker holds teardown up a few seconds at most
+        await asyncio.gather(*(self._close(ws) for ws in channels))
         path = "/worker/terminate/" + "/".join(self.keys)
-        for node in self._initialised:
-            try:
-                await worker_call(self.http, node, path)
-            except SynergosError as error:
-                log.warning("could not terminate run %s on %s: %s", self.run, node.where, error.detail)
+        await asyncio.gather(*(self._terminate(node, path) for node in self._initialised))
         self._initialised.clear()
+
+    async def _close(self, ws: ClientConnection) -> None:
+        """Say goodbye at the latest round requested (a Worker refuses older messages, `close` too)
+        and close the channel, within `close_timeout_s` each."""
+        try:
+            await asyncio.wait_for(send_message(ws, self.request(Close, self._round)), self.limits.close_timeout_s)
+            await asyncio.wait_for(ws.close(), 2 * self.limits.close_timeout_s)
+        except (ConnectionClosed, OSError, TimeoutError):
+            pass
+        finally:
+            if ws.state is not State.CLOSED:
+                ws.transport.abort()
+
+    async def _terminate(self, node: GridNode, path: str) -> None:
+        try:
+            # the token: a Worker ends only the session this run opened, never a newer one of the same run
+            await asyncio.wait_for(
+                worker_call(self.http, node, path, {"token": self.token}), self.limits.terminate_timeout_s
+            )
+        except TimeoutError:
+            log.warning(
+                "could not terminate run %s on %s: no answer within %.0f s",
+                self.run,
+                node.where,
+                self.limits.terminate_timeout_s,
+            )
+        except SynergosError as error:
+            log.warning("could not terminate run %s on %s: %s", self.run, node.where, error.detail)
 
     async def _initialise(self, node: GridNode) -> None:
         body = {
@@ -183,10 +243,14 @@ class GridRun:
             "preprocessing": node.preprocessing,
         }
         data = await worker_call(self.http, node, "/worker/initialise/" + "/".join(self.keys), body)
-        self._initialised.append(node)
+        if node not in self._initialised:
+            self._initialised.append(node)
         self.counts[node.participant_id] = data.get("counts", {})
 
     async def _connect(self, node: GridNode) -> None:
+        self.channels[node.participant_id] = await self._open(node)
+
+    async def _open(self, node: GridNode) -> ClientConnection:
         tls = self.http.tls
         uri = f"{'wss' if tls else 'ws'}://{node.host}:{node.port}{run_path(*self.keys)}"
         read_ahead = min(self.limits.max_queue, max(1, READ_AHEAD_BYTES // max(1, self.limits.shard_bytes)))
@@ -201,6 +265,7 @@ class GridRun:
                 open_timeout=self.limits.open_timeout_s,
                 ping_interval=self.limits.ping_interval_s,
                 ping_timeout=self.limits.ping_timeout_s,
+                close_timeout=self.limits.close_timeout_s,
                 ssl=tls,
             )
         except InvalidStatus as exc:
@@ -240,7 +305,174 @@ class GridRun:
                 f"{node.participant_id}'s node: {version_mismatch(spoken, peer='TTP')}",
                 ErrorCode.FEDERATION_PROTOCOL_MISMATCH,
             )
-        self.channels[node.participant_id] = ws
+        return ws
+
+    # -- rounds: deadlines, dropouts, quorum, re-admission --
+    @property
+    def participants(self) -> list[str]:
+        """Every party of the run, whether or not it is connected now."""
+        return [node.participant_id for node in self.nodes]
+
+    def begin(self, epochs: int = 0) -> dict[str, PartyDropped]:
+        """Start collecting replies to requests of `epochs` local epochs (0: an assessment or an
+        inference): re-admit the parties whose channels are open again, and set the deadline, from
+        the work of the busiest party still in the run. Returns the parties still out, as their
+        replies will raise (`PartyDropped`), so that the round records them."""
+        self.readmit()
+        work = max((self._work(pid, epochs) for pid in self.channels), default=0)
+        self._began = time.monotonic()
+        self._deadline = self._began + self.limits.round_deadline(work, self._slowest)
+        self.gone = {
+            pid: PartyDropped(f"{pid} has not come back since it dropped out in round {since}", code, participant=pid)
+            for pid, (since, _, code) in sorted(self._out.items())
+        }
+        return dict(self.gone)
+
+    def _work(self, pid: str, epochs: int) -> int:
+        """Sample-epochs a request asks of `pid`: its epochs on its train data, and one pass over all of it."""
+        counts = [n for meta in self.counts.get(pid, {}) if (n := self.declared(pid, meta))]
+        return (self.declared(pid, "train") or 0) * epochs + sum(counts)
+
+    def collected(self) -> None:
+        """The replies asked for at `begin` are all in: their time bounds later deadlines (`round_factor`)."""
+        took = time.monotonic() - self._began
+        self._slowest = took if self._slowest is None else max(self._slowest, took)
+
+    @property
+    def allowed_s(self) -> float:
+        """How long the replies being collected were given."""
+        return (self._deadline - self._began) if self._deadline is not None else self.limits.round_deadline(0)
+
+    def remaining(self) -> float:
+        """Seconds until the replies being collected are due (the whole allowance when no round is begun)."""
+        if self._deadline is None:
+            return self.limits.round_deadline(0)
+        return max(0.0, self._deadline - time.monotonic())
+
+    def channel(self, pid: str) -> ClientConnection:
+        """`pid`'s open channel; `PartyDropped` if it is gone from the run."""
+        ws = self.channels.get(pid)
+        if ws is None:
+            gone = self.gone.get(pid)
+            detail = gone.detail if gone is not None else f"{pid}'s node is not connected"
+            raise PartyDropped(detail, gone.code if gone else ErrorCode.WORKER_DISCONNECTED, participant=pid)
+        return ws
+
+    def drop(self, pid: str, detail: str, code: ErrorCode) -> PartyDropped:
+        """Leave `pid` out from now on: its channel is closed without waiting for it, its replies raise
+        `PartyDropped` (this one), and its channel is tried again in the background."""
+        ws = self.channels.pop(pid, None)
+        if ws is None and pid in self.gone:
+            return self.gone[pid]  # dropped already, for the first reason
+        transport = getattr(ws, "transport", None)
+        if transport is not None:
+            transport.abort()  # a dead or frozen peer does not answer a closing handshake
+        dropped = PartyDropped(detail, code, participant=pid)
+        self.gone[pid] = dropped
+        self._out[pid] = (self._round, detail, code)
+        log.warning("run %s: %s; going on without it until it is back", self.run, detail)
+        self._start_rejoin(pid)
+        return dropped
+
+    async def guarded(self, pid: str, during: str, work: Awaitable[T]) -> T:
+        """What `work` on `pid`'s channel gives; if the channel closes or fails its keepalive, or the
+        round's deadline passes first, `pid` is dropped (`drop`) and `PartyDropped` raised."""
+        try:
+            return await work
+        except PartyDropped:
+            raise
+        except ConnectionClosed as exc:
+            how = "stopped answering the keepalive" if "keepalive" in str(exc) else "dropped its channel"
+            raise self.drop(pid, f"{pid}'s node {how} during {during}", ErrorCode.WORKER_DISCONNECTED) from None
+        except OSError as exc:
+            detail = f"{pid}'s node dropped its channel during {during} ({type(exc).__name__})"
+            raise self.drop(pid, detail, ErrorCode.WORKER_DISCONNECTED) from None
+        except (TimeoutError, FederationError) as exc:
+            if isinstance(exc, FederationError) and exc.code is not ErrorCode.FEDERATION_TIMEOUT:
+                raise
+            detail = f"{pid}'s node missed the deadline of {during} ({self.allowed_s:.0f} s)"
+            raise self.drop(pid, detail, ErrorCode.FEDERATION_TIMEOUT) from None
+
+    async def deliver(self, pid: str, during: str, send: Callable[[ClientConnection], Awaitable[None]]) -> None:
+        """Send to `pid` (`send(channel)`) by the round's deadline; a party that is gone, or goes
+        while it is sent to, is dropped, and its reply will raise `PartyDropped`."""
+        try:
+            ws = self.channel(pid)
+            await self.guarded(pid, during, asyncio.wait_for(send(ws), self.remaining()))
+        except PartyDropped:
+            pass
+
+    def require_quorum(self, trainers: Collection[str]) -> None:
+        """Refuse, before any round, a `min_workers` the run's parties cannot reach."""
+        if self.min_workers is not None and self.min_workers > len(trainers):
+            raise InvalidRequest(
+                f"min_workers={self.min_workers} needs at least that many parties with train data; "
+                f"this run has {len(trainers)}",
+                ErrorCode.RUN_INVALID_COMBINATION,
+            )
+
+    def quorum(self, round_index: int, valid: Collection[str], left_out: Mapping[str, RefusedUpdate]) -> None:
+        """Fail the run unless a round may go on with the parties in `valid`: with `min_workers`, at
+        least that many; without, every party (one that dropped out fails the run). The reason
+        names the parties left out and why."""
+        dropped = {pid: e for pid, e in sorted(left_out.items()) if isinstance(e, PartyDropped)}
+        if self.min_workers is None:
+            if dropped:
+                first = next(iter(dropped.values()))
+                raise FederationError(
+                    f"round {round_index}: {'; '.join(e.detail for e in dropped.values())} "
+                    "(the run sets no min_workers, so every party must take part)",
+                    first.code,
+                )
+            return
+        if len(valid) < self.min_workers:
+            why = "; ".join(e.detail for _, e in sorted(left_out.items())) or "no party answered"
+            raise FederationError(
+                f"round {round_index}: {len(valid)} valid update(s), fewer than min_workers={self.min_workers}: {why}",
+                ErrorCode.FEDERATION_NO_QUORUM,
+            )
+
+    def readmit(self) -> list[str]:
+        """Admit the parties whose channels are open again (they take part from the round that
+        begins); returns them."""
+        back = []
+        for pid in sorted(self._rejoined):
+            ws = self._rejoined.pop(pid)
+            if ws.state is not State.OPEN:  # it went again before it was admitted
+                self._start_rejoin(pid)
+                continue
+            self.channels[pid] = ws
+            self.gone.pop(pid, None)
+            since = self._out.pop(pid, (0, "", ErrorCode.WORKER_DISCONNECTED))[0]
+            log.info("run %s: %s is back (out since round %d) and takes part again", self.run, pid, since)
+            back.append(pid)
+        return back
+
+    def _start_rejoin(self, pid: str) -> None:
+        if self._closing or pid in self._rejoined:
+            return
+        task = self._rejoining.get(pid)
+        if task is not None and not task.done():
+            return
+        node = next(n for n in self.nodes if n.participant_id == pid)
+        self._rejoining[pid] = asyncio.get_running_loop().create_task(self._rejoin(node), name=f"rejoin {pid}")
+
+    async def _rejoin(self, node: GridNode) -> None:
+        """Until it succeeds or the run ends: initialise `node` again with this run's token (a no-op for
+        a session that lives on; a new one on a Worker that restarted) and open its channel."""
+        while not self._closing:
+            await asyncio.sleep(self.limits.rejoin_interval_s)
+            try:
+                await self._initialise(node)
+                ws = await self._open(node)
+            except (SynergosError, OSError, TimeoutError) as exc:
+                log.debug("run %s: %s is not back yet: %s", self.run, node.participant_id, exc)
+                continue
+            if self._closing:
+                ws.transport.abort()
+                return
+            self._rejoined[node.participant_id] = ws
+            return
 
     # -- messaging --
     def request(self, kind: type[Q], round_index: int = 0, **fields: Any) -> Q:
@@ -256,15 +488,25 @@ class GridRun:
         participants: list[str] | None = None,
         **fields: Any,
     ) -> dict[str, Q]:
-        """Send the same weights to every (or the named) node; returns the requests sent, by participant."""
-        targets = participants or list(self.channels)
+        """Send the same weights to every (or the named) party; returns the request of each, by
+        participant. A party that is gone, or goes while the weights are sent (its channel fails, or
+        the round's deadline passes), is dropped: its reply raises `PartyDropped`."""
+        targets = participants or self.participants
         sent = {pid: self.request(kind, round_index, **fields) for pid in targets}
-        try:
-            await broadcast_state([(self.channels[pid], sent[pid]) for pid in targets], state, self.limits.shard_bytes)
-        except ConnectionClosed as exc:
-            raise FederationError(
-                f"a node closed its channel while receiving weights ({exc.rcvd})", ErrorCode.WORKER_DISCONNECTED
-            ) from None
+        live = [pid for pid in targets if pid in self.channels]
+        failed: dict[int, BaseException] = {}
+        await broadcast_state(
+            [(self.channels[pid], sent[pid]) for pid in live],
+            state,
+            self.limits.shard_bytes,
+            timeout=self.remaining(),
+            failed=failed,
+        )
+        for i, exc in sorted(failed.items()):
+            try:
+                await self.guarded(live[i], f"{kind.model_fields['op'].default} of round {round_index}", _raise(exc))
+            except PartyDropped:
+                pass
         return sent
 
     async def reply(self, pid: str, request: RequestMessage, expect: type[R]) -> R:
@@ -275,14 +517,8 @@ class GridRun:
         count other than the one the party declared when its session opened, a nonce it used
         before) raises `RefusedUpdate`, with the tensor frames it still announces: `refusable`
         drops those and lets the run go on without that reply."""
-        ws = self.channels[pid]
-        try:
-            header = await recv_header(ws, self.limits.round_timeout_s)
-        except ConnectionClosed:
-            raise FederationError(
-                f"{pid}'s node dropped its channel during {request.op} of round {request.round}",
-                ErrorCode.WORKER_DISCONNECTED,
-            ) from None
+        ws = self.channel(pid)
+        header = await self.guarded(pid, f"{request.op} of round {request.round}", recv_header(ws, self.remaining()))
         try:
             reply = parse_reply(header)
         except FederationError as exc:
@@ -339,17 +575,23 @@ class GridRun:
                 return ErrorCode.FEDERATION_BAD_COUNT, f"reported {reported} {what}; its node declared {said}"
         return None
 
-    async def refusable(self, pid: str, work: Awaitable[T]) -> T | RefusedUpdate:
+    async def refusable(self, pid: str, work: Awaitable[T], during: str = "the round") -> T | RefusedUpdate:
         """What `work` (receiving `pid`'s reply) gives, or the `RefusedUpdate` it raised once the
         tensor frames the refused reply announced are read and dropped, so that the channel stays
-        in step for the next request. A refusal whose frames cannot be known is raised."""
+        in step for the next request. A refusal whose frames cannot be known is raised. A party
+        gone (`guarded`) gives its `PartyDropped`."""
         try:
-            return await work
+            return await self.guarded(pid, during, work)
+        except PartyDropped as dropped:
+            return dropped
         except RefusedUpdate as refused:
             if refused.pending is None:
                 raise
-            for _ in range(refused.pending):
-                await recv_frame(self.channels[pid], self.limits.round_timeout_s)
+            try:
+                for _ in range(refused.pending):
+                    await self.guarded(pid, during, recv_frame(self.channel(pid), self.remaining()))
+            except PartyDropped as dropped:
+                return dropped
             return refused
 
     async def replies(self, sent: dict[str, Q], expect: type[R]) -> dict[str, R]:
@@ -362,7 +604,17 @@ class GridRun:
         """Every node's reply, and apart the replies refused for what they hold (`refusable`), by
         participant; a failure of any other kind fails them all."""
         pids = list(sent)
-        results = await asyncio.gather(*(self.refusable(pid, self.reply(pid, sent[pid], expect)) for pid in pids))
+        results = await asyncio.gather(
+            *(
+                self.refusable(pid, self.reply(pid, sent[pid], expect), f"{sent[pid].op} of round {sent[pid].round}")
+                for pid in pids
+            )
+        )
         accepted = {pid: r for pid, r in zip(pids, results, strict=True) if not isinstance(r, RefusedUpdate)}
         refused = {pid: r for pid, r in zip(pids, results, strict=True) if isinstance(r, RefusedUpdate)}
         return accepted, refused
+
+
+async def _raise(exc: BaseException) -> None:
+    """`exc` raised where it is awaited (a failure that happened elsewhere, judged by `guarded`)."""
+    raise exc
