@@ -2,7 +2,8 @@
 
 The handshake checks the run token, then the protocol version (`protocol.PROTOCOL_VERSION`);
 each control frame received is parsed into its request model once, in `_handle`, and everything
-after works on the typed request."""
+after works on the typed request. Every message renews its session's lease; a task ends the
+sessions whose lease ran out (`SessionRegistry.expire`)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ class FederationServer:
         self.credentials = credentials
         self.trust = trust
         self._server: Server | None = None
+        self._leases: asyncio.Task[None] | None = None
         # local training, evaluation and inference run here, off the event loop
         self._compute = ThreadPoolExecutor(
             min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="synergos-compute", initializer=_bind_torch_threads
@@ -102,6 +104,8 @@ class FederationServer:
         return await asyncio.get_running_loop().run_in_executor(self._compute, fn, *args)
 
     async def start(self, host: str, port: int) -> None:
+        self.registry.bind(asyncio.get_running_loop())
+        self._leases = asyncio.get_running_loop().create_task(self._expire_leases(), name="session leases")
         self._server = await serve(
             self._handle,
             host,
@@ -114,11 +118,23 @@ class FederationServer:
             ping_interval=self.limits.ping_interval_s,
             ping_timeout=self.limits.ping_timeout_s,
             open_timeout=self.limits.open_timeout_s,
+            close_timeout=self.limits.close_timeout_s,
             ssl=self.credentials.server_context(require_client=False) if self.credentials else None,
         )
         log.info("federation listening on %s://%s:%d", "wss" if self.credentials else "ws", host, port)
 
+    async def _expire_leases(self) -> None:
+        lease = self.limits.session_lease_s
+        while True:
+            await asyncio.sleep(max(0.1, min(lease / 4, 30.0)))
+            try:
+                self.registry.expire(lease)
+            except Exception as exc:  # noqa: BLE001 - the leases must keep being checked whatever one close did
+                report(exc, log, "expiring federation sessions")
+
     async def stop(self) -> None:
+        if self._leases is not None:
+            self._leases.cancel()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -179,6 +195,7 @@ class FederationServer:
                 header: dict = {}
                 try:
                     header = await recv_header(ws, None)
+                    session.touch()  # the TTP was heard from: the lease starts again
                     request = parse_request(header)  # the edge: past here, only typed messages
                     guard.check(request)
                     if isinstance(request, Close):
@@ -212,6 +229,7 @@ class FederationServer:
         finally:
             if session.connection is ws:
                 session.connection = None
+                session.touch()  # the lease runs from the channel's end
 
     @staticmethod
     def _error(
@@ -233,7 +251,7 @@ class FederationServer:
         self, ws: ServerConnection, session: RunSession, request: Train | Evaluate | Infer
     ) -> None:
         trainer = session.trainer
-        await recv_into(ws, request.shards, trainer.layout, trainer.state, self.limits.round_timeout_s)
+        await recv_into(ws, request.shards, trainer.layout, trainer.state, self.limits.frame_timeout_s)
 
     async def _serve(self, ws: ServerConnection, session: RunSession, request: RequestMessage) -> None:
         if isinstance(request, (GktTrain, GktEvaluate, GktExport)):

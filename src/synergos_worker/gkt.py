@@ -17,7 +17,7 @@ async def serve(ws: Any, trainer: Any, request: GktTrain | GktEvaluate | GktExpo
     if not isinstance(trainer, GKTTrainer):
         raise FederationError(f"{request.op} needs a FedGKT run", ErrorCode.FEDERATION_PROTOCOL)
     if isinstance(request, GktTrain):
-        received = await recv_tensors(ws, request, {"server_out"}, limits.max_payload_bytes, limits.round_timeout_s)
+        received = await recv_tensors(ws, request, {"server_out"}, limits.max_payload_bytes, limits.frame_timeout_s)
         teacher = received.get("server_out")
         if teacher is not None and len(teacher) != len(trainer.data["train"]):
             raise FederationError(
@@ -30,7 +30,7 @@ async def serve(ws: Any, trainer: Any, request: GktTrain | GktEvaluate | GktExpo
         tensors = {"features": result.pop("features"), "local_out": result.pop("local_out")}
         await send_tensors(ws, reply_to(request, GktFeatures, **result), tensors, limits.shard_bytes)
     elif isinstance(request, GktEvaluate):
-        await recv_into(ws, request.shards, trainer.server_layout, trainer.state, limits.round_timeout_s)
+        await recv_into(ws, request.shards, trainer.server_layout, trainer.state, limits.frame_timeout_s)
         loss, n = await asyncio.to_thread(trainer.evaluate, request.meta)
         # the party's full model (its extractor, the server's layers) on its train and evaluate data
         assessment = await asyncio.to_thread(trainer.assess) if request.assess else None

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request
 
 from synergos_contract.envelope import envelope
 from synergos_core.federation import run_path
-from synergos_core.schemas import ID_PATTERN, InitialiseRequest
+from synergos_core.schemas import ID_PATTERN, InitialiseRequest, TerminateRequest
 
 from ..deps import RegistryDep
 
@@ -41,9 +41,16 @@ async def initialise(
 
 @router.post("/terminate" + RUN, name="terminate")
 async def terminate(
-    request: Request, registry: RegistryDep, collab_id: Id, project_id: Id, expt_id: Id, run_id: Id
+    request: Request,
+    registry: RegistryDep,
+    collab_id: Id,
+    project_id: Id,
+    expt_id: Id,
+    run_id: Id,
+    body: TerminateRequest | None = None,
 ) -> object:
-    session = registry.close((collab_id, project_id, expt_id, run_id))
+    # with the run's token, only the session it opened ends (never a newer one of the same run)
+    session = registry.close((collab_id, project_id, expt_id, run_id), body.token if body else None)
     return envelope(request, {"participant_id": session.participant_id, "results": session.results})
 
 
