@@ -24,6 +24,7 @@ from ._exceptions import (
     RequestInvalid,
     ResponseError,
     ServerError,
+    ServerUnresponsive,
     SynergosError,
     WaitTimeout,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "PredictionTask",
     "SynergosError",
     "ConnectionFailed",
+    "ServerUnresponsive",
     "JobFailed",
     "WaitTimeout",
     "ResponseError",

@@ -29,6 +29,8 @@ class BaseTask:
     """One kind of record on the TTP (or Director). Every method returns the parsed envelope
     `{apiVersion, success, status, method, params, data}` or raises a `SynergosError`."""
 
+    work = "work"  # what a long call of this task waits for (`ServerUnresponsive` names it)
+
     def __init__(self, session: Session) -> None:
         self._session = session
 
@@ -53,9 +55,11 @@ class BaseTask:
         return self._session.request("DELETE", path)
 
     def _post_long(self, path: str, body: Mapping[str, Any], *, collab_id: str, project_id: str | None) -> Envelope:
-        """POST work that may run for hours: no read timeout, progress shown while it runs."""
+        """POST work that may run for hours: no read timeout, progress shown while it runs, and
+        `ServerUnresponsive` once the server answers nothing for the Driver's `liveness_timeout`."""
+        what = f"waiting for the {self.work} of {collab_id}" + (f"/{project_id}" if project_id else "")
         with self._session.watch(collab_id, project_id):
-            return self._session.request("POST", path, json=dict(body), timeout=self._session.long_timeout)
+            return self._session.long_request("POST", path, json=dict(body), what=what)
 
     def _read(
         self,

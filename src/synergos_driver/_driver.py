@@ -16,6 +16,7 @@ from ._train import AlignmentTask, ModelTask, OptimizationTask
 from ._version import __version__
 
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_LIVENESS_TIMEOUT = 60.0  # a long call's server answering nothing for this long is given up
 
 
 class Driver:
@@ -28,7 +29,9 @@ class Driver:
     sections, `add_node` nodes) lives as long as the object you hold. `timeout` bounds ordinary
     calls (seconds, or an `httpx.Timeout`); long work (alignments, models, validations,
     predictions, optimizations) has no read timeout and shows progress on stderr unless
-    `show_progress=False`. Idempotent GETs are retried `retries` times on connection errors and
+    `show_progress=False`, but raises `ServerUnresponsive` once the server has answered neither
+    the call nor a probe of its `/health` for `liveness_timeout` seconds (default 60; None waits
+    without bound). Idempotent GETs are retried `retries` times on connection errors and
     5xx answers. `transport` replaces the network, e.g. with `httpx.MockTransport` in tests.
 
     The user's identity is a folder from `synergos-provision` (`ca.pem`, `cert.pem`, `key.pem`):
@@ -49,6 +52,7 @@ class Driver:
         show_progress: bool = True,
         retries: int = 2,
         credentials: str | os.PathLike[str] | None = None,
+        liveness_timeout: float | None = DEFAULT_LIVENESS_TIMEOUT,
     ) -> None:
         self.host = host
         self.port = port
@@ -66,6 +70,7 @@ class Driver:
             retries=retries,
             show_progress=show_progress,
             user_agent=f"synergos-driver/{__version__}",
+            liveness_timeout=liveness_timeout,
         )
 
     @property

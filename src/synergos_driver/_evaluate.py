@@ -13,6 +13,8 @@ from ._session import Envelope
 class ValidationTask(BaseTask):
     """Validation of trained models; each Worker scores against its own labels."""
 
+    work = "validation"  # what a long call of this task waits for
+
     def create(
         self,
         collab_id: str,
@@ -64,6 +66,8 @@ class ValidationTask(BaseTask):
 
 class PredictionTask(BaseTask):
     """Inference a participant asks for on its own `predict` data."""
+
+    work = "prediction"  # what a long call of this task waits for
 
     def create(
         self,

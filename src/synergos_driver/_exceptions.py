@@ -2,7 +2,9 @@
 
     SynergosError              every Driver error: .status, .code, .title, .detail, .fields
     ├── ConnectionFailed       no answer from the address (refused, unreachable, timed out);
-    │                          .address names what was tried, .reason the underlying cause
+    │   │                      .address names what was tried, .reason the underlying cause
+    │   └── ServerUnresponsive a long call's server stopped answering (frozen, cut off) for the
+    │                          Driver's `liveness_timeout`; .waited_for names the work
     ├── JobFailed              read(..., wait=True): the queued work failed; .job is the job,
     │                          .reason its public reason
     ├── WaitTimeout            read(..., wait=True): the work did not finish within the timeout;
@@ -29,6 +31,7 @@ from typing import Any
 __all__ = [
     "SynergosError",
     "ConnectionFailed",
+    "ServerUnresponsive",
     "JobFailed",
     "WaitTimeout",
     "ResponseError",
@@ -96,6 +99,28 @@ class ConnectionFailed(SynergosError):
         )
         self.address = address
         self.reason = reason
+
+
+class ServerUnresponsive(ConnectionFailed):
+    """A long call (training, alignment, validation, ...) was given up: its server answered neither
+    the call nor any probe of its health for `waited_s` seconds (the Driver's `liveness_timeout`),
+    as a frozen or cut-off server does. The work may still be running there; `.waited_for` names
+    it."""
+
+    def __init__(
+        self, address: str, waited_for: str, waited_s: float, *, method: str | None = None, url: str | None = None
+    ) -> None:
+        super().__init__(address, f"no answer for {waited_s:.0f} s", method=method, url=url)
+        self.detail = (
+            f"{address} stopped answering while {waited_for} ({method} {url}): nothing for {waited_s:.0f} s, "
+            "not even to GET /health, so the server is frozen, overloaded or cut off; the work may still be "
+            "running there: read it with wait=True once the server answers again"
+        )
+        self.args = (self.detail,)
+        self.code = "connection.unresponsive"
+        self.title = "Server unresponsive"
+        self.waited_for = waited_for
+        self.waited_s = waited_s
 
 
 class JobFailed(SynergosError):

@@ -3,24 +3,39 @@
 Retry policy: a GET is retried (with doubling backoff) on a transport failure or a 5xx answer;
 any method is retried when the connection could not even be opened (nothing was sent); a
 request that may have reached the server is never re-sent unless it is a GET.
+
+Long calls (`long_request`: a basic TTP trains within the request, for hours perhaps) have no
+read timeout, but are bounded all the same: while one is out, the server's `GET /health` is
+probed, and once neither has answered for `liveness_timeout` seconds the call raises
+`ServerUnresponsive` (a frozen or cut-off server), naming the work it waited for.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import ssl
+import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import httpx
 
-from ._exceptions import ConnectionFailed, ResponseError, SynergosError, default_code, error_class
+from ._exceptions import (
+    ConnectionFailed,
+    ResponseError,
+    ServerUnresponsive,
+    SynergosError,
+    default_code,
+    error_class,
+)
 from ._progress import JobProgress
 
 Envelope = dict[str, Any]
 
 # Nothing was sent when these are raised, so every method may try again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+HEALTH = "/health"  # what a long call probes: every Synergos service answers it, without a certificate
 
 
 class Session:
@@ -36,8 +51,11 @@ class Session:
         show_progress: bool,
         user_agent: str,
         verify: ssl.SSLContext | bool = True,
+        liveness_timeout: float | None = 60.0,
     ) -> None:
         self.address = address
+        # a long call gives up once its server has answered nothing for this long (None: never)
+        self.liveness_timeout = None if liveness_timeout is None else max(0.1, float(liveness_timeout))
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         # Long operations (training, validation, ...) may legitimately take hours: no read limit.
         self.long_timeout = httpx.Timeout(
@@ -94,6 +112,46 @@ class Session:
                 continue
             return self._unwrap(method, path, response)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def long_request(self, method: str, path: str, *, json: Any = None, what: str) -> Envelope:
+        """`request` without a read timeout, for work that may take hours, given up with
+        `ServerUnresponsive` (naming `what`) once neither it nor a probe of the server's health has
+        had an answer for `liveness_timeout` seconds. The request itself runs on a daemon thread,
+        left behind (with its connection) if it is given up."""
+        if self.liveness_timeout is None:
+            return self.request(method, path, json=json, timeout=self.long_timeout)
+        answer: concurrent.futures.Future[Envelope] = concurrent.futures.Future()
+
+        def send() -> None:
+            try:
+                answer.set_result(self.request(method, path, json=json, timeout=self.long_timeout))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
+                answer.set_exception(exc)
+
+        threading.Thread(target=send, name="synergos-long-call", daemon=True).start()
+        probe = max(0.2, min(5.0, self.liveness_timeout / 3))  # both how often and how long a probe waits
+        heard = time.monotonic()
+        while True:
+            try:
+                return answer.result(timeout=probe)
+            except concurrent.futures.TimeoutError:
+                pass
+            if self._answers(probe):
+                heard = time.monotonic()
+            elif answer.done():
+                return answer.result()
+            elif time.monotonic() - heard >= self.liveness_timeout:
+                raise ServerUnresponsive(
+                    self.address, what, time.monotonic() - heard, method=method, url=path
+                ) from None
+
+    def _answers(self, timeout: float) -> bool:
+        """Whether the server answers its health probe (any answer: the process is alive and serving)."""
+        try:
+            self._client.get(HEALTH, timeout=httpx.Timeout(timeout))
+        except httpx.HTTPError:
+            return False
+        return True
 
     def watch(self, collab_id: str, project_id: str | None) -> AbstractContextManager[Any]:
         """Show job progress on stderr while the body of the `with` runs (if enabled)."""

@@ -13,6 +13,8 @@ from ._session import Envelope
 class AlignmentTask(BaseTask):
     """Multiple feature alignment across the participants of a project."""
 
+    work = "alignment"  # what a long call of this task waits for
+
     def create(
         self, collab_id: str, project_id: str, auto_align: bool = True, auto_fix: bool = True, **kwargs: Any
     ) -> Envelope:
@@ -38,6 +40,8 @@ class AlignmentTask(BaseTask):
 
 class ModelTask(BaseTask):
     """Training: every (experiment, run) in scope (project, experiment, or one run)."""
+
+    work = "training"  # what a long call of this task waits for
 
     def create(
         self,
@@ -89,6 +93,8 @@ def _optimization_job(job: Mapping[str, Any]) -> bool:
 
 class OptimizationTask(BaseTask):
     """Hyper-parameter search (Director only): the search space becomes `n_samples` runs."""
+
+    work = "optimization"  # what a long call of this task waits for
 
     def create(
         self,
