@@ -8,6 +8,7 @@ marks the jobs that were queued or running `interrupted`, with the rounds they h
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["Job", "JobBoard", "failure_reason", "interruption"]
+log = logging.getLogger(__name__)
 # reported apart from a round's figures: the replies left out so far, how far the checkpoints go
 _PROGRESS_FIELDS = ("exclusions", "rounds_checkpointed", "resumed_after")
 
@@ -118,6 +120,9 @@ class JobBoard:
             cut = [job for job in self._jobs.values() if job.state in OPEN_JOB_STATES]
         for job in cut:
             self.update(job, state="interrupted", detail=interruption(job, service))
+            log.warning(
+                "job %s (%s of %s) interrupted: %s", job.job_id, job.kind, "/".join(job.keys.values()), job.detail
+            )
         return cut
 
     def open_job(self, kind: str, keys: Mapping[str, str]) -> Job | None:
@@ -161,8 +166,6 @@ def failure_reason(exc: BaseException) -> str:
     """The public text of a failure, as `GET /ttp/status/jobs` shows it: a ServiceError's detail;
     for anything else `internal.error`'s public text with a correlation id, the exception itself
     logged under that id (never shown)."""
-    import logging
-
     from synergos_core.errors import report
 
-    return str(report(exc, logging.getLogger(__name__), "a job failed")["detail"])
+    return str(report(exc, log, "a job failed")["detail"])
