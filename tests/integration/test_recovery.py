@@ -241,9 +241,12 @@ def _kill_when(ttp: OwnTTP, collab: str, ready: Callable[[dict[str, Any]], bool]
     pytest.fail(f"the training of {collab} never got where the kill was due")
 
 
-def _resume_and_compare(ttp: OwnTTP, grid, collab: str, algorithm: str, checkpointed: int) -> dict[str, Any]:
+def _resume_and_compare(
+    ttp: OwnTTP, grid, collab: str, algorithm: str, checkpointed: int, resumed_after: int | None = None
+) -> dict[str, Any]:
     """Start the TTP again: the run is interrupted with its checkpointed rounds; train it again: it
-    resumes and ends with the uninterrupted run's weights. Returns the resumed job."""
+    resumes (after `resumed_after` rounds, by default all those checkpointed) and ends with the
+    uninterrupted run's weights. Returns the resumed job."""
     ttp.restart()
     (cut,) = ttp.training(collab, "r")
     assert cut["state"] == "interrupted", cut
@@ -254,33 +257,42 @@ def _resume_and_compare(ttp: OwnTTP, grid, collab: str, algorithm: str, checkpoi
     assert len(model["global"]["loss_history"]["evaluate"]) == ROUNDS  # every round's history, once
     cut_again, resumed = ttp.training(collab, "r")
     assert cut_again["state"] == "interrupted" and resumed["state"] == "completed", resumed
-    assert resumed["resumed_after"] == (checkpointed or None)
+    expected = checkpointed if resumed_after is None else resumed_after
+    assert resumed["resumed_after"] == (expected or None)  # None: it trained from round 1
     got = load_file(ttp.outputs / collab / "p" / "e" / "r" / "global_model.safetensors")
     assert _same_weights(got, _reference(grid, algorithm)) <= TOLERANCE
     return resumed
 
 
-@pytest.mark.parametrize("algorithm", ["FedAvg", "FedProx"])
-def test_killed_after_round_3_it_resumes_to_the_uninterrupted_weights(ttp, grid, algorithm):
-    collab = f"resume_after_k_{algorithm.lower()}"
+def _train_and_kill(ttp: OwnTTP, grid, collab: str, algorithm: str, ready: Callable[[dict[str, Any]], bool]) -> dict:
+    """The reference trained, the run prepared on this module's TTP and trained until `ready`:
+    then the TTP is killed; the run's training job as last seen."""
     _reference(grid, algorithm)
     driver = ttp.driver()
     _prepare(driver, collab, algorithm)
     _train_in_background(driver, collab)
-    seen = _kill_when(ttp, collab, lambda job: (job.get("rounds_checkpointed") or 0) >= 3)
+    return _kill_when(ttp, collab, ready)
+
+
+def _checkpointed(rounds: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda job: (job.get("rounds_checkpointed") or 0) >= rounds
+
+
+@pytest.mark.parametrize("algorithm", ["FedAvg", "FedProx"])
+def test_killed_after_round_3_it_resumes_to_the_uninterrupted_weights(ttp, grid, algorithm):
+    collab = f"resume_after_k_{algorithm.lower()}"
+    seen = _train_and_kill(ttp, grid, collab, algorithm, _checkpointed(3))
     resumed = _resume_and_compare(ttp, grid, collab, algorithm, seen["rounds_checkpointed"])
     assert resumed["resumed_after"] >= 3
     assert f"resumes from its checkpoint of round {resumed['resumed_after']}" in ttp.log_text()
 
 
 def test_killed_before_round_1_it_trains_from_the_start_to_the_same_weights(ttp, grid):
-    collab = "resume_before_first"
-    _reference(grid, "FedProx")
-    driver = ttp.driver()
-    _prepare(driver, collab, "FedProx")
-    _train_in_background(driver, collab)
-    _kill_when(ttp, collab, lambda job: job["state"] == "running" and not job.get("rounds_checkpointed"))
-    _resume_and_compare(ttp, grid, collab, "FedProx", 0)
+    before_first = _train_and_kill(
+        ttp, grid, "resume_before_first", "FedProx", lambda job: job["state"] == "running" and not _checkpointed(1)(job)
+    )
+    assert not before_first.get("rounds_checkpointed")
+    _resume_and_compare(ttp, grid, "resume_before_first", "FedProx", 0)
 
 
 def test_killed_while_sending_the_global_weights_it_resumes_to_the_same_weights(ttp, grid):
@@ -302,28 +314,16 @@ def test_killed_while_sending_the_global_weights_it_resumes_to_the_same_weights(
 
 def test_a_corrupt_newest_checkpoint_is_skipped_for_the_one_before(ttp, grid):
     collab = "resume_corrupt"
-    _reference(grid, "FedProx")
-    driver = ttp.driver()
-    _prepare(driver, collab, "FedProx")
-    _train_in_background(driver, collab)
-    seen = _kill_when(ttp, collab, lambda job: (job.get("rounds_checkpointed") or 0) >= 3)
+    seen = _train_and_kill(ttp, grid, collab, "FedProx", _checkpointed(3))
     newest = seen["rounds_checkpointed"] - 1  # round_<r> counts from 0
     checkpoints = ttp.outputs / collab / "p" / "e" / "r" / "checkpoints"
     model = checkpoints / f"round_{newest}" / "global_model.safetensors"
     raw = bytearray(model.read_bytes())
     raw[-1] ^= 0xFF  # one flipped bit in the weights: the digest no longer matches
     model.write_bytes(bytes(raw))
-    ttp.restart()
-    (cut,) = ttp.training(collab, "r")
-    assert cut["state"] == "interrupted" and cut["rounds_checkpointed"] == newest + 1
-    trained = ttp.driver().models.create(collab_id=collab, project_id="p", expt_id="e", run_id="r")["data"][0]
-    assert trained["rounds_completed"] == ROUNDS
-    resumed = ttp.training(collab, "r")[-1]
-    assert resumed["state"] == "completed" and resumed["resumed_after"] == newest  # the one before
-    log = ttp.log_text()
-    assert f"checkpoint {checkpoints / f'round_{newest}'} skipped for the one before it: corrupt" in log
-    got = load_file(ttp.outputs / collab / "p" / "e" / "r" / "global_model.safetensors")
-    assert _same_weights(got, _reference(grid, "FedProx")) <= TOLERANCE
+    # resumed from the checkpoint before it (each Worker kept its state of that round too)
+    _resume_and_compare(ttp, grid, collab, "FedProx", newest + 1, resumed_after=newest)
+    assert f"checkpoint {checkpoints / f'round_{newest}'} skipped for the one before it: corrupt" in ttp.log_text()
 
 
 def test_checkpoints_keep_the_newest_rounds_and_the_best_and_workers_their_states(grid):

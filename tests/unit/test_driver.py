@@ -995,6 +995,15 @@ def test_wait_raises_the_reason_of_a_failed_job(server: FakeServer, driver: Driv
     assert failed.value.job["kind"] == "validation" and "unreachable" in str(failed.value)
 
 
+def test_wait_raises_for_a_job_its_service_interrupted(server: FakeServer, driver: Driver, fast_wait: None) -> None:
+    stopped = "the TTP stopped before this validation finished; request it again"
+    server.routes[("GET", VALIDATIONS)] = lambda request: envelope(request, [])
+    server.routes[("GET", STATUS)] = lambda request: envelope(request, [validation_job("interrupted", stopped)])
+    with pytest.raises(JobFailed, match="was interrupted: the TTP stopped") as failed:
+        driver.validations.read(C, P, E, R, wait=True, timeout=10)
+    assert failed.value.reason == stopped
+
+
 def test_wait_times_out_naming_the_scope_and_the_open_jobs(server: FakeServer, driver: Driver, fast_wait: None) -> None:
     server.routes[("GET", VALIDATIONS)] = lambda request: envelope(request, [])
     server.routes[("GET", STATUS)] = lambda request: envelope(request, [validation_job("queued")])
