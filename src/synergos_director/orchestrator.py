@@ -130,7 +130,7 @@ class QueueOrchestrator:
 
     def _submit_one(self, publisher: Publisher, item: PlannedJob, recipe: dict[str, Any] | None) -> QueuedJob:
         job_id = uuid.uuid4().hex
-        board = self.jobs.start(item.kind, item.keys)
+        board = self.jobs.start(item.kind, item.keys, job_id=job_id)  # on the board by the id the request answers
         self.jobs.update(board, state="queued", detail=f"job {job_id}")
         entry = Entry(
             job_id,
@@ -213,7 +213,7 @@ class QueueOrchestrator:
         states = self.journal.states()
         boards: dict[str, Any] = {}
         for job in journaled:
-            board = self.jobs.start(job.kind, job.keys)
+            board = self.jobs.start(job.kind, job.keys, job_id=job.job_id)
             self.jobs.update(board, started_at=job.created_at.isoformat())
             if job.open:
                 waiting = [d for d in job.waits_for if states.get(d) in ("waiting", "published")]

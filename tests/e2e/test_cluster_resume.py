@@ -184,7 +184,8 @@ def test_a_second_start_of_a_queued_or_running_training_answers_its_job_and_trai
     for thread in threads:
         thread.join(60)
     (open_job,) = [j for j in state.trainings(DIRECTOR, collab) if j["state"] in ("queued", "running")]
-    for answer in answers:  # each answers the open job, by its id on the Director's board
+    assert open_job["job_id"] == first["data"][0]["job_id"]  # the board names a job by the id the request answered
+    for answer in answers:  # each answers the open job
         assert answer["status"] == 202 and [j["job_id"] for j in answer["data"]] == [open_job["job_id"]], answer
     driver.models.read(collab_id=collab, project_id="p", expt_id="e", run_id="r", wait=True, timeout=120)
     assert [j["state"] for j in state.trainings(DIRECTOR, collab)] == ["completed"]
