@@ -29,20 +29,18 @@ def create_contract_app(
     make_orchestrator: OrchestratorFactory,
     health: Callable[[], dict] | None = None,
     role: str = "ttp",
-    durable_jobs: bool | None = None,
 ) -> FastAPI:
     """An app with its own metadata store (SQLite under `data_dir` unless `db_url` is given).
 
-    With `durable_jobs` (a TTP's default: it runs its jobs itself) the job board is kept in the
-    store's jobs table, and the jobs a previous process left queued or running are marked
-    `interrupted` before any request is served. The Director (which queues its jobs) rebuilds
-    its board from its own job journal instead."""
+    The job board is kept in the store's jobs table (`GET /ttp/status/jobs` reads it). A TTP runs
+    its jobs itself: those a previous process left queued or running are marked `interrupted`
+    before any request is served. The Director's jobs go on while it is down (they are on the
+    MQ): its orchestrator sets their states from its job journal as it starts."""
     credentials = service_credentials(settings, role)  # None only with --insecure
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]  # set by the CLI or the caller
     store = Store(settings.db_url or f"sqlite:///{settings.data_dir}/synergos.db")
-    durable = role == "ttp" if durable_jobs is None else durable_jobs
-    jobs = JobBoard(store=store if durable else None)
-    if durable:
+    jobs = JobBoard(store=store)
+    if role == "ttp":
         jobs.recover(role.upper())
     orchestrator = make_orchestrator(store, jobs)
 
