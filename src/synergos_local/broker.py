@@ -236,23 +236,45 @@ class TestBroker:
         self.workdir = Path(tempfile.mkdtemp(prefix="synergos-rabbitmq-"))
         try:
             self._env = self._prepare(self.workdir)
-            log = open(self.workdir / "server.out", "ab")
-            try:
-                self._process = subprocess.Popen(
-                    [*self.command_prefix, server],
-                    env=self._env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.workdir,
-                    start_new_session=True,
-                )
-            finally:
-                log.close()
+            self._spawn(server)
             self._await_startup()
         except BaseException:
             self.stop()
             raise
+
+    def restart(self, downtime: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop this node (`rabbitmqctl -n <node> stop`) and start it again with the same name, ports
+        and data directory, so durable queues and persistent messages survive, as a broker restart
+        would keep them. Clients see their connections drop and the port refuse for `downtime` s."""
+        process = self._process
+        if process is None or self.workdir is None:
+            raise RuntimeError(f"RabbitMQ node {self.node} is not started")
+        self._ctl("stop", timeout=timeout)
+        process.wait(timeout=timeout)
+        self._process = None
+        time.sleep(downtime)
+        try:
+            self._spawn(_script("rabbitmq-server"))
+            self._await_startup()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, server: str) -> None:
+        assert self.workdir is not None
+        log = open(self.workdir / "server.out", "ab")
+        try:
+            self._process = subprocess.Popen(
+                [*self.command_prefix, server],
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
 
     def stop(self) -> None:
         """Stop the node and its epmd, then delete the temporary directory. Safe to call twice."""
