@@ -201,6 +201,7 @@ def test_a_participant_acts_only_for_itself(grid):
 
 def test_a_service_without_credentials_refuses_to_start_and_insecure_is_loud(tmp_path: Path):
     args = [sys.executable, "-m", "synergos_worker", "--host", "127.0.0.1", "--port", "1", "--data_dir", str(tmp_path)]
+    args += ["--outputs_dir", str(tmp_path / "outputs")]
     env = {k: v for k, v in __import__("os").environ.items() if k != "SYNERGOS_CREDENTIALS"}
     result = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
     assert result.returncode != 0 and "synergos-provision" in result.stderr and "--insecure" in result.stderr
