@@ -65,16 +65,23 @@ class IdentityGate:
         await self.app(scope, receive, send)
 
 
+def check_caller(identity: Identity, roles: Iterable[str], names: Iterable[str], service: str) -> Refusal:
+    """Refuse an identity whose role is not among `roles`, or, when `names` is not empty, whose
+    name is not among them."""
+    named = frozenset(names)
+    if identity.role not in frozenset(roles):
+        return ErrorCode.AUTH_FORBIDDEN, f"a {identity.role.value} may not call {service}"
+    if named and identity.name not in named:
+        return ErrorCode.AUTH_FORBIDDEN, f"{identity.name} is not among the identities {service} trusts"
+    return None
+
+
 def roles_and_names(roles: Iterable[str], names: Iterable[str] = ()) -> Admit:
     """Admit identities of these roles (and, if `names` is not empty, only those names)."""
     allowed, named = frozenset(roles), frozenset(names)
 
     def admit(identity: Identity, scope: dict[str, Any]) -> Refusal:
-        if identity.role not in allowed:
-            return ErrorCode.AUTH_FORBIDDEN, f"a {identity.role.value} may not call this service"
-        if named and identity.name not in named:
-            return ErrorCode.AUTH_FORBIDDEN, f"{identity.name} is not among the identities this service trusts"
-        return None
+        return check_caller(identity, allowed, named, "this service")
 
     return admit
 

@@ -151,17 +151,16 @@ class Credentials:
         return ctx
 
     def client_context_without_identity(self) -> ssl.SSLContext:
-        """Trusting the collaboration CA but presenting no certificate (what an anonymous client has)."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
-        ctx.check_hostname = False
-        return ctx
-
-    def client_context(self) -> ssl.SSLContext:
-        """A client context presenting this identity and trusting only the collaboration CA."""
+        """Trusting only the collaboration CA but presenting no certificate (an anonymous client)."""
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = False  # peers are identified by the CA and the role, not by address
         ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context presenting this identity and trusting only the collaboration CA."""
+        ctx = self.client_context_without_identity()
         ctx.load_cert_chain(str(self.cert), str(self.key))
         return ctx
 

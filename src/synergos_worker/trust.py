@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from synergos_contract.auth import Refusal
+from synergos_contract.auth import Refusal, check_caller
 from synergos_core.errors import ErrorCode
 from synergos_core.identity import Credentials, Identity, Role
 
@@ -36,11 +36,7 @@ class WorkerTrust:
         return cls(frozenset(trust), tuple(scopes))
 
     def caller(self, identity: Identity) -> Refusal:
-        if identity.role not in COMMANDING_ROLES:
-            return ErrorCode.AUTH_FORBIDDEN, f"a {identity.role.value} may not command a Worker"
-        if self.names and identity.name not in self.names:
-            return ErrorCode.AUTH_FORBIDDEN, f"{identity.name} is not among the identities this Worker trusts"
-        return None
+        return check_caller(identity, COMMANDING_ROLES, self.names, "this Worker")
 
     def serves(self, collab: str, project: str) -> Refusal:
         if not self.scopes or any(c == collab and p in (None, project) for c, p in self.scopes):
